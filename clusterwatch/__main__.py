@@ -1,0 +1,3 @@
+from clusterwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Commands only: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import yaml
+
+from clusterwatch import __version__
+from clusterwatch.config.loader import ConfigError, LoadedConfig, load_config
+from clusterwatch.model import Group, Status
+
+EXIT_CONFIG = 3  # "unknown" in the Nagios convention: a broken config is not a healthy cluster
+ONLY = {
+    "services": {Group.SERVICES},
+    "workers": {Group.WORKERS, Group.NODES},  # Cluster AI's "workers" were its SSH nodes
+    "nodes": {Group.NODES},
+    "models": {Group.MODELS},
+    "system": {Group.SYSTEM},
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", metavar="FILE", help="config file (default: $CLUSTERWATCH_CONFIG, "
+                        "./clusterwatch.yaml, /etc/clusterwatch/clusterwatch.yaml, else built-in defaults)")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines on stderr")
+
+    parser = argparse.ArgumentParser(prog="clusterwatch", parents=[common],
+                                     description="Keeps an AI cluster healthy without a person watching.")
+    parser.add_argument("--version", action="version", version=f"clusterwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", parents=[common], help="check everything once and exit 0/1/2/3",
+                           description="Run every probe once. Exit 0 ok, 1 warning, 2 critical, "
+                                       "3 unknown or configuration error.")
+    check.add_argument("--json", action="store_true", help="machine-readable output (always valid JSON)")
+    check.add_argument("--only", metavar="WHAT", help="comma-separated: " + ", ".join(ONLY))
+    check.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="bound for the whole run (default 30)")
+
+    config = sub.add_parser("config", parents=[common], help="validate or show the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_sub.add_parser("validate", parents=[common], help="check the config file and exit 0 or 3")
+    config_sub.add_parser("show", parents=[common], help="print the effective config, secrets redacted")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "config":
+        return cmd_config(args)
+    return 2
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig | None:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"clusterwatch: configuration error\n{exc}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from clusterwatch.engine.once import run_once
+    from clusterwatch.output import print_json, print_table, to_json
+
+    only = None
+    if args.only:
+        only = set()
+        for word in args.only.split(","):
+            if word.strip() not in ONLY:
+                print(f"clusterwatch: --only {word!r}: choose from {', '.join(ONLY)}", file=sys.stderr)
+                return EXIT_CONFIG
+            only |= ONLY[word.strip()]
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        if args.json:
+            print_json({"status": Status.UNKNOWN.value, "error": "configuration error",
+                        "problems": [str(p) for p in exc.problems], "checks": []})
+        print(f"clusterwatch: configuration error\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for note in loaded.notes:
+        logging.getLogger("clusterwatch.config").info("%s", note)
+    result = asyncio.run(run_once(loaded.config, only=only, timeout=args.timeout, redactor=loaded.redactor))
+    if args.json:
+        print_json(to_json(result, loaded.source))
+    else:
+        print_table(result, loaded.source)
+    return result.status.exit_code
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    config = loaded.config
+    if args.config_command == "validate":
+        print(f"{loaded.source}: ok ({len(config.checks)} checks, {len(config.nodes)} nodes)")
+        for note in loaded.notes:
+            print(f"  {note}")
+        return 0
+    data: dict[str, Any] = loaded.redactor.data(config.model_dump(mode="json", exclude_none=True))
+    print(f"# effective configuration from {loaded.source} (secrets redacted)")
+    print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
+    return 0

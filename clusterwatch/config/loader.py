@@ -1,0 +1,420 @@
+"""Finding, reading, importing and validating the configuration, with errors that say where."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from clusterwatch.config import clusterai
+from clusterwatch.config.schema import CHECK_KINDS, Config
+from clusterwatch.config.yamlpos import Path_, Position, YAMLProblem, read_yaml
+from clusterwatch.redact import Redactor
+
+SYSTEM_CONFIG = "/etc/clusterwatch/clusterwatch.yaml"
+BUILTIN = "built-in defaults"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found, each naming file, line and field."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass
+class LoadedConfig:
+    config: Config
+    source: str  # the file read, or "built-in defaults"
+    redactor: Redactor
+    notes: list[str] = field(default_factory=list)  # what was imported from where
+
+
+def default_data() -> dict[str, Any]:
+    """The standard local ports of an AI cluster, checked when there is no config file."""
+    return {
+        "checks": [
+            {"name": "docker", "kind": "docker"},
+            {"name": "dask", "kind": "dask"},
+            {"name": "ollama", "kind": "ollama"},
+            {"name": "webui", "kind": "openwebui"},
+            {"name": "system", "kind": "node"},
+        ]
+    }
+
+
+def find_config(explicit: str | None, env: typing.Mapping[str, str], cwd: Path) -> Path | None:
+    """`-c FILE`, `$CLUSTERWATCH_CONFIG`, `./clusterwatch.yaml`, then the system file."""
+    for candidate, must_exist in (
+        (explicit, True),
+        (env.get("CLUSTERWATCH_CONFIG"), True),
+        (str(cwd / "clusterwatch.yaml"), False),
+        (SYSTEM_CONFIG, False),
+    ):
+        if not candidate:
+            continue
+        path = Path(candidate).expanduser()
+        if path.is_file() or must_exist:
+            return path
+    return None
+
+
+def load_config(explicit: str | None = None, *, env: typing.Mapping[str, str] | None = None,
+                cwd: str | Path | None = None) -> LoadedConfig:
+    env = os.environ if env is None else env
+    cwd = Path(cwd or os.getcwd())
+    path = find_config(explicit, env, cwd)
+    redactor = Redactor()
+    notes: list[str] = []
+    try:
+        if path is None:
+            source, data, positions = BUILTIN, default_data(), {}
+            data["cluster_ai"] = _discover_cluster_ai(cwd, env)
+        else:
+            source = str(path)
+            if not path.is_file():
+                raise ConfigError([Problem(source, 0, "", "no such file")])
+            data, positions = read_yaml(path)
+            if data is None:
+                data = {}
+            if not isinstance(data, dict):
+                raise ConfigError([Problem(source, 1, "", "expected a mapping of keys (interval:, checks:, ...)")])
+        problems: list[Problem] = []
+        data = _substitute(data, (), positions, env, redactor, problems, source)
+        if problems:
+            raise ConfigError(problems)
+        _import_cluster_ai(data, positions, cwd, redactor, notes, explicit=path is not None)
+    except YAMLProblem as exc:
+        raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from exc
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, data, positions, source)) from None
+    return LoadedConfig(config, source, redactor, notes)
+
+
+def _discover_cluster_ai(cwd: Path, env: typing.Mapping[str, str]) -> dict[str, Any]:
+    """With no config at all, Cluster AI's files in the working directory are read, as it did."""
+    found: dict[str, Any] = {"env_files": [str(p) for p in (cwd / ".env", cwd / ".env.local") if p.is_file()]}
+    if (cwd / "cluster.yaml").is_file():
+        found["cluster_yaml"] = str(cwd / "cluster.yaml")
+    home = Path(env.get("HOME") or Path.home())
+    if (home / ".cluster_config" / "nodes_list.conf").is_file():
+        found["nodes_list"] = str(home / ".cluster_config" / "nodes_list.conf")
+    return found
+
+
+def _substitute(value: Any, path: Path_, positions: dict[Path_, Position],
+                env: typing.Mapping[str, str], redactor: Redactor, problems: list[Problem],
+                source: str) -> Any:
+    """`${VAR}` and `${VAR:-default}` in values; every substituted value is treated as secret."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, (*path, k), positions, env, redactor, problems, source)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*path, i), positions, env, redactor, problems, source)
+                for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            redactor.add(env[name])
+            return env[name]
+        if default is not None:
+            return default
+        file, line = _position(path, positions, source)
+        problems.append(Problem(file, line, _field(path), f"environment variable {name} is not set"))
+        return ""
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _import_cluster_ai(data: dict[str, Any], positions: dict[Path_, Position], cwd: Path,
+                       redactor: Redactor, notes: list[str], *, explicit: bool) -> None:
+    spec = data.get("cluster_ai")
+    if not isinstance(spec, dict):
+        return
+
+    def resolve(p: str) -> Path:
+        path = Path(os.path.expanduser(p))
+        return path if path.is_absolute() else cwd / path
+
+    env = clusterai.EnvFile()
+    env_files = spec.get("env_files") or []
+    if isinstance(env_files, list) and env_files:
+        env = clusterai.read_env_files([resolve(str(p)) for p in env_files])
+        for name, value in env.values.items():
+            if Redactor.is_sensitive_name(name):
+                redactor.add(value)
+        notes.append(f"read {', '.join(str(p) for p in env_files)}")
+
+    imported: list[clusterai.ImportedNode] = []
+    skip_workers = env.values.get("SKIP_WORKERS", "false").strip().lower() in ("1", "true", "yes")
+    for key, reader in (("cluster_yaml", clusterai.read_cluster_yaml),
+                        ("nodes_list", clusterai.read_nodes_list)):
+        if isinstance(spec.get(key), str) and not skip_workers:
+            found = reader(resolve(spec[key]))
+            imported.extend(found)
+            notes.append(f"{len(found)} node(s) from {spec[key]}")
+
+    nodes = data.setdefault("nodes", [])
+    if isinstance(nodes, list) and imported:
+        names = {n.get("name") for n in nodes if isinstance(n, dict)}
+        for item in imported:
+            if item.data["name"] in names:
+                continue  # the config's own definition wins
+            names.add(item.data["name"])
+            index = len(nodes)
+            nodes.append(item.data)
+            for sub in ((), ("name",), ("host",), ("ssh",), ("ssh", "user"), ("ssh", "port")):
+                positions[("nodes", index, *sub)] = item.position
+        for check in _checks(data, "dask"):
+            check.setdefault("expect_workers", [
+                {"name": n.data["name"], "host": n.data["host"]} for n in imported])
+    _apply_env(data, positions, env, explicit=explicit)
+
+
+def _checks(data: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    checks = data.get("checks")
+    if not isinstance(checks, list):
+        return []
+    return [c for c in checks if isinstance(c, dict) and c.get("kind") == kind]
+
+
+_THRESHOLD_VARS = {
+    # variable: (section, resource, level)
+    "DISK_WARN_THRESHOLD": ("thresholds", "disk", "warning"),
+    "DISK_CRIT_THRESHOLD": ("thresholds", "disk", "critical"),
+    "DISK_ALERT_THRESHOLD": ("thresholds", "disk", "critical"),
+    "MEM_WARN_THRESHOLD": ("thresholds", "memory", "warning"),
+    "MEM_CRIT_THRESHOLD": ("thresholds", "memory", "critical"),
+    "MEMORY_ALERT_THRESHOLD": ("thresholds", "memory", "critical"),
+    "CPU_ALERT_THRESHOLD": ("thresholds", "cpu", "critical"),
+    "CPU_CRIT_THRESHOLD": ("node_thresholds", "cpu", "critical"),
+    "WORKER_DISK_CRIT_THRESHOLD": ("node_thresholds", "disk", "critical"),
+}
+
+
+def _apply_env(data: dict[str, Any], positions: dict[Path_, Position], env: clusterai.EnvFile,
+               *, explicit: bool) -> None:
+    """Cluster AI's variables fill in what the config leaves unset; the config file wins."""
+    values = env.values
+
+    def mark(path: Path_, var: str) -> None:
+        positions[path] = env.positions[var]
+
+    for var, (section, resource, level) in _THRESHOLD_VARS.items():
+        if var not in values:
+            continue
+        block = data.setdefault(section, {})
+        if not isinstance(block, dict) or not isinstance(block.setdefault(resource, {}), dict):
+            continue
+        if level in block[resource] and (section, resource, level) in positions and \
+                positions[(section, resource, level)][0] != env.positions[var][0]:
+            continue  # set in the config file itself
+        block[resource][level] = values[var]
+        mark((section, resource, level), var)
+        if level == "critical" and "warning" not in block[resource]:
+            # A critical below the default warning would make the pair invalid: follow it down.
+            default_warning = {"cpu": 80, "memory": 85, "disk": 80 if section == "thresholds" else 85}
+            try:
+                block[resource]["warning"] = min(default_warning[resource], float(values[var]))
+            except ValueError:
+                pass  # the bad number itself is reported by validation
+            mark((section, resource, "warning"), var)
+
+    checks = data.setdefault("checks", [])
+    if not isinstance(checks, list):
+        return
+    url_vars = (("ollama", "url", "OLLAMA_BASE_URL"), ("dask", "scheduler", "DASK_SCHEDULER_ADDRESS"))
+    for kind, key, var in url_vars:
+        if var in values:
+            for check in _checks(data, kind):
+                if key not in check:
+                    check[key] = values[var]
+                    mark(("checks", checks.index(check), key), var)
+    if values.get("DOCKER_SERVICES", "").strip():
+        containers = values["DOCKER_SERVICES"].split()
+        docker_checks = _checks(data, "docker")
+        if not docker_checks:
+            docker_checks = [{"name": "docker", "kind": "docker"}]
+            checks.append(docker_checks[0])
+        for check in docker_checks:
+            if "containers" not in check:
+                check["containers"] = containers
+                mark(("checks", checks.index(check), "containers"), "DOCKER_SERVICES")
+    if values.get("DASHBOARD_HEALTH_URL", "").strip():
+        names = {c.get("name") for c in checks if isinstance(c, dict)}
+        if "dashboard" not in names:
+            check = {"name": "dashboard", "kind": "http", "url": values["DASHBOARD_HEALTH_URL"]}
+            if values.get("DASHBOARD_HEALTH_TIMEOUT"):
+                check["timeout"] = values["DASHBOARD_HEALTH_TIMEOUT"]
+            checks.append(check)
+            index = len(checks) - 1
+            mark(("checks", index), "DASHBOARD_HEALTH_URL")
+            mark(("checks", index, "url"), "DASHBOARD_HEALTH_URL")
+            if "timeout" in check:
+                mark(("checks", index, "timeout"), "DASHBOARD_HEALTH_TIMEOUT")
+    del explicit  # the same rules hold with or without a file: the file always wins
+
+
+# --- turning pydantic's errors into file:line: field: message ---------------------------------
+
+
+def _problems(exc: ValidationError, data: Any, positions: dict[Path_, Position],
+              source: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        ctx = error.get("ctx") or {}
+        custom_loc = getattr(ctx.get("error"), "loc", None)
+        if custom_loc is not None:
+            loc = tuple(custom_loc)
+        path, schema_loc = _data_path(loc, data)
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path = (*path, "kind")
+        message = _message(error, path, schema_loc)
+        file, line = _position(path, positions, source)
+        problem = Problem(file, line, _field(path, data), message)
+        if problem not in problems:
+            problems.append(problem)
+    return problems
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path_, Path_]:
+    """Drop the discriminator tags pydantic puts into locations (`checks.0.http.url`)."""
+    path: list[Any] = []
+    current = data
+    for element in loc:
+        if (isinstance(current, dict) and element in current) or (isinstance(current, list) and isinstance(element, int) and element < len(current)):
+            current = current[element]
+            path.append(element)
+        elif (isinstance(current, dict) and isinstance(element, str) and element in CHECK_KINDS \
+                and current.get("kind") == element) or (isinstance(element, str) and element.startswith(("function-", "list[", "dict["))):
+            continue
+        else:
+            path.append(element)
+            current = None
+    return tuple(path), loc
+
+
+def _message(error: Any, path: Path_, loc: Path_) -> str:
+    kind, msg = error["type"], error["msg"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        key = str(path[-1]) if path else ""
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        text = f"unknown key {key!r}"
+        if hint:
+            return f"{text} (did you mean {hint[0]!r}?)"
+        return f"{text} (allowed: {', '.join(sorted(allowed))})" if allowed else text
+    if kind == "union_tag_invalid":
+        tag = str(ctx.get("tag"))
+        hint = difflib.get_close_matches(tag, list(CHECK_KINDS), n=1, cutoff=0.5)
+        text = f"unknown check kind {tag!r}"
+        return f"{text} (did you mean {hint[0]!r}?)" if hint else \
+            f"{text} (kinds: {', '.join(CHECK_KINDS)})"
+    if kind == "union_tag_not_found":
+        return f"missing `kind:` (one of {', '.join(CHECK_KINDS)})"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("value_error", "assertion_error"):
+        return re.sub(r"^(Value|Assertion) error, ", "", msg)
+    value = error.get("input")
+    if isinstance(value, dict | list):
+        return f"{msg.lower()} (got a {'mapping' if isinstance(value, dict) else 'list'})"
+    shown = repr(value)
+    return f"{msg.lower()} (got {shown[:60]})"
+
+
+def _allowed_keys(loc: Path_) -> list[str]:
+    model: Any = Config
+    for element in loc:
+        model = _step(model, element)
+        if model is None:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _step(annotation: Any, element: Any) -> Any:
+    """One step down the schema along a pydantic location element."""
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        info = annotation.model_fields.get(element) if isinstance(element, str) else None
+        return _unwrap(info.annotation) if info else None
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is list and isinstance(element, int):
+        return _unwrap(args[0])
+    if origin is dict:
+        return _unwrap(args[1])
+    if origin in (typing.Union, __import__("types").UnionType) and isinstance(element, str):
+        for arg in args:
+            arg = _unwrap(arg)
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                kind = arg.model_fields.get("kind")
+                if kind and element in typing.get_args(kind.annotation):
+                    return arg
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, __import__("types").UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    return annotation
+
+
+def _position(path: Path_, positions: dict[Path_, Position], source: str) -> Position:
+    for cut in range(len(path), -1, -1):
+        if path[:cut] in positions:
+            return positions[path[:cut]]
+    return source, 0
+
+
+def _field(path: Path_, data: Any = None) -> str:
+    text = ""
+    current = data
+    for element in path:
+        if isinstance(element, int):
+            text += f"[{element}]"
+            if isinstance(current, list) and element < len(current):
+                current = current[element]
+                name = current.get("name") if isinstance(current, dict) else None
+                if name:
+                    text += f"({name})"
+            else:
+                current = None
+        else:
+            text += f".{element}" if text else str(element)
+            current = current.get(element) if isinstance(current, dict) else None
+    return text

@@ -1,0 +1,316 @@
+"""What a configuration is. Loading, imports and error messages live in `loader.py`."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from clusterwatch.config.durations import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must never silently disable a check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Level(Strict):
+    """A warning and a critical limit, in percent unless said otherwise. `null` turns it off."""
+
+    warning: float | None = None
+    critical: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Level:
+        if self.warning is not None and self.critical is not None and self.warning > self.critical:
+            raise ValueError(f"warning ({self.warning}) is above critical ({self.critical})")
+        return self
+
+
+class Thresholds(Strict):
+    """Resource limits; the defaults are Cluster AI's (`.env`: DISK_*, MEM_*, CPU_CRIT_THRESHOLD)."""
+
+    cpu: Level = Level(warning=80, critical=90)
+    memory: Level = Level(warning=85, critical=95)
+    disk: Level = Level(warning=80, critical=90)
+    load: Level = Level()  # load average per CPU; off unless set
+    gpu_utilization: Level = Level()
+    gpu_memory: Level = Level(warning=90, critical=98)
+    gpu_temperature: Level = Level(warning=80, critical=90)  # degrees Celsius
+
+
+def _worker_thresholds() -> Thresholds:
+    # Cluster AI's worker check: unhealthy at CPU > 90, memory > 95, disk > 95.
+    return Thresholds(
+        cpu=Level(warning=80, critical=90),
+        memory=Level(warning=85, critical=95),
+        disk=Level(warning=85, critical=95),
+    )
+
+
+class CheckBase(Strict):
+    name: Name
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    node: Name | None = None  # the node this service runs on (for dependencies and filters)
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", value):
+        raise ValueError(f"invalid URL {value!r} (expected e.g. {schemes[0]}://127.0.0.1:8080)")
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in schemes:
+        raise ValueError(f"URL scheme {scheme!r} not supported here (use {' or '.join(schemes)})")
+    return value
+
+
+HttpUrl = Annotated[str, BeforeValidator(lambda v: _check_url(str(v), ("http", "https")))]
+
+
+class HttpCheck(CheckBase):
+    kind: Literal["http"]
+    url: HttpUrl
+    method: Literal["GET", "HEAD", "POST", "PUT"] = "GET"
+    headers: dict[str, str] = {}
+    body: str | None = None
+    expect_status: list[int] | None = None  # default: any 2xx or 3xx
+    body_contains: str | None = None
+    expect_json: dict[str, Any] = {}  # dotted path -> expected value
+    latency_warning: Duration | None = None
+    latency_critical: Duration | None = None
+    tls_verify: bool = True
+    ca_file: str | None = None
+    cert_days_warning: int = 14
+    cert_days_critical: int = 7
+    max_body: Size = 1024 * 1024
+
+    @field_validator("expect_status", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+
+class TcpCheck(CheckBase):
+    kind: Literal["tcp"]
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)]
+    latency_warning: Duration | None = None
+
+
+class ExpectedWorker(Strict):
+    """A Dask worker that must be connected: matched by worker name or by host."""
+
+    name: str
+    host: str | None = None
+
+
+class DaskCheck(CheckBase):
+    kind: Literal["dask"]
+    scheduler: Annotated[str, BeforeValidator(lambda v: _check_url(str(v), ("tcp", "tls")))] = (
+        "tcp://127.0.0.1:8786"
+    )
+    dashboard: HttpUrl | None = None  # default: the scheduler's host, port 8787
+    min_workers: Annotated[int, Field(ge=0)] = 1
+    expect_workers: list[ExpectedWorker] = []  # a plain string is a name or a host
+
+    @field_validator("expect_workers", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v, "host": v} if isinstance(v, str) else v for v in value]
+        return value
+    heartbeat_warning: Duration = 5.0
+    heartbeat_critical: Duration = 10.0
+    memory_warning: float = 80.0  # percent of the worker's memory limit (Dask pauses at 80)
+    memory_critical: float = 95.0  # Dask's nanny kills the worker at 95
+    max_body: Size = 8 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _heartbeats(self) -> DaskCheck:
+        if self.heartbeat_warning > self.heartbeat_critical:
+            raise ValueError("heartbeat_warning is above heartbeat_critical")
+        return self
+
+    @property
+    def dashboard_url(self) -> str:
+        if self.dashboard:
+            return self.dashboard.rstrip("/")
+        host = self.scheduler.split("://", 1)[1].rsplit(":", 1)[0]
+        return f"http://{host}:8787"
+
+    @property
+    def scheduler_host_port(self) -> tuple[str, int]:
+        hostport = self.scheduler.split("://", 1)[1].split("/", 1)[0]
+        host, _, port = hostport.rpartition(":")
+        if not host:
+            return hostport.strip("[]"), 8786
+        return host.strip("[]"), int(port)
+
+
+class DockerCheck(CheckBase):
+    kind: Literal["docker"]
+    socket: str = "/var/run/docker.sock"
+    containers: list[str] = []
+    restart_window: Duration = 600.0  # a restart within this window counts as "rising"
+
+    @field_validator("socket", mode="before")
+    @classmethod
+    def _strip_scheme(cls, value: Any) -> Any:
+        return value[len("unix://"):] if isinstance(value, str) and value.startswith("unix://") else value
+
+
+class GenerateProbe(Strict):
+    """Opt-in: ask the model for one token, to measure that it really answers."""
+
+    model: str
+    prompt: str = "Reply with one word: ok"
+    timeout: Duration = 60.0
+    latency_warning: Duration = 10.0
+
+
+class OllamaCheck(CheckBase):
+    kind: Literal["ollama"]
+    url: HttpUrl = "http://127.0.0.1:11434"
+    expect_models: list[str] = []
+    generate: GenerateProbe | None = None
+    max_body: Size = 8 * 1024 * 1024
+
+
+class OpenWebUICheck(CheckBase):
+    kind: Literal["openwebui"]
+    url: HttpUrl = "http://127.0.0.1:3000"
+    check_db: bool = True
+    max_body: Size = 1024 * 1024
+
+
+class NodeCheck(CheckBase):
+    """This machine's resources (and its NVIDIA GPUs when there are any)."""
+
+    kind: Literal["node"]
+    thresholds: Thresholds | None = None  # default: the top-level thresholds
+    disks: list[str] = []  # mount points; default: every local disk
+    gpus: bool = True
+    cpu_sample: Duration = 0.5
+
+
+Check = Annotated[
+    HttpCheck | TcpCheck | DaskCheck | DockerCheck | OllamaCheck | OpenWebUICheck | NodeCheck,
+    Field(discriminator="kind"),
+]
+CHECK_KINDS: dict[str, type[CheckBase]] = {
+    "http": HttpCheck,
+    "tcp": TcpCheck,
+    "dask": DaskCheck,
+    "docker": DockerCheck,
+    "ollama": OllamaCheck,
+    "openwebui": OpenWebUICheck,
+    "node": NodeCheck,
+}
+
+
+class SSHOptions(Strict):
+    user: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    key: str | None = None  # default: the user's standard keys (~/.ssh/id_*)
+    passphrase: str | None = None  # use ${ENV}
+    known_hosts: str | None = None  # default: ~/.ssh/known_hosts
+    insecure_ignore_host_key: bool = False  # explicit opt-out; logged loudly
+    connect_timeout: Duration = 5.0
+
+    @field_validator("key", "known_hosts")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = os.path.expanduser(value)
+        if not os.path.isfile(path):
+            raise ValueError(f"file {value!r} does not exist")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"file {value!r} is not readable by this user")
+        return path
+
+
+class Node(Strict):
+    """A remote machine (Linux server or Termux phone) reached over SSH."""
+
+    name: Name
+    host: str
+    ssh: SSHOptions = SSHOptions()
+    termux: bool | None = None  # default: guessed from port 8022 / a u0_a user
+    thresholds: Thresholds | None = None  # default: node_thresholds
+    expect_dask_worker: bool = True
+    battery_warning: float = 20.0
+    battery_critical: float = 10.0
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+    @property
+    def is_termux(self) -> bool:
+        if self.termux is not None:
+            return self.termux
+        return self.ssh.port == 8022 or (self.ssh.user or "").startswith("u0_a")
+
+
+class ClusterAIImport(Strict):
+    """Cluster AI's own files, read as they are."""
+
+    cluster_yaml: str | None = None
+    nodes_list: str | None = None
+    env_files: list[str] = []
+
+
+class Config(Strict):
+    interval: Duration = 30.0
+    timeout: Duration = 5.0
+    concurrency: Annotated[int, Field(ge=1, le=10000)] = 200
+    thresholds: Thresholds = Thresholds()
+    node_thresholds: Thresholds = Field(default_factory=_worker_thresholds)
+    ssh: SSHOptions = SSHOptions()  # defaults for every node's ssh
+    cluster_ai: ClusterAIImport | None = None
+    checks: list[Check] = []
+    nodes: list[Node] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: dict[str, int] = {}
+        for index, check in enumerate(self.checks):
+            if check.name in seen:
+                raise DuplicateName("checks", index, check.name, seen[check.name])
+            seen[check.name] = index
+        node_names: dict[str, int] = {}
+        for index, node in enumerate(self.nodes):
+            if node.name in node_names:
+                raise DuplicateName("nodes", index, node.name, node_names[node.name])
+            node_names[node.name] = index
+        for index, check in enumerate(self.checks):
+            if check.node and check.node not in node_names and check.node != "local":
+                raise UnknownNode(index, check.node, sorted(node_names))
+        return self
+
+
+class DuplicateName(ValueError):
+    def __init__(self, section: str, index: int, name: str, first: int) -> None:
+        super().__init__(f"duplicate name {name!r}: {section}[{first}] already has it")
+        self.loc: tuple[Any, ...] = (section, index, "name")
+
+
+class UnknownNode(ValueError):
+    def __init__(self, index: int, node: str, known: list[str]) -> None:
+        names = ", ".join(known) or "none configured"
+        super().__init__(f"unknown node {node!r} (nodes: {names})")
+        self.loc = ("checks", index, "node")

@@ -1,0 +1,114 @@
+"""One round of every probe, concurrently and bounded: the pipeline `check` runs once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from clusterwatch.config.schema import CheckBase, Config, Node, OllamaCheck
+from clusterwatch.model import Group, Observation, Status
+from clusterwatch.probes import GROUPS, probe_for
+from clusterwatch.probes.base import ProbeContext, new_http_session
+from clusterwatch.probes.ssh import probe_node
+from clusterwatch.redact import Redactor
+
+log = logging.getLogger("clusterwatch.engine")
+
+
+@dataclass
+class Round:
+    observations: list[Observation]
+    started_at: float
+    duration_s: float
+
+    @property
+    def status(self) -> Status:
+        return Status.worst([o.status for o in self.observations])
+
+
+def budget(item: CheckBase | Node, config: Config) -> float:
+    """How long one probe may take before the runner gives up on it (its own timeout plus slack)."""
+    base = item.timeout if item.timeout is not None else config.timeout
+    if isinstance(item, Node):
+        base = max(base, item.ssh.connect_timeout + 3)
+    if isinstance(item, OllamaCheck) and item.generate:
+        base += item.generate.timeout
+    if getattr(item, "kind", "") == "dask":
+        base *= 2  # a port connect, then the HTTP endpoints
+    return base + 1.0
+
+
+def _kind(item: CheckBase | Node) -> str:
+    return "ssh" if isinstance(item, Node) else str(getattr(item, "kind", ""))
+
+
+def selected(config: Config, only: Iterable[Group] | None) -> list[CheckBase | Node]:
+    items: list[CheckBase | Node] = [*config.checks, *config.nodes]
+    if only is None:
+        return items
+    wanted = set(only)
+    return [i for i in items if GROUPS[_kind(i)] & wanted]
+
+
+async def run_probe(item: CheckBase | Node, ctx: ProbeContext) -> list[Observation]:
+    """One probe, never raising: a timeout or a bug in a probe becomes an `unknown` observation."""
+    limit = budget(item, ctx.config)
+    kind = _kind(item)
+    try:
+        async with asyncio.timeout(limit):
+            if isinstance(item, Node):
+                return await probe_node(item, ctx.config)
+            return await probe_for(kind)(item, ctx)
+    except TimeoutError:
+        return [_placeholder(item, Status.CRITICAL, f"no answer within {limit:g}s")]
+    except Exception as exc:  # a probe's own bug must not take the round down
+        log.exception("probe %s (%s) failed", item.name, kind)
+        return [_placeholder(item, Status.UNKNOWN, f"probe error: {type(exc).__name__}: {exc}")]
+
+
+def _placeholder(item: CheckBase | Node, status: Status, message: str) -> Observation:
+    kind = _kind(item)
+    group = Group.NODES if kind == "ssh" else Group.SYSTEM if kind == "node" else Group.SERVICES
+    target = item.host if isinstance(item, Node) else str(
+        getattr(item, "url", None) or getattr(item, "scheduler", None) or getattr(item, "socket", None) or "")
+    node = item.name if isinstance(item, Node) else item.node
+    return Observation(name=item.name, kind=kind, target=target, status=status, message=message,
+                       check=item.name, group=group, node=node)
+
+
+async def run_once(config: Config, *, only: Iterable[Group] | None = None, timeout: float | None = None,
+                   redactor: Redactor | None = None) -> Round:
+    """Every selected probe once; the whole round bounded by `timeout` seconds."""
+    only_set = set(only) if only is not None else None
+    items = selected(config, only_set)
+    started_at, started = time.time(), time.perf_counter()
+    semaphore = asyncio.Semaphore(config.concurrency)
+    async with new_http_session(limit=config.concurrency) as session:
+        ctx = ProbeContext(config=config, http=session)
+
+        async def bounded(item: CheckBase | Node) -> list[Observation]:
+            async with semaphore:
+                return await run_probe(item, ctx)
+
+        tasks = {asyncio.ensure_future(bounded(item)): item for item in items}
+        done, pending = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
+        observations: list[Observation] = []
+        for task, item in tasks.items():
+            if task in done:
+                observations.extend(task.result())
+            else:
+                task.cancel()
+                observations.append(_placeholder(item, Status.UNKNOWN, f"not finished within --timeout {timeout:g}s"))
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    if only_set is not None:
+        observations = [o for o in observations if o.group in only_set]
+    if redactor is not None:
+        for obs in observations:
+            obs.message = redactor.text(obs.message)
+            obs.target = redactor.text(obs.target)
+            obs.details = redactor.data(obs.details)
+    return Round(observations, started_at, time.perf_counter() - started)

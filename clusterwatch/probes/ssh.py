@@ -1,0 +1,221 @@
+"""Remote nodes (Linux servers and Termux phones) over SSH, host keys checked.
+
+One fixed script gathers everything in one round trip; nothing from the config is ever
+put into the remote command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from clusterwatch.config.schema import Config, Node, Thresholds
+from clusterwatch.model import Group, Observation, Status
+from clusterwatch.probes.base import describe_os_error, human_bytes, level_status
+
+log = logging.getLogger("clusterwatch.ssh")
+_warned_insecure: set[str] = set()
+
+# `[d]ask` keeps pgrep from matching the shell that runs this very script.
+REMOTE_SCRIPT = r"""
+export LC_ALL=C
+echo "nproc=$(nproc 2>/dev/null || grep -c ^processor /proc/cpuinfo 2>/dev/null)"
+if [ -r /proc/stat ]; then
+  echo "stat1=$(head -n1 /proc/stat)"; sleep 0.5; echo "stat2=$(head -n1 /proc/stat)"
+fi
+[ -r /proc/loadavg ] && echo "loadavg=$(cat /proc/loadavg)"
+[ -r /proc/meminfo ] && grep -E '^(MemTotal|MemAvailable):' /proc/meminfo | tr -d ' ' | sed 's/kB$//; s/:/=/'
+df -P / "$HOME" 2>/dev/null | awk 'NR>1 {print "df=" $6 " " $2 " " $3 " " $4}'
+if command -v pgrep >/dev/null 2>&1; then
+  if pgrep -f '[d]ask[- _]worker' >/dev/null 2>&1; then echo dask_worker=1; else echo dask_worker=0; fi
+fi
+if command -v termux-battery-status >/dev/null 2>&1; then
+  echo "battery=$(termux-battery-status 2>/dev/null | tr -d '\n')"
+fi
+echo end=1
+"""
+
+
+def _asyncssh() -> Any:
+    import asyncssh  # slow to import; only configs with nodes pay for it
+
+    return asyncssh
+
+
+def connect_options(node: Node, defaults: Any) -> dict[str, Any]:
+    """asyncssh options from the node's ssh block over the top-level `ssh:` defaults."""
+    set_fields = node.ssh.model_fields_set
+    ssh = {name: getattr(node.ssh if name in set_fields else defaults, name) for name in type(node.ssh).model_fields}
+    options: dict[str, Any] = {"port": ssh["port"], "connect_timeout": ssh["connect_timeout"],
+                               "login_timeout": ssh["connect_timeout"]}
+    if ssh["user"]:
+        options["username"] = ssh["user"]
+    if ssh["key"]:
+        options["client_keys"] = [ssh["key"]]
+        options["agent_path"] = None
+        if ssh["passphrase"]:
+            options["passphrase"] = ssh["passphrase"]
+    if ssh["insecure_ignore_host_key"]:
+        if node.name not in _warned_insecure:
+            _warned_insecure.add(node.name)
+            log.warning("SSH HOST KEY CHECKING IS OFF for node %s (%s): `insecure_ignore_host_key: true` "
+                        "lets anyone on the network impersonate it", node.name, node.host)
+        options["known_hosts"] = None
+    elif ssh["known_hosts"]:
+        options["known_hosts"] = ssh["known_hosts"]
+    return options
+
+
+async def probe_node(node: Node, config: Config, timeout: float | None = None) -> list[Observation]:
+    asyncssh = _asyncssh()
+    options = connect_options(node, config.ssh)
+    port = options["port"]
+    where = f"{node.host}:{port}"
+    user = options.get("username", os.environ.get("USER", "?"))
+    budget = timeout or node.timeout or max(config.timeout, options["connect_timeout"] + 3)
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(budget):
+            async with asyncssh.connect(node.host, **options) as conn:
+                latency = (time.perf_counter() - started) * 1000
+                result = await conn.run(REMOTE_SCRIPT, check=False)
+    except TimeoutError:
+        return [_down(node, where, f"SSH to {where} timed out after {budget:g}s (host down, firewalled or "
+                                   "asleep{})".format(" — Termux: `termux-wake-lock`" if node.is_termux else ""))]
+    except asyncssh.PermissionDenied:
+        key = options.get("client_keys", ["the default keys"])[0]
+        return [_down(node, where, f"SSH authentication failed for {user}@{where} with {key} — is its public key "
+                                   "in ~/.ssh/authorized_keys on the node?")]
+    except asyncssh.HostKeyNotVerifiable as exc:
+        return [_down(node, where, _host_key_message(node, options, port, str(exc)))]
+    except asyncssh.Error as exc:
+        return [_down(node, where, f"SSH to {where} failed: {exc.reason}")]
+    except ConnectionRefusedError:
+        hint = "is sshd running? (Termux: run `sshd`; it listens on 8022)"
+        return [_down(node, where, f"SSH connection refused at {where} — {hint}")]
+    except OSError as exc:
+        return [_down(node, where, f"SSH: {describe_os_error(exc, where)}")]
+    if result.exit_status not in (0, None) or "end=1" not in str(result.stdout):
+        err = str(result.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        return [_down(node, where, f"node script failed (exit {result.exit_status}): {err[0][:120]}",
+                      status=Status.UNKNOWN)]
+    return [judge(node, config, parse_report(str(result.stdout)), where, latency)]
+
+
+def _host_key_message(node: Node, options: dict[str, Any], port: int, reason: str) -> str:
+    known = options.get("known_hosts") or os.path.expanduser("~/.ssh/known_hosts")
+    listed = False
+    try:
+        import asyncssh
+
+        hosts = asyncssh.read_known_hosts(known) if os.path.exists(known) else None
+        listed = bool(hosts and hosts.match(node.host, "", port)[0])
+    except (OSError, ValueError, asyncssh.Error):
+        pass
+    if listed:
+        return (f"SSH HOST KEY MISMATCH for {node.host}:{port} — refusing to connect. If the node was reinstalled, "
+                f"check its key and update {known}; otherwise someone may be impersonating it")
+    return (f"SSH host key of {node.host}:{port} is not in {known} — refusing to connect; add it after checking it "
+            f"(`ssh-keyscan -p {port} {node.host}`) ({reason})")
+
+
+def _down(node: Node, where: str, message: str, status: Status = Status.CRITICAL) -> Observation:
+    return Observation(name=node.name, kind="ssh", target=where, status=status, message=message,
+                       check=node.name, group=Group.NODES, node=node.name)
+
+
+def parse_report(text: str) -> dict[str, Any]:
+    report: dict[str, Any] = {"df": []}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "df":
+            report["df"].append(value)
+        else:
+            report[key] = value.strip()
+    return report
+
+
+def _cpu_percent(first: str, second: str) -> float | None:
+    def numbers(line: str) -> list[int]:
+        return [int(x) for x in line.split()[1:] if x.isdigit()]
+
+    a, b = numbers(first), numbers(second)
+    if len(a) < 4 or len(a) != len(b):
+        return None
+    idle = (b[3] + (b[4] if len(b) > 4 else 0)) - (a[3] + (a[4] if len(a) > 4 else 0))
+    total = sum(b[:8]) - sum(a[:8])
+    return round(100.0 * (total - idle) / total, 1) if total > 0 else None
+
+
+def judge(node: Node, config: Config, report: dict[str, Any], where: str, latency_ms: float) -> Observation:
+    limits: Thresholds = node.thresholds or config.node_thresholds
+    metrics: dict[str, float] = {}
+    graded: list[tuple[Status, str]] = []
+    cores = int(report["nproc"]) if str(report.get("nproc", "")).isdigit() else 1
+    metrics["cpus"] = cores
+
+    cpu = _cpu_percent(report.get("stat1", ""), report.get("stat2", "")) if "stat1" in report else None
+    if cpu is not None:
+        metrics["cpu_percent"] = cpu
+        graded.append((level_status(cpu, limits.cpu.warning, limits.cpu.critical), f"cpu {cpu:.0f}%"))
+    total, avail = report.get("MemTotal"), report.get("MemAvailable")
+    if total and avail and total.isdigit() and avail.isdigit() and int(total) > 0:
+        percent = 100.0 * (int(total) - int(avail)) / int(total)
+        metrics.update(memory_percent=round(percent, 1), memory_total_bytes=int(total) * 1024)
+        graded.append((level_status(percent, limits.memory.warning, limits.memory.critical),
+                       f"memory {percent:.0f}% of {human_bytes(int(total) * 1024)}"))
+    seen_mounts = set()
+    for line in report["df"]:
+        parts = line.split()
+        if len(parts) != 4 or parts[0] in seen_mounts or not all(p.isdigit() for p in parts[1:]):
+            continue
+        seen_mounts.add(parts[0])
+        size, used, free = (int(p) * 1024 for p in parts[1:])
+        percent = 100.0 * used / (used + free) if used + free else 0.0
+        key = "disk_percent" if parts[0] == "/" else f"disk_percent:{parts[0]}"
+        metrics[key] = round(percent, 1)
+        graded.append((level_status(percent, limits.disk.warning, limits.disk.critical),
+                       f"disk {parts[0]} {percent:.0f}%"))
+    if report.get("loadavg"):
+        try:
+            load1 = float(report["loadavg"].split()[0])
+            metrics["load1"] = load1
+            graded.append((level_status(load1 / cores, limits.load.warning, limits.load.critical), f"load {load1:.2f}"))
+        except (ValueError, IndexError):
+            pass
+    if "dask_worker" in report:
+        running = report["dask_worker"] == "1"
+        metrics["dask_worker_running"] = 1.0 if running else 0.0
+        if node.expect_dask_worker:
+            graded.append((Status.OK, "dask worker running") if running else
+                          (Status.CRITICAL, "no dask worker process — start it (`dask worker tcp://SCHEDULER:8786`)"))
+    if report.get("battery"):
+        graded.append(_battery(node, report["battery"], metrics))
+    if not graded:
+        return _down(node, where, "node answered but reported nothing readable", status=Status.UNKNOWN)
+    status = Status.worst([s for s, _ in graded])
+    bad = [text for s, text in graded if s is not Status.OK]
+    message = "; ".join(bad) if bad else ", ".join(text for _, text in graded)
+    return Observation(name=node.name, kind="ssh", target=where, status=status, message=message,
+                       latency_ms=latency_ms, metrics=metrics, check=node.name, group=Group.NODES,
+                       node=node.name, details={"termux": node.is_termux})
+
+
+def _battery(node: Node, raw: str, metrics: dict[str, float]) -> tuple[Status, str]:
+    try:
+        data = json.loads(raw)
+        percent = float(data["percentage"])
+    except (ValueError, KeyError, TypeError):
+        return Status.UNKNOWN, "battery unreadable"
+    metrics["battery_percent"] = percent
+    charging = str(data.get("status", "")).upper() in ("CHARGING", "FULL")
+    status = level_status(percent, node.battery_warning, node.battery_critical, below=True)
+    if charging and status is Status.CRITICAL:
+        status = Status.WARNING
+    return status, f"battery {percent:.0f}%{' (charging)' if charging else ''}"
