@@ -99,10 +99,11 @@ def load_config(explicit: str | None = None, *, env: typing.Mapping[str, str] | 
                 data = {}
             if not isinstance(data, dict):
                 raise ConfigError([Problem(source, 1, "", "expected a mapping of keys (interval:, checks:, ...)")])
-        problems: list[Problem] = []
-        data = _substitute(data, (), positions, env, redactor, problems, source)
-        if problems:
-            raise ConfigError(problems)
+        unset: list[tuple[Path_, str]] = []
+        data = _substitute(data, (), env, redactor, unset)
+        if unset:
+            raise ConfigError([Problem(*_position(path, positions, source), _field(path, data),
+                                       f"environment variable {name} is not set") for path, name in unset])
         _import_cluster_ai(data, positions, cwd, redactor, notes, explicit=path is not None)
     except YAMLProblem as exc:
         raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from exc
@@ -124,16 +125,13 @@ def _discover_cluster_ai(cwd: Path, env: typing.Mapping[str, str]) -> dict[str, 
     return found
 
 
-def _substitute(value: Any, path: Path_, positions: dict[Path_, Position],
-                env: typing.Mapping[str, str], redactor: Redactor, problems: list[Problem],
-                source: str) -> Any:
+def _substitute(value: Any, path: Path_, env: typing.Mapping[str, str], redactor: Redactor,
+                unset: list[tuple[Path_, str]]) -> Any:
     """`${VAR}` and `${VAR:-default}` in values; every substituted value is treated as secret."""
     if isinstance(value, dict):
-        return {k: _substitute(v, (*path, k), positions, env, redactor, problems, source)
-                for k, v in value.items()}
+        return {k: _substitute(v, (*path, k), env, redactor, unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, (*path, i), positions, env, redactor, problems, source)
-                for i, v in enumerate(value)]
+        return [_substitute(v, (*path, i), env, redactor, unset) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -144,8 +142,7 @@ def _substitute(value: Any, path: Path_, positions: dict[Path_, Position],
             return env[name]
         if default is not None:
             return default
-        file, line = _position(path, positions, source)
-        problems.append(Problem(file, line, _field(path), f"environment variable {name} is not set"))
+        unset.append((path, name))
         return ""
 
     return _ENV_REF.sub(replace, value)

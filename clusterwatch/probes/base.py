@@ -19,6 +19,11 @@ from clusterwatch.model import Group, Observation, Status
 _NOT_RUNNING = re.compile(r"connection refused|does not exist|no route|cannot resolve")
 
 
+def not_running(reason: str) -> bool:
+    """Nothing listens there (as opposed to a slow or broken answer)."""
+    return bool(_NOT_RUNNING.search(reason))
+
+
 class Unreachable(Exception):
     """The service could not be reached or did not answer; `str()` says why, in one line."""
 
@@ -172,7 +177,7 @@ def down(check: CheckBase, target: str, reason: str, hint: str = "",
     The hint ("is `ollama serve` running?") is added only where nothing listens: for a
     timeout or an error answer it would send the reader the wrong way.
     """
-    message = f"{reason} — {hint}" if hint and _NOT_RUNNING.search(reason) else reason
+    message = f"{reason} — {hint}" if hint and not_running(reason) else reason
     return Observation(name=check.name, kind=_kind(check), target=target, status=status,
                        message=message, latency_ms=latency_ms, check=check.name, group=group,
                        node=check.node)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clusterwatch.config.schema import OpenWebUICheck
 from clusterwatch.model import Observation, Status
-from clusterwatch.probes.base import ProbeContext, Unreachable, down, fetch, observation
+from clusterwatch.probes.base import ProbeContext, Unreachable, down, fetch, not_running, observation
 
 HINT = "is Open WebUI running? (`docker start open-webui`)"
 
@@ -15,7 +15,8 @@ async def probe(check: OpenWebUICheck, ctx: ProbeContext) -> list[Observation]:
     try:
         health = await fetch(ctx.http, f"{base}/health", timeout=timeout, max_body=check.max_body)
     except Unreachable as exc:
-        return [down(check, base, str(exc), HINT)]
+        reason = str(exc) if not_running(str(exc)) else f"/health: {exc}"
+        return [down(check, base, reason, HINT)]
     if health.status >= 500:
         return [down(check, base, f"HTTP {health.status} on /health — Open WebUI needs a restart",
                      latency_ms=health.latency_ms)]

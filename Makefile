@@ -1,0 +1,25 @@
+# The two commands of the README's quick start; each sets up what it needs by itself.
+.PHONY: run test lint bench clean
+
+ARGS ?=
+PYTEST_ARGS ?=
+
+run:
+	@bash scripts/bootstrap.sh run
+	-.venv/bin/clusterwatch check $(ARGS)
+
+test:
+	@bash scripts/bootstrap.sh test
+	.venv/bin/ruff check clusterwatch tests bench
+	.venv/bin/python -m pytest -ra $(PYTEST_ARGS)
+
+lint:
+	.venv/bin/ruff check clusterwatch tests bench
+
+bench:
+	@bash scripts/bootstrap.sh test
+	.venv/bin/python bench/check_http_targets.py
+	.venv/bin/python bench/check_nothing_running.py
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache test-artifacts

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from clusterwatch.config.loader import load_config
+from clusterwatch.engine.once import run_once
+from clusterwatch.model import Observation
+
+
+def observe(tmp_path: Path, config: dict[str, Any] | str, *, timeout: float = 30.0,
+            env: dict[str, str] | None = None) -> dict[str, Observation]:
+    """Load a config the way a user's file is loaded, run one round, index it by name."""
+    path = tmp_path / "clusterwatch.yaml"
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    loaded = load_config(str(path), env=env or {}, cwd=tmp_path)
+    result = asyncio.run(run_once(loaded.config, timeout=timeout, redactor=loaded.redactor))
+    return {o.name: o for o in result.observations}
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+    return _write
