@@ -16,7 +16,7 @@ def observe(tmp_path: Path, config: dict[str, Any] | str, *, timeout: float = 30
             env: dict[str, str] | None = None) -> dict[str, Observation]:
     """Load a config the way a user's file is loaded, run one round, index it by name."""
     path = tmp_path / "clusterwatch.yaml"
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
     loaded = load_config(str(path), env=env or {}, cwd=tmp_path)
     result = asyncio.run(run_once(loaded.config, timeout=timeout, redactor=loaded.redactor))
     return {o.name: o for o in result.observations}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import re
@@ -44,7 +45,6 @@ class HttpAnswer:
     headers: dict[str, str]
     body: bytes
     latency_ms: float
-    peer_cert_der: bytes | None = None
 
     def json(self) -> Any:
         """The body as JSON, or Unreachable with a readable reason."""
@@ -68,8 +68,8 @@ def new_http_session(limit: int = 200) -> aiohttp.ClientSession:
 
 async def fetch(session: aiohttp.ClientSession, url: str, *, timeout: float, max_body: int,
                 method: str = "GET", json_body: Any = None, data: str | None = None,
-                headers: dict[str, str] | None = None, ssl_context: ssl.SSLContext | bool | None = None,
-                want_cert: bool = False) -> HttpAnswer:
+                headers: dict[str, str] | None = None,
+                ssl_context: ssl.SSLContext | bool | None = None) -> HttpAnswer:
     """One HTTP exchange, bounded in time and size. Raises Unreachable, never hangs."""
     started = time.perf_counter()
     try:
@@ -77,10 +77,9 @@ async def fetch(session: aiohttp.ClientSession, url: str, *, timeout: float, max
             async with session.request(method, url, json=json_body, data=data, headers=headers,
                                        ssl=ssl_context if ssl_context is not None else True,
                                        allow_redirects=True) as resp:
-                cert = _peer_cert(resp) if want_cert else None
                 body = await _read_bounded(resp, max_body)
                 return HttpAnswer(resp.status, dict(resp.headers), body,
-                                  (time.perf_counter() - started) * 1000, cert)
+                                  (time.perf_counter() - started) * 1000)
     except TimeoutError:
         raise Unreachable(f"no answer within {timeout:g}s from {_hostport(url)}") from None
     except aiohttp.ClientConnectorCertificateError as exc:
@@ -116,11 +115,22 @@ async def _read_bounded(resp: aiohttp.ClientResponse, max_body: int) -> bytes:
     return b"".join(chunks)
 
 
-def _peer_cert(resp: aiohttp.ClientResponse) -> bytes | None:
-    conn = resp.connection
-    transport = conn.transport if conn else None
-    ssl_object = transport.get_extra_info("ssl_object") if transport else None
-    return ssl_object.getpeercert(binary_form=True) if ssl_object else None
+async def peer_certificate(host: str, port: int, timeout: float) -> bytes | None:
+    """The server's certificate (DER), read whether or not it is trusted: its expiry is what we want."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+    except (OSError, TimeoutError, ssl.SSLError):
+        return None
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+        await asyncio.wait_for(writer.wait_closed(), 1)
+    return der
 
 
 def _hostport(url: str) -> str:
@@ -162,10 +172,8 @@ async def tcp_connect(host: str, port: int, timeout: float) -> float:
         raise Unreachable(describe_os_error(exc, where)) from None
     latency = (time.perf_counter() - started) * 1000
     writer.close()
-    try:
+    with contextlib.suppress(OSError, TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), 1)
-    except (OSError, TimeoutError):
-        pass
     return latency
 
 

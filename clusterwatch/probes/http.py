@@ -9,7 +9,7 @@ from typing import Any
 
 from clusterwatch.config.schema import HttpCheck
 from clusterwatch.model import Observation, Status
-from clusterwatch.probes.base import ProbeContext, Unreachable, down, fetch, observation
+from clusterwatch.probes.base import ProbeContext, Unreachable, down, fetch, observation, peer_certificate
 
 _MISSING = object()
 
@@ -20,8 +20,7 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> list[Observation]:
     try:
         answer = await fetch(ctx.http, check.url, method=check.method, headers=check.headers or None,
                              data=check.body, timeout=timeout, max_body=check.max_body,
-                             ssl_context=_ssl_context(check.tls_verify, check.ca_file) if https else None,
-                             want_cert=https)
+                             ssl_context=_ssl_context(check.tls_verify, check.ca_file) if https else None)
     except Unreachable as exc:
         return [down(check, check.url, str(exc), "is the service running?")]
 
@@ -44,8 +43,9 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> list[Observation]:
         problems.append((Status.WARNING, f"slow: {answer.latency_ms:.0f} ms (warning at {check.latency_warning:g}s)"))
 
     metrics: dict[str, float] = {"http_status": answer.status, "body_bytes": len(answer.body)}
-    if answer.peer_cert_der:
-        days = _days_left(answer.peer_cert_der)
+    der = await _certificate(check.url, timeout) if https else None
+    if der:
+        days = _days_left(der)
         metrics["cert_days_left"] = round(days, 1)
         if days < 0:
             problems.append((Status.CRITICAL, f"TLS certificate expired {-days:.0f} day(s) ago"))
@@ -101,6 +101,13 @@ def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+async def _certificate(url: str, timeout: float) -> bytes | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return await peer_certificate(parts.hostname or "", parts.port or 443, timeout)
 
 
 def _days_left(der: bytes) -> float:
