@@ -27,6 +27,9 @@ from clusterwatch.probes.base import (
 )
 
 HINT = "is `dask scheduler` running?"
+_COUNTS = {"erred": "tasks_erred", "processing": "tasks_processing", "waiting": "tasks_waiting",
+           "unrunnable": "tasks_unrunnable", "memory": "tasks_in_memory", "tasks": "tasks_total",
+           "clients": "clients"}
 
 
 async def probe(check: DaskCheck, ctx: ProbeContext) -> list[Observation]:
@@ -197,9 +200,9 @@ def _scheduler(check: DaskCheck, info: dict[str, Any], health: HttpAnswer | Unre
     if isinstance(counts, HttpAnswer) and counts.status == 200:
         try:
             data = counts.json()
-            for key in ("erred", "processing", "waiting", "unrunnable", "clients", "memory", "tasks"):
+            for key, metric in _COUNTS.items():
                 if isinstance(data.get(key), int | float):
-                    metrics[f"tasks_{key}" if key not in ("clients", "memory", "tasks") else key] = float(data[key])
+                    metrics[metric] = float(data[key])
         except (Unreachable, AttributeError):
             pass
 
