@@ -31,7 +31,7 @@ fi
 [ -r /proc/meminfo ] && grep -E '^(MemTotal|MemAvailable):' /proc/meminfo | tr -d ' ' | sed 's/kB$//; s/:/=/'
 df -P / "$HOME" 2>/dev/null | awk 'NR>1 {print "df=" $6 " " $2 " " $3 " " $4}'
 if command -v pgrep >/dev/null 2>&1; then
-  if pgrep -f '[d]ask[- _]worker' >/dev/null 2>&1; then echo dask_worker=1; else echo dask_worker=0; fi
+  if pgrep -f '[d]ask(-worker| worker)|[d]istributed[.]cli[.]dask_worker' >/dev/null 2>&1; then echo dask_worker=1; else echo dask_worker=0; fi
 fi
 if command -v termux-battery-status >/dev/null 2>&1; then
   echo "battery=$(termux-battery-status 2>/dev/null | tr -d '\n')"

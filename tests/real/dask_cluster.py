@@ -15,6 +15,7 @@ BIN = Path(sys.executable).parent
 class DaskCluster:
     def __init__(self, workdir: Path, *, prometheus: bool = True) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.port, self.dashboard_port = free_port(), free_port()
         self.procs: list[Proc] = []
         self.workers: dict[str, Proc] = {}
