@@ -26,22 +26,32 @@ ONLY = {
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE", help="config file (default: $CLUSTERWATCH_CONFIG, "
-                        "./clusterwatch.yaml, /etc/clusterwatch/clusterwatch.yaml, else built-in defaults)")
+    common.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="config file (default: $CLUSTERWATCH_CONFIG, "
+        "./clusterwatch.yaml, /etc/clusterwatch/clusterwatch.yaml, else built-in defaults)",
+    )
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines on stderr")
 
-    parser = argparse.ArgumentParser(prog="clusterwatch", parents=[common],
-                                     description="Keeps an AI cluster healthy without a person watching.")
+    parser = argparse.ArgumentParser(
+        prog="clusterwatch", parents=[common], description="Keeps an AI cluster healthy without a person watching."
+    )
     parser.add_argument("--version", action="version", version=f"clusterwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check", parents=[common], help="check everything once and exit 0/1/2/3",
-                           description="Run every probe once. Exit 0 ok, 1 warning, 2 critical, "
-                                       "3 unknown or configuration error.")
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="check everything once and exit 0/1/2/3",
+        description="Run every probe once. Exit 0 ok, 1 warning, 2 critical, 3 unknown or configuration error.",
+    )
     check.add_argument("--json", action="store_true", help="machine-readable output (always valid JSON)")
     check.add_argument("--only", metavar="WHAT", help="comma-separated: " + ", ".join(ONLY))
-    check.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                       help="bound for the whole run (default 30)")
+    check.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="bound for the whole run (default 30)"
+    )
 
     config = sub.add_parser("config", parents=[common], help="validate or show the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -85,8 +95,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         loaded = load_config(args.config)
     except ConfigError as exc:
         if args.json:
-            print_json({"status": Status.UNKNOWN.value, "error": "configuration error",
-                        "problems": [str(p) for p in exc.problems], "checks": []})
+            print_json(
+                {
+                    "status": Status.UNKNOWN.value,
+                    "error": "configuration error",
+                    "problems": [str(p) for p in exc.problems],
+                    "checks": [],
+                }
+            )
         print(f"clusterwatch: configuration error\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     for note in loaded.notes:

@@ -16,8 +16,13 @@ from clusterwatch.engine.once import Round
 from clusterwatch.model import Group, Observation, Status
 
 STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "bold red", Status.UNKNOWN: "magenta"}
-TITLES = [(Group.SERVICES, "Services"), (Group.MODELS, "Models"), (Group.WORKERS, "Dask workers"),
-          (Group.NODES, "Nodes"), (Group.SYSTEM, "This machine")]
+TITLES = [
+    (Group.SERVICES, "Services"),
+    (Group.MODELS, "Models"),
+    (Group.WORKERS, "Dask workers"),
+    (Group.NODES, "Nodes"),
+    (Group.SYSTEM, "This machine"),
+]
 
 
 def worst_first(observations: list[Observation]) -> list[Observation]:
@@ -66,11 +71,17 @@ def print_table(result: Round, source: str, out: TextIO = sys.stdout) -> None:
         table.add_column("latency", justify="right", no_wrap=True)
         for obs in worst_first(rows):
             latency = "" if obs.latency_ms is None else f"{obs.latency_ms:.0f} ms"
-            table.add_row(Text(obs.status.value.upper(), style=STYLE[obs.status]), obs.name, obs.kind,
-                          obs.message, latency)
+            table.add_row(
+                Text(obs.status.value.upper(), style=STYLE[obs.status]), obs.name, obs.kind, obs.message, latency
+            )
         con.print(table)
     counts = summary(result.observations)
     parts = [f"{n} {s}" for s, n in counts.items() if n]
     overall = Text(result.status.value.upper(), style=STYLE[result.status])
-    con.print(Text.assemble(overall, f": {len(result.observations)} checked ({', '.join(parts) or 'nothing'}) "
-                                     f"in {result.duration_s:.1f}s — config: {source}"))
+    con.print(
+        Text.assemble(
+            overall,
+            f": {len(result.observations)} checked ({', '.join(parts) or 'nothing'}) "
+            f"in {result.duration_s:.1f}s — config: {source}",
+        )
+    )

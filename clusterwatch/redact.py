@@ -7,9 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 MASK = "***"
-_SENSITIVE_KEY = re.compile(
-    r"(password|passphrase|passwd|token|secret|authorization|api[_-]?key|webhook|cookie)", re.I
-)
+_SENSITIVE_KEY = re.compile(r"(password|passphrase|passwd|token|secret|authorization|api[_-]?key|webhook|cookie)", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s/]+)@")
 _QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|pass|token|key|secret|apikey|api_key)=)[^&\s]+", re.I)
 

@@ -12,8 +12,9 @@ from clusterwatch.engine.once import run_once
 from clusterwatch.model import Observation
 
 
-def observe(tmp_path: Path, config: dict[str, Any] | str, *, timeout: float = 30.0,
-            env: dict[str, str] | None = None) -> dict[str, Observation]:
+def observe(
+    tmp_path: Path, config: dict[str, Any] | str, *, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> dict[str, Observation]:
     """Load a config the way a user's file is loaded, run one round, index it by name."""
     path = tmp_path / "clusterwatch.yaml"
     path.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
@@ -29,4 +30,5 @@ def write(tmp_path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
+
     return _write

@@ -32,8 +32,9 @@ def closed_port() -> int:
     return free_port()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -98,14 +99,18 @@ class ServerThread:
 class Proc:
     """A process a test started; stopped by its PID (and its process group) whatever happens."""
 
-    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
-                 netns: str | None = None) -> None:
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None, netns: str | None = None) -> None:
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.log = log
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                      env={**os.environ, **(env or {})}, start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         self.pid = self.popen.pid
 
     def alive(self) -> bool:
@@ -143,8 +148,15 @@ def processes() -> Iterator[list[Proc]]:
             proc.stop()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != "CLUSTERWATCH_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "clusterwatch", *args], capture_output=True, text=True,
-                          env={**base, "COLUMNS": "200", **(env or {})}, cwd=cwd or ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "clusterwatch", *args],
+        capture_output=True,
+        text=True,
+        env={**base, "COLUMNS": "200", **(env or {})},
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )

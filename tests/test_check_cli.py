@@ -13,13 +13,16 @@ from tests.helpers import ServerThread, closed_port, run_cli
 def test_json_lists_every_entity_and_exit_code_is_the_worst(tmp_path: Path, write):
     double = OllamaDouble()
     with ServerThread(double.app()) as server:
-        config = write("c.yaml", f"""
+        config = write(
+            "c.yaml",
+            f"""
 checks:
   - {{name: ollama, kind: ollama, url: "{server.url}", expect_models: [llama3.2, qwen2.5]}}
   - {{name: api, kind: tcp, port: {closed_port()}}}
   - {{name: system, kind: node, gpus: false, cpu_sample: 100ms, thresholds: {{cpu: {{warning: null, critical: null}},
       memory: {{warning: null, critical: null}}, disk: {{warning: null, critical: null}}}}}}
-""")
+""",
+        )
         result = run_cli("check", "--json", "-c", str(config))
     data = json.loads(result.stdout)
     assert result.returncode == 2
@@ -35,8 +38,11 @@ checks:
 def test_only_models(tmp_path: Path, write):
     double = OllamaDouble()
     with ServerThread(double.app()) as server:
-        config = write("c.yaml", f"checks:\n  - {{name: ollama, kind: ollama, url: '{server.url}', "
-                                 f"expect_models: [llama3.2]}}\n  - {{name: api, kind: tcp, port: {closed_port()}}}\n")
+        config = write(
+            "c.yaml",
+            f"checks:\n  - {{name: ollama, kind: ollama, url: '{server.url}', "
+            f"expect_models: [llama3.2]}}\n  - {{name: api, kind: tcp, port: {closed_port()}}}\n",
+        )
         result = run_cli("check", "--json", "--only", "models", "-c", str(config))
     data = json.loads(result.stdout)
     assert [c["name"] for c in data["checks"]] == ["ollama/llama3.2"]

@@ -20,7 +20,8 @@ def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
 def test_unknown_key_suggests_the_right_one(write):
     path = write("c.yaml", "checks:\n  - name: ollama\n    kind: ollama\n    expect_modls: [llama3.2]\n")
     assert problems(path) == [
-        f"{path}:4: checks[0](ollama).expect_modls: unknown key 'expect_modls' (did you mean 'expect_models'?)"]
+        f"{path}:4: checks[0](ollama).expect_modls: unknown key 'expect_modls' (did you mean 'expect_models'?)"
+    ]
 
 
 def test_unknown_top_level_key(write):
@@ -64,10 +65,14 @@ def test_unreadable_key_file(write, tmp_path):
 
 
 def test_missing_environment_variable(write):
-    path = write("c.yaml", "checks:\n  - name: api\n    kind: http\n    url: http://127.0.0.1:1/\n"
-                           "    headers: {Authorization: 'Bearer ${API_TOKEN}'}\n")
+    path = write(
+        "c.yaml",
+        "checks:\n  - name: api\n    kind: http\n    url: http://127.0.0.1:1/\n"
+        "    headers: {Authorization: 'Bearer ${API_TOKEN}'}\n",
+    )
     assert problems(path) == [
-        f"{path}:5: checks[0](api).headers.Authorization: environment variable API_TOKEN is not set"]
+        f"{path}:5: checks[0](api).headers.Authorization: environment variable API_TOKEN is not set"
+    ]
 
 
 def test_yaml_syntax_error_names_the_line(write):

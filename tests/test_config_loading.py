@@ -56,8 +56,7 @@ def test_builtin_defaults_check_the_standard_local_ports(tmp_path: Path):
 
 def test_cluster_yaml_workers_become_nodes(tmp_path: Path, write):
     write("cluster.yaml", CLUSTER_YAML)
-    config = write("c.yaml", "cluster_ai: {cluster_yaml: cluster.yaml}\n"
-                             "checks: [{name: dask, kind: dask}]\n")
+    config = write("c.yaml", "cluster_ai: {cluster_yaml: cluster.yaml}\nchecks: [{name: dask, kind: dask}]\n")
     loaded = load_config(str(config), env={}, cwd=tmp_path)
     nodes = {n.name: n for n in loaded.config.nodes}
     assert set(nodes) == {"gpu-box", "old-box", "phone-1"}  # inactive and disabled skipped
@@ -68,7 +67,10 @@ def test_cluster_yaml_workers_become_nodes(tmp_path: Path, write):
     dask = loaded.config.checks[0]
     assert isinstance(dask, DaskCheck)
     assert [(e.name, e.host) for e in dask.expect_workers] == [
-        ("gpu-box", "127.0.0.1"), ("old-box", "127.0.0.2"), ("phone-1", "127.0.0.3")]
+        ("gpu-box", "127.0.0.1"),
+        ("old-box", "127.0.0.2"),
+        ("phone-1", "127.0.0.3"),
+    ]
 
 
 def test_cluster_yaml_error_names_its_own_file(tmp_path: Path, write):
@@ -84,19 +86,26 @@ def test_cluster_yaml_error_names_its_own_file(tmp_path: Path, write):
 
 
 def test_nodes_list_conf(tmp_path: Path, write):
-    write(".cluster_config/nodes_list.conf",
-          "# hostname alias ip user port [status]\nworker1 w1 127.0.0.1 ubuntu 22 active\n"
-          "phone p1 127.0.0.3 u0_a77 8022\nold o1 127.0.0.9 x 22 inactive\n")
+    write(
+        ".cluster_config/nodes_list.conf",
+        "# hostname alias ip user port [status]\nworker1 w1 127.0.0.1 ubuntu 22 active\n"
+        "phone p1 127.0.0.3 u0_a77 8022\nold o1 127.0.0.9 x 22 inactive\n",
+    )
     loaded = load_config(None, env={"HOME": str(tmp_path)}, cwd=tmp_path)
-    assert [(n.name, n.host, n.ssh.port) for n in loaded.config.nodes] == [("w1", "127.0.0.1", 22),
-                                                                           ("p1", "127.0.0.3", 8022)]
+    assert [(n.name, n.host, n.ssh.port) for n in loaded.config.nodes] == [
+        ("w1", "127.0.0.1", 22),
+        ("p1", "127.0.0.3", 8022),
+    ]
 
 
 def test_env_files_without_any_config(tmp_path: Path, write):
-    write(".env", "DOCKER_SERVICES=frontend backend\nDISK_WARN_THRESHOLD=1\nDISK_CRIT_THRESHOLD=99\n"
-                  "MEM_CRIT_THRESHOLD=97\nOLLAMA_BASE_URL=http://127.0.0.1:21434\n"
-                  "DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:18786\nDASHBOARD_HEALTH_URL=http://127.0.0.1:5000/health\n"
-                  "DASHBOARD_HEALTH_TIMEOUT=3\nCPU_CRIT_THRESHOLD=70\nSMTP_PASSWORD=hunter2-secret\n")
+    write(
+        ".env",
+        "DOCKER_SERVICES=frontend backend\nDISK_WARN_THRESHOLD=1\nDISK_CRIT_THRESHOLD=99\n"
+        "MEM_CRIT_THRESHOLD=97\nOLLAMA_BASE_URL=http://127.0.0.1:21434\n"
+        "DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:18786\nDASHBOARD_HEALTH_URL=http://127.0.0.1:5000/health\n"
+        "DASHBOARD_HEALTH_TIMEOUT=3\nCPU_CRIT_THRESHOLD=70\nSMTP_PASSWORD=hunter2-secret\n",
+    )
     write(".env.local", "DISK_WARN_THRESHOLD=2  # .env.local wins\n")
     loaded = load_config(None, env={"HOME": str(tmp_path)}, cwd=tmp_path)
     config = loaded.config
@@ -128,8 +137,11 @@ def test_env_thresholds_take_effect_on_the_node_probe(tmp_path: Path, write):
 
 def test_config_wins_over_env(tmp_path: Path, write):
     write(".env", "DISK_CRIT_THRESHOLD=99\nOLLAMA_BASE_URL=http://127.0.0.1:1\n")
-    config = write("c.yaml", "cluster_ai: {env_files: [.env]}\nthresholds: {disk: {warning: 50, critical: 60}}\n"
-                             "checks: [{name: o, kind: ollama, url: 'http://127.0.0.1:2'}]\n")
+    config = write(
+        "c.yaml",
+        "cluster_ai: {env_files: [.env]}\nthresholds: {disk: {warning: 50, critical: 60}}\n"
+        "checks: [{name: o, kind: ollama, url: 'http://127.0.0.1:2'}]\n",
+    )
     loaded = load_config(str(config), env={}, cwd=tmp_path)
     assert loaded.config.thresholds.disk.critical == 60
     assert loaded.config.checks[0].url == "http://127.0.0.1:2"  # type: ignore[union-attr]
@@ -154,12 +166,18 @@ def test_bad_env_value_names_the_env_file(tmp_path: Path, write):
 
 
 def test_config_show_redacts_secrets(tmp_path: Path, write):
-    config = write("c.yaml", "checks:\n  - name: api\n    kind: http\n    url: 'https://user:pa55word@127.0.0.1:1/x'\n"
-                             "    headers: {Authorization: 'Bearer ${API_TOKEN}', X-Trace: '${TRACE_ID}'}\n")
+    config = write(
+        "c.yaml",
+        "checks:\n  - name: api\n    kind: http\n    url: 'https://user:pa55word@127.0.0.1:1/x'\n"
+        "    headers: {Authorization: 'Bearer ${API_TOKEN}', X-Trace: '${TRACE_ID}'}\n",
+    )
     result = run_cli("config", "show", "-c", str(config), env={"API_TOKEN": "tok-123456", "TRACE_ID": "trace-98765"})
     assert result.returncode == 0, result.stderr
     assert "tok-123456" not in result.stdout and "pa55word" not in result.stdout
     assert "trace-98765" not in result.stdout  # anything from ${ENV} is treated as a secret
-    assert "Authorization: '***'" in result.stdout or 'Authorization: "***"' in result.stdout \
+    assert (
+        "Authorization: '***'" in result.stdout
+        or 'Authorization: "***"' in result.stdout
         or "Authorization: ***" in result.stdout
+    )
     assert "https://user:***@127.0.0.1:1/x" in result.stdout

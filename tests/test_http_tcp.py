@@ -24,16 +24,25 @@ def make_cert(tmp_path: Path, days: float) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address(
-                "127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / f"cert{days}.pem", tmp_path / f"key{days}.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -66,8 +75,10 @@ def http(url: str, **extra) -> dict:
 
 
 def test_ok_with_body_and_json_conditions(tmp_path: Path, server):
-    obs = observe(tmp_path, http(f"{server.url}/health", body_contains="UP",
-                                 expect_json={"status": "UP", "db.ok": True, "items[0].id": 7}))["api"]
+    obs = observe(
+        tmp_path,
+        http(f"{server.url}/health", body_contains="UP", expect_json={"status": "UP", "db.ok": True, "items[0].id": 7}),
+    )["api"]
     assert obs.status is Status.OK and obs.message.startswith("HTTP 200 in")
     assert obs.metrics["http_status"] == 200
 
@@ -97,11 +108,14 @@ def test_refused_is_fast_and_explained(tmp_path: Path):
     assert obs.message == f"connection refused at 127.0.0.1:{port} — is the service running?"
 
 
-@pytest.mark.parametrize(("days", "status", "text"), [
-    (200, Status.OK, "certificate valid"),
-    (10, Status.WARNING, "TLS certificate expires in 10 day(s)"),
-    (3, Status.CRITICAL, "TLS certificate expires in 3.0 day(s)"),
-])
+@pytest.mark.parametrize(
+    ("days", "status", "text"),
+    [
+        (200, Status.OK, "certificate valid"),
+        (10, Status.WARNING, "TLS certificate expires in 10 day(s)"),
+        (3, Status.CRITICAL, "TLS certificate expires in 3.0 day(s)"),
+    ],
+)
 def test_tls_certificate_days_left(tmp_path: Path, days: int, status: Status, text: str):
     cert, key = make_cert(tmp_path, days)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -112,8 +126,11 @@ def test_tls_certificate_days_left(tmp_path: Path, days: int, status: Status, te
         unverified = observe(tmp_path, http(f"{srv.url}/health", tls_verify=False))["api"]
     assert trusted.status is status and text in trusted.message, trusted.message
     assert trusted.metrics["cert_days_left"] == pytest.approx(days, abs=0.1)
-    assert untrusted.status is Status.CRITICAL and "certificate" in untrusted.message and "not trusted" in \
-        untrusted.message
+    assert (
+        untrusted.status is Status.CRITICAL
+        and "certificate" in untrusted.message
+        and "not trusted" in untrusted.message
+    )
     assert unverified.metrics["cert_days_left"] == pytest.approx(days, abs=0.1)
 
 

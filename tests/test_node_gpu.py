@@ -25,9 +25,20 @@ def test_node_reads_this_machine(tmp_path: Path):
 
 def test_thresholds_decide_the_status(tmp_path: Path):
     used = psutil.virtual_memory().percent
-    obs = observe(tmp_path, {"checks": [{"name": "system", "kind": "node", "gpus": False, "cpu_sample": "100ms",
-                                         "thresholds": {"memory": {"warning": max(0.0, used - 1),
-                                                                   "critical": 100}}}]})
+    obs = observe(
+        tmp_path,
+        {
+            "checks": [
+                {
+                    "name": "system",
+                    "kind": "node",
+                    "gpus": False,
+                    "cpu_sample": "100ms",
+                    "thresholds": {"memory": {"warning": max(0.0, used - 1), "critical": 100}},
+                }
+            ]
+        },
+    )
     assert obs["system"].status is Status.WARNING
     assert "memory" in obs["system"].message and "(warning)" in obs["system"].message
 
@@ -46,12 +57,15 @@ class FakeNVMLError(Exception):
 
 def fake_nvml(temperature: int = 65) -> types.SimpleNamespace:
     """pynvml's calls as NVML answers them for one GPU (no GPU on the test machines)."""
+
     def not_supported(handle):
         raise FakeNVMLError("Not Supported")
 
     return types.SimpleNamespace(
         NVML_TEMPERATURE_GPU=0,
-        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 1,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
         nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
         nvmlDeviceGetName=lambda h: b"NVIDIA H100 80GB HBM3",
         nvmlDeviceGetUUID=lambda h: "GPU-1234",

@@ -35,8 +35,9 @@ def ollama_config(url: str, **extra) -> dict:
 
 
 def test_ollama_healthy_with_expected_model_loaded(tmp_path: Path, ollama):
-    ollama.loaded = [{**ollama.models[0], "size_vram": 1_900_000_000, "expires_at": "2026-11-27T10:05:00Z",
-                      "context_length": 4096}]
+    ollama.loaded = [
+        {**ollama.models[0], "size_vram": 1_900_000_000, "expires_at": "2026-11-27T10:05:00Z", "context_length": 4096}
+    ]
     obs = observe(tmp_path, ollama_config(ollama.url, expect_models=["llama3.2"]))
     server, model = obs["ollama"], obs["ollama/llama3.2"]
     assert server.status is Status.OK and server.message.startswith("Ollama 0.6.2: 1 model(s), 1 loaded")
@@ -116,13 +117,16 @@ def test_openwebui_healthy(tmp_path: Path, webui):
     assert obs.status is Status.OK and obs.message == "Open WebUI 0.6.5: healthy, database ok"
 
 
-@pytest.mark.parametrize(("mode", "expected"), [
-    ("false", "/health said {'status': False}, not {\"status\": true}"),
-    ("500", "HTTP 500 on /health — Open WebUI needs a restart"),
-    ("garbage", "/health: answer is not JSON"),
-    ("huge", "/health: answer of 52428800 bytes is over the 1048576-byte limit"),
-    ("hang", "/health: no answer within 2s"),
-])
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("false", "/health said {'status': False}, not {\"status\": true}"),
+        ("500", "HTTP 500 on /health — Open WebUI needs a restart"),
+        ("garbage", "/health: answer is not JSON"),
+        ("huge", "/health: answer of 52428800 bytes is over the 1048576-byte limit"),
+        ("hang", "/health: no answer within 2s"),
+    ],
+)
 def test_openwebui_failures_are_critical(tmp_path: Path, webui, mode: str, expected: str):
     webui.mode = mode
     obs = observe(tmp_path, webui_config(webui.url))["webui"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -79,8 +80,9 @@ def find_config(explicit: str | None, env: typing.Mapping[str, str], cwd: Path) 
     return None
 
 
-def load_config(explicit: str | None = None, *, env: typing.Mapping[str, str] | None = None,
-                cwd: str | Path | None = None) -> LoadedConfig:
+def load_config(
+    explicit: str | None = None, *, env: typing.Mapping[str, str] | None = None, cwd: str | Path | None = None
+) -> LoadedConfig:
     env = os.environ if env is None else env
     cwd = Path(cwd or os.getcwd())
     path = find_config(explicit, env, cwd)
@@ -102,9 +104,17 @@ def load_config(explicit: str | None = None, *, env: typing.Mapping[str, str] | 
         unset: list[tuple[Path_, str]] = []
         data = _substitute(data, (), env, redactor, unset)
         if unset:
-            raise ConfigError([Problem(*_position(path, positions, source), _field(path, data),
-                                       f"environment variable {name} is not set") for path, name in unset])
-        _import_cluster_ai(data, positions, cwd, redactor, notes, explicit=path is not None)
+            raise ConfigError(
+                [
+                    Problem(
+                        *_position(path, positions, source),
+                        _field(path, data),
+                        f"environment variable {name} is not set",
+                    )
+                    for path, name in unset
+                ]
+            )
+        _import_cluster_ai(data, positions, cwd, redactor, notes)
     except YAMLProblem as exc:
         raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from exc
     try:
@@ -125,8 +135,9 @@ def _discover_cluster_ai(cwd: Path, env: typing.Mapping[str, str]) -> dict[str, 
     return found
 
 
-def _substitute(value: Any, path: Path_, env: typing.Mapping[str, str], redactor: Redactor,
-                unset: list[tuple[Path_, str]]) -> Any:
+def _substitute(
+    value: Any, path: Path_, env: typing.Mapping[str, str], redactor: Redactor, unset: list[tuple[Path_, str]]
+) -> Any:
     """`${VAR}` and `${VAR:-default}` in values; every substituted value is treated as secret."""
     if isinstance(value, dict):
         return {k: _substitute(v, (*path, k), env, redactor, unset) for k, v in value.items()}
@@ -148,8 +159,13 @@ def _substitute(value: Any, path: Path_, env: typing.Mapping[str, str], redactor
     return _ENV_REF.sub(replace, value)
 
 
-def _import_cluster_ai(data: dict[str, Any], positions: dict[Path_, Position], cwd: Path,
-                       redactor: Redactor, notes: list[str], *, explicit: bool) -> None:
+def _import_cluster_ai(
+    data: dict[str, Any],
+    positions: dict[Path_, Position],
+    cwd: Path,
+    redactor: Redactor,
+    notes: list[str],
+) -> None:
     spec = data.get("cluster_ai")
     if not isinstance(spec, dict):
         return
@@ -169,8 +185,7 @@ def _import_cluster_ai(data: dict[str, Any], positions: dict[Path_, Position], c
 
     imported: list[clusterai.ImportedNode] = []
     skip_workers = env.values.get("SKIP_WORKERS", "false").strip().lower() in ("1", "true", "yes")
-    for key, reader in (("cluster_yaml", clusterai.read_cluster_yaml),
-                        ("nodes_list", clusterai.read_nodes_list)):
+    for key, reader in (("cluster_yaml", clusterai.read_cluster_yaml), ("nodes_list", clusterai.read_nodes_list)):
         if isinstance(spec.get(key), str) and not skip_workers:
             found = reader(resolve(spec[key]))
             imported.extend(found)
@@ -188,9 +203,8 @@ def _import_cluster_ai(data: dict[str, Any], positions: dict[Path_, Position], c
             for sub in ((), ("name",), ("host",), ("ssh",), ("ssh", "user"), ("ssh", "port")):
                 positions[("nodes", index, *sub)] = item.position
         for check in _checks(data, "dask"):
-            check.setdefault("expect_workers", [
-                {"name": n.data["name"], "host": n.data["host"]} for n in imported])
-    _apply_env(data, positions, env, explicit=explicit)
+            check.setdefault("expect_workers", [{"name": n.data["name"], "host": n.data["host"]} for n in imported])
+    _apply_env(data, positions, env)
 
 
 def _checks(data: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -214,8 +228,7 @@ _THRESHOLD_VARS = {
 }
 
 
-def _apply_env(data: dict[str, Any], positions: dict[Path_, Position], env: clusterai.EnvFile,
-               *, explicit: bool) -> None:
+def _apply_env(data: dict[str, Any], positions: dict[Path_, Position], env: clusterai.EnvFile) -> None:
     """Cluster AI's variables fill in what the config leaves unset; the config file wins."""
     values = env.values
 
@@ -228,18 +241,19 @@ def _apply_env(data: dict[str, Any], positions: dict[Path_, Position], env: clus
         block = data.setdefault(section, {})
         if not isinstance(block, dict) or not isinstance(block.setdefault(resource, {}), dict):
             continue
-        if level in block[resource] and (section, resource, level) in positions and \
-                positions[(section, resource, level)][0] != env.positions[var][0]:
+        if (
+            level in block[resource]
+            and (section, resource, level) in positions
+            and positions[(section, resource, level)][0] != env.positions[var][0]
+        ):
             continue  # set in the config file itself
         block[resource][level] = values[var]
         mark((section, resource, level), var)
         if level == "critical" and "warning" not in block[resource]:
             # A critical below the default warning would make the pair invalid: follow it down.
             default_warning = {"cpu": 80, "memory": 85, "disk": 80 if section == "thresholds" else 85}
-            try:
+            with contextlib.suppress(ValueError):  # a bad number is reported by validation
                 block[resource]["warning"] = min(default_warning[resource], float(values[var]))
-            except ValueError:
-                pass  # the bad number itself is reported by validation
             mark((section, resource, "warning"), var)
 
     checks = data.setdefault("checks", [])
@@ -274,14 +288,12 @@ def _apply_env(data: dict[str, Any], positions: dict[Path_, Position], env: clus
             mark(("checks", index, "url"), "DASHBOARD_HEALTH_URL")
             if "timeout" in check:
                 mark(("checks", index, "timeout"), "DASHBOARD_HEALTH_TIMEOUT")
-    del explicit  # the same rules hold with or without a file: the file always wins
 
 
 # --- turning pydantic's errors into file:line: field: message ---------------------------------
 
 
-def _problems(exc: ValidationError, data: Any, positions: dict[Path_, Position],
-              source: str) -> list[Problem]:
+def _problems(exc: ValidationError, data: Any, positions: dict[Path_, Position], source: str) -> list[Problem]:
     problems: list[Problem] = []
     for error in exc.errors():
         loc = tuple(error["loc"])
@@ -305,16 +317,29 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path_, Path_]:
     path: list[Any] = []
     current = data
     for element in loc:
-        if (isinstance(current, dict) and element in current) or (isinstance(current, list) and isinstance(element, int) and element < len(current)):
+        if _has(current, element):
             current = current[element]
             path.append(element)
-        elif (isinstance(current, dict) and isinstance(element, str) and element in CHECK_KINDS \
-                and current.get("kind") == element) or (isinstance(element, str) and element.startswith(("function-", "list[", "dict["))):
+        elif _is_tag(current, element):
             continue
         else:
             path.append(element)
             current = None
     return tuple(path), loc
+
+
+def _has(container: Any, element: Any) -> bool:
+    if isinstance(container, dict):
+        return element in container
+    return isinstance(container, list) and isinstance(element, int) and 0 <= element < len(container)
+
+
+def _is_tag(current: Any, element: Any) -> bool:
+    if not isinstance(element, str):
+        return False
+    if isinstance(current, dict) and element in CHECK_KINDS and current.get("kind") == element:
+        return True
+    return element.startswith(("function-", "list[", "dict["))
 
 
 def _message(error: Any, path: Path_, loc: Path_) -> str:
@@ -332,8 +357,7 @@ def _message(error: Any, path: Path_, loc: Path_) -> str:
         tag = str(ctx.get("tag"))
         hint = difflib.get_close_matches(tag, list(CHECK_KINDS), n=1, cutoff=0.5)
         text = f"unknown check kind {tag!r}"
-        return f"{text} (did you mean {hint[0]!r}?)" if hint else \
-            f"{text} (kinds: {', '.join(CHECK_KINDS)})"
+        return f"{text} (did you mean {hint[0]!r}?)" if hint else f"{text} (kinds: {', '.join(CHECK_KINDS)})"
     if kind == "union_tag_not_found":
         return f"missing `kind:` (one of {', '.join(CHECK_KINDS)})"
     if kind == "missing":

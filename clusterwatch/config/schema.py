@@ -121,9 +121,7 @@ class ExpectedWorker(Strict):
 
 class DaskCheck(CheckBase):
     kind: Literal["dask"]
-    scheduler: Annotated[str, BeforeValidator(lambda v: _check_url(str(v), ("tcp", "tls")))] = (
-        "tcp://127.0.0.1:8786"
-    )
+    scheduler: Annotated[str, BeforeValidator(lambda v: _check_url(str(v), ("tcp", "tls")))] = "tcp://127.0.0.1:8786"
     dashboard: HttpUrl | None = None  # default: the scheduler's host, port 8787
     min_workers: Annotated[int, Field(ge=0)] = 1
     expect_workers: list[ExpectedWorker] = []  # a plain string is a name or a host
@@ -134,6 +132,7 @@ class DaskCheck(CheckBase):
         if isinstance(value, list):
             return [{"name": v, "host": v} if isinstance(v, str) else v for v in value]
         return value
+
     heartbeat_warning: Duration = 5.0
     heartbeat_critical: Duration = 10.0
     memory_warning: float = 80.0  # percent of the worker's memory limit (Dask pauses at 80)
@@ -171,7 +170,7 @@ class DockerCheck(CheckBase):
     @field_validator("socket", mode="before")
     @classmethod
     def _strip_scheme(cls, value: Any) -> Any:
-        return value[len("unix://"):] if isinstance(value, str) and value.startswith("unix://") else value
+        return value[len("unix://") :] if isinstance(value, str) and value.startswith("unix://") else value
 
 
 class GenerateProbe(Strict):

@@ -48,8 +48,7 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Path_, Position]]:
     return data, positions
 
 
-def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: Path_,
-          positions: dict[Path_, Position], file: str) -> None:
+def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, positions: dict[Path_, Position], file: str) -> None:
     positions.setdefault(path, (file, node.start_mark.line + 1))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}

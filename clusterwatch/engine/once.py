@@ -72,15 +72,31 @@ async def run_probe(item: CheckBase | Node, ctx: ProbeContext) -> list[Observati
 def _placeholder(item: CheckBase | Node, status: Status, message: str) -> Observation:
     kind = _kind(item)
     group = Group.NODES if kind == "ssh" else Group.SYSTEM if kind == "node" else Group.SERVICES
-    target = item.host if isinstance(item, Node) else str(
-        getattr(item, "url", None) or getattr(item, "scheduler", None) or getattr(item, "socket", None) or "")
+    target = (
+        item.host
+        if isinstance(item, Node)
+        else str(getattr(item, "url", None) or getattr(item, "scheduler", None) or getattr(item, "socket", None) or "")
+    )
     node = item.name if isinstance(item, Node) else item.node
-    return Observation(name=item.name, kind=kind, target=target, status=status, message=message,
-                       check=item.name, group=group, node=node)
+    return Observation(
+        name=item.name,
+        kind=kind,
+        target=target,
+        status=status,
+        message=message,
+        check=item.name,
+        group=group,
+        node=node,
+    )
 
 
-async def run_once(config: Config, *, only: Iterable[Group] | None = None, timeout: float | None = None,
-                   redactor: Redactor | None = None) -> Round:
+async def run_once(
+    config: Config,
+    *,
+    only: Iterable[Group] | None = None,
+    timeout: float | None = None,
+    redactor: Redactor | None = None,
+) -> Round:
     """Every selected probe once; the whole round bounded by `timeout` seconds."""
     only_set = set(only) if only is not None else None
     items = selected(config, only_set)

@@ -60,31 +60,41 @@ class HttpAnswer:
 
 
 def new_http_session(limit: int = 200) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300,
-                                     enable_cleanup_closed=True)
-    return aiohttp.ClientSession(connector=connector, trust_env=False,
-                                 headers={"User-Agent": "clusterwatch"})
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, trust_env=False, headers={"User-Agent": "clusterwatch"})
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, *, timeout: float, max_body: int,
-                method: str = "GET", json_body: Any = None, data: str | None = None,
-                headers: dict[str, str] | None = None,
-                ssl_context: ssl.SSLContext | bool | None = None) -> HttpAnswer:
+async def fetch(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    timeout: float,
+    max_body: int,
+    method: str = "GET",
+    json_body: Any = None,
+    data: str | None = None,
+    headers: dict[str, str] | None = None,
+    ssl_context: ssl.SSLContext | bool | None = None,
+) -> HttpAnswer:
     """One HTTP exchange, bounded in time and size. Raises Unreachable, never hangs."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            async with session.request(method, url, json=json_body, data=data, headers=headers,
-                                       ssl=ssl_context if ssl_context is not None else True,
-                                       allow_redirects=True) as resp:
+            async with session.request(
+                method,
+                url,
+                json=json_body,
+                data=data,
+                headers=headers,
+                ssl=ssl_context if ssl_context is not None else True,
+                allow_redirects=True,
+            ) as resp:
                 body = await _read_bounded(resp, max_body)
-                return HttpAnswer(resp.status, dict(resp.headers), body,
-                                  (time.perf_counter() - started) * 1000)
+                return HttpAnswer(resp.status, dict(resp.headers), body, (time.perf_counter() - started) * 1000)
     except TimeoutError:
         raise Unreachable(f"no answer within {timeout:g}s from {_hostport(url)}") from None
     except aiohttp.ClientConnectorCertificateError as exc:
-        raise Unreachable(f"TLS certificate of {_hostport(url)} not trusted: "
-                          f"{exc.certificate_error}") from None
+        raise Unreachable(f"TLS certificate of {_hostport(url)} not trusted: {exc.certificate_error}") from None
     except aiohttp.ClientConnectorError as exc:
         raise Unreachable(describe_os_error(exc.os_error, _hostport(url))) from None
     except aiohttp.ClientResponseError as exc:
@@ -152,8 +162,7 @@ def describe_os_error(exc: OSError | None, where: str) -> str:
         return f"{where} does not exist"
     if code in (errno.EACCES, errno.EPERM):
         return f"permission denied on {where}"
-    if "Name or service not known" in str(exc) or "nodename nor servname" in str(exc) \
-            or code in (-2, -3, -5):
+    if "Name or service not known" in str(exc) or "nodename nor servname" in str(exc) or code in (-2, -3, -5):
         return f"cannot resolve host of {where}"
     reason = exc.strerror or str(exc) or type(exc).__name__
     return f"cannot connect to {where}: {reason}"
@@ -177,36 +186,67 @@ async def tcp_connect(host: str, port: int, timeout: float) -> float:
     return latency
 
 
-def down(check: CheckBase, target: str, reason: str, hint: str = "",
-         group: Group = Group.SERVICES, latency_ms: float | None = None,
-         status: Status = Status.CRITICAL) -> Observation:
+def down(
+    check: CheckBase,
+    target: str,
+    reason: str,
+    hint: str = "",
+    group: Group = Group.SERVICES,
+    latency_ms: float | None = None,
+    status: Status = Status.CRITICAL,
+) -> Observation:
     """The one observation of a service that cannot be reached, with the next step to take.
 
     The hint ("is `ollama serve` running?") is added only where nothing listens: for a
     timeout or an error answer it would send the reader the wrong way.
     """
     message = f"{reason} — {hint}" if hint and not_running(reason) else reason
-    return Observation(name=check.name, kind=_kind(check), target=target, status=status,
-                       message=message, latency_ms=latency_ms, check=check.name, group=group,
-                       node=check.node)
+    return Observation(
+        name=check.name,
+        kind=_kind(check),
+        target=target,
+        status=status,
+        message=message,
+        latency_ms=latency_ms,
+        check=check.name,
+        group=group,
+        node=check.node,
+    )
 
 
-def observation(check: CheckBase, status: Status, message: str, *, name: str | None = None,
-                target: str = "", group: Group = Group.SERVICES, latency_ms: float | None = None,
-                metrics: dict[str, float] | None = None, details: dict[str, Any] | None = None,
-                node: str | None = None) -> Observation:
-    return Observation(name=name or check.name, kind=_kind(check), target=target, status=status,
-                       message=message, latency_ms=latency_ms, metrics=metrics or {},
-                       details=details or {}, check=check.name, group=group,
-                       node=node if node is not None else check.node)
+def observation(
+    check: CheckBase,
+    status: Status,
+    message: str,
+    *,
+    name: str | None = None,
+    target: str = "",
+    group: Group = Group.SERVICES,
+    latency_ms: float | None = None,
+    metrics: dict[str, float] | None = None,
+    details: dict[str, Any] | None = None,
+    node: str | None = None,
+) -> Observation:
+    return Observation(
+        name=name or check.name,
+        kind=_kind(check),
+        target=target,
+        status=status,
+        message=message,
+        latency_ms=latency_ms,
+        metrics=metrics or {},
+        details=details or {},
+        check=check.name,
+        group=group,
+        node=node if node is not None else check.node,
+    )
 
 
 def _kind(check: CheckBase) -> str:
     return str(getattr(check, "kind", "unknown"))
 
 
-def level_status(value: float | None, warning: float | None, critical: float | None,
-                 *, below: bool = False) -> Status:
+def level_status(value: float | None, warning: float | None, critical: float | None, *, below: bool = False) -> Status:
     """ok / warning / critical for a value against limits (`below`: low values are bad)."""
     if value is None:
         return Status.OK

@@ -7,6 +7,7 @@ Uses `/health`, `/json/identity.json`, `/json/counts.json` and `/metrics` rather
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import time
 from typing import Any
@@ -27,9 +28,15 @@ from clusterwatch.probes.base import (
 )
 
 HINT = "is `dask scheduler` running?"
-_COUNTS = {"erred": "tasks_erred", "processing": "tasks_processing", "waiting": "tasks_waiting",
-           "unrunnable": "tasks_unrunnable", "memory": "tasks_in_memory", "tasks": "tasks_total",
-           "clients": "clients"}
+_COUNTS = {
+    "erred": "tasks_erred",
+    "processing": "tasks_processing",
+    "waiting": "tasks_waiting",
+    "unrunnable": "tasks_unrunnable",
+    "memory": "tasks_in_memory",
+    "tasks": "tasks_total",
+    "clients": "clients",
+}
 
 
 async def probe(check: DaskCheck, ctx: ProbeContext) -> list[Observation]:
@@ -38,8 +45,10 @@ async def probe(check: DaskCheck, ctx: ProbeContext) -> list[Observation]:
     try:
         port_ms = await tcp_connect(host, port, timeout)
     except Unreachable as exc:
-        return [down(check, check.scheduler, f"scheduler port: {exc}", HINT),
-                *_unknown_expected(check, "scheduler unreachable")]
+        return [
+            down(check, check.scheduler, f"scheduler port: {exc}", HINT),
+            *_unknown_expected(check, "scheduler unreachable"),
+        ]
 
     base = check.dashboard_url
 
@@ -50,23 +59,36 @@ async def probe(check: DaskCheck, ctx: ProbeContext) -> list[Observation]:
             return exc
 
     health, identity, counts, metrics = await asyncio.gather(
-        get("/health"), get("/json/identity.json"), get("/json/counts.json"), get("/metrics"))
+        get("/health"), get("/json/identity.json"), get("/json/counts.json"), get("/metrics")
+    )
 
     if isinstance(identity, Unreachable) or identity.status != 200:
         reason = identity if isinstance(identity, Unreachable) else f"HTTP {identity.status}"
-        return [observation(
-            check, Status.WARNING,
-            f"scheduler port open but its HTTP endpoint {base} failed ({reason}): workers not visible"
-            " — start the scheduler with --dashboard-address",
-            target=check.scheduler, latency_ms=port_ms),
-            *_unknown_expected(check, "scheduler HTTP endpoint unreachable")]
+        return [
+            observation(
+                check,
+                Status.WARNING,
+                f"scheduler port open but its HTTP endpoint {base} failed ({reason}): workers not visible"
+                " — start the scheduler with --dashboard-address",
+                target=check.scheduler,
+                latency_ms=port_ms,
+            ),
+            *_unknown_expected(check, "scheduler HTTP endpoint unreachable"),
+        ]
     try:
         info = identity.json()
         if not isinstance(info, dict) or not isinstance(info.get("workers", {}), dict):
             raise Unreachable("identity.json has no `workers` mapping")
     except Unreachable as exc:
-        return [observation(check, Status.CRITICAL, f"unexpected answer from {base}/json/identity.json: {exc}",
-                            target=check.scheduler, latency_ms=port_ms)]
+        return [
+            observation(
+                check,
+                Status.CRITICAL,
+                f"unexpected answer from {base}/json/identity.json: {exc}",
+                target=check.scheduler,
+                latency_ms=port_ms,
+            )
+        ]
 
     now = _reference_time(identity, info)
     workers = info.get("workers") or {}
@@ -84,10 +106,8 @@ def _reference_time(answer: HttpAnswer, info: dict[str, Any]) -> float:
     candidates = [time.time()]
     date = answer.headers.get("Date")
     if date:
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             candidates = [email.utils.parsedate_to_datetime(date).timestamp() + 0.5]
-        except (TypeError, ValueError):
-            pass
     seen = [w.get("last_seen") for w in (info.get("workers") or {}).values() if isinstance(w, dict)]
     seen = [float(s) for s in seen if isinstance(s, int | float)]
     return max([*candidates, *seen])
@@ -104,8 +124,9 @@ def _worker(check: DaskCheck, address: str, w: dict[str, Any], now: float) -> Ob
         age = max(0.0, now - float(last_seen))
         metrics["heartbeat_age_seconds"] = round(age, 2)
         if age >= check.heartbeat_critical:
-            problems.append((Status.CRITICAL, f"no heartbeat for {age:.0f}s — hung (stopped, deadlocked or "
-                                              "swapping)? restart it"))
+            problems.append(
+                (Status.CRITICAL, f"no heartbeat for {age:.0f}s — hung (stopped, deadlocked or swapping)? restart it")
+            )
         elif age >= check.heartbeat_warning:
             problems.append((Status.WARNING, f"heartbeat {age:.1f}s late"))
 
@@ -127,8 +148,11 @@ def _worker(check: DaskCheck, address: str, w: dict[str, Any], now: float) -> Ob
                 problems.append((Status.CRITICAL, f"memory {percent:.0f}% of its {human_bytes(limit)} limit"))
             elif percent >= check.memory_warning:
                 problems.append((Status.WARNING, f"memory {percent:.0f}% of its {human_bytes(limit)} limit"))
-    for key, metric in (("cpu", "cpu_percent"), ("num_fds", "open_fds"),
-                        ("event_loop_interval", "event_loop_interval_seconds")):
+    for key, metric in (
+        ("cpu", "cpu_percent"),
+        ("num_fds", "open_fds"),
+        ("event_loop_interval", "event_loop_interval_seconds"),
+    ):
         if isinstance(m.get(key), int | float):
             metrics[metric] = float(m[key])
     if isinstance(w.get("nthreads"), int):
@@ -145,9 +169,16 @@ def _worker(check: DaskCheck, address: str, w: dict[str, Any], now: float) -> Ob
     else:
         mem = f", memory {metrics['memory_percent']:.0f}%" if "memory_percent" in metrics else ""
         message = f"running, {w.get('nthreads', '?')} thread(s){mem}"
-    return observation(check, status, message, name=f"{check.name}/{name}", target=address,
-                       group=Group.WORKERS, metrics=metrics,
-                       details={"host": w.get("host"), "status": state, "nanny": w.get("nanny")})
+    return observation(
+        check,
+        status,
+        message,
+        name=f"{check.name}/{name}",
+        target=address,
+        group=Group.WORKERS,
+        metrics=metrics,
+        details={"host": w.get("host"), "status": state, "nanny": w.get("nanny")},
+    )
 
 
 def _matches(expected: ExpectedWorker, address: str, w: dict[str, Any]) -> bool:
@@ -165,23 +196,43 @@ def _missing(check: DaskCheck, workers: dict[str, Any]) -> list[Observation]:
         if any(_matches(expected, a, w) for a, w in workers.items() if isinstance(w, dict)):
             continue
         where = f" ({expected.host})" if expected.host and expected.host != expected.name else ""
-        out.append(observation(
-            check, Status.CRITICAL,
-            f"worker {expected.name}{where} is not connected to the scheduler — start it there with "
-            f"`dask worker {check.scheduler}`",
-            name=f"{check.name}/{expected.name}", target=expected.host or expected.name,
-            group=Group.WORKERS))
+        out.append(
+            observation(
+                check,
+                Status.CRITICAL,
+                f"worker {expected.name}{where} is not connected to the scheduler — start it there with "
+                f"`dask worker {check.scheduler}`",
+                name=f"{check.name}/{expected.name}",
+                target=expected.host or expected.name,
+                group=Group.WORKERS,
+            )
+        )
     return out
 
 
 def _unknown_expected(check: DaskCheck, why: str) -> list[Observation]:
-    return [observation(check, Status.UNKNOWN, f"unknown: {why}", name=f"{check.name}/{e.name}",
-                        target=e.host or e.name, group=Group.WORKERS) for e in check.expect_workers]
+    return [
+        observation(
+            check,
+            Status.UNKNOWN,
+            f"unknown: {why}",
+            name=f"{check.name}/{e.name}",
+            target=e.host or e.name,
+            group=Group.WORKERS,
+        )
+        for e in check.expect_workers
+    ]
 
 
-def _scheduler(check: DaskCheck, info: dict[str, Any], health: HttpAnswer | Unreachable,
-               counts: HttpAnswer | Unreachable, metrics_answer: HttpAnswer | Unreachable,
-               n_workers: int, port_ms: float) -> Observation:
+def _scheduler(
+    check: DaskCheck,
+    info: dict[str, Any],
+    health: HttpAnswer | Unreachable,
+    counts: HttpAnswer | Unreachable,
+    metrics_answer: HttpAnswer | Unreachable,
+    n_workers: int,
+    port_ms: float,
+) -> Observation:
     problems: list[tuple[Status, str]] = []
     metrics: dict[str, float] = {"workers": float(n_workers)}
     details: dict[str, Any] = {"id": info.get("id"), "address": info.get("address")}
@@ -222,13 +273,16 @@ def _scheduler(check: DaskCheck, info: dict[str, Any], health: HttpAnswer | Unre
         problems.append((Status.WARNING, f"{unrunnable:.0f} task(s) no worker can run"))
 
     status = Status.worst([s for s, _ in problems]) if problems else Status.OK
-    summary = (f"{n_workers} worker(s) (min {check.min_workers}), {metrics.get('total_threads', 0):.0f} threads,"
-               f" {erred:.0f} erred task(s)")
+    summary = (
+        f"{n_workers} worker(s) (min {check.min_workers}), {metrics.get('total_threads', 0):.0f} threads,"
+        f" {erred:.0f} erred task(s)"
+    )
     message = "; ".join(text for _, text in sorted(problems, key=lambda p: -p[0].severity)) if problems else summary
     if problems and n_workers >= check.min_workers:
         message += f" ({n_workers} worker(s))"
-    return observation(check, status, message, target=check.scheduler, latency_ms=port_ms,
-                       metrics=metrics, details=details)
+    return observation(
+        check, status, message, target=check.scheduler, latency_ms=port_ms, metrics=metrics, details=details
+    )
 
 
 def _parse_metrics(answer: HttpAnswer | Unreachable) -> dict[str, float] | None:
@@ -245,8 +299,12 @@ def _parse_metrics(answer: HttpAnswer | Unreachable) -> dict[str, float] | None:
                     key = f"workers_{sample.labels.get('state', 'unknown')}"
                 elif sample.name == "dask_scheduler_tasks":
                     key = f"tasks_{sample.labels.get('state', 'unknown')}"
-                elif sample.name in ("dask_scheduler_clients", "dask_scheduler_tick_duration_maximum_seconds",
-                                     "dask_scheduler_workers_added_total", "dask_scheduler_workers_removed_total"):
+                elif sample.name in (
+                    "dask_scheduler_clients",
+                    "dask_scheduler_tick_duration_maximum_seconds",
+                    "dask_scheduler_workers_added_total",
+                    "dask_scheduler_workers_removed_total",
+                ):
                     key = sample.name.removeprefix("dask_scheduler_")
                 else:
                     continue

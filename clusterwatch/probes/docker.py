@@ -62,6 +62,7 @@ def _loads(body: bytes) -> Any:
 
 def match_containers(wanted: str, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Cluster AI's matching: an exact name first, else `(^|[-_])NAME([-_]|$)`."""
+
     def names(c: dict[str, Any]) -> list[str]:
         return [n.lstrip("/") for n in c.get("Names") or []]
 
@@ -91,10 +92,15 @@ async def probe(check: DockerCheck, ctx: ProbeContext) -> list[Observation]:
             for wanted in check.containers:
                 found = match_containers(wanted, containers)
                 if not found:
-                    observed.append(observation(
-                        check, Status.CRITICAL,
-                        f"no container matches {wanted!r} — start it (`docker compose up -d {wanted}`)",
-                        name=f"{check.name}/{wanted}", target=wanted))
+                    observed.append(
+                        observation(
+                            check,
+                            Status.CRITICAL,
+                            f"no container matches {wanted!r} — start it (`docker compose up -d {wanted}`)",
+                            name=f"{check.name}/{wanted}",
+                            target=wanted,
+                        )
+                    )
                 for summary in found:
                     code, inspect = await engine.request("GET", f"/containers/{summary['Id']}/json")
                     if code != 200 or not isinstance(inspect, dict):
@@ -112,10 +118,15 @@ async def probe(check: DockerCheck, ctx: ProbeContext) -> list[Observation]:
         message += f", {unhealthy} unhealthy"
         if not check.containers:
             daemon_status = Status.WARNING
-    daemon = observation(check, daemon_status, message, target=check.socket, latency_ms=latency,
-                         metrics={"containers_running": running, "containers_total": len(containers),
-                                  "containers_unhealthy": unhealthy},
-                         details={"version": server, "ping": pong if isinstance(pong, str) else ""})
+    daemon = observation(
+        check,
+        daemon_status,
+        message,
+        target=check.socket,
+        latency_ms=latency,
+        metrics={"containers_running": running, "containers_total": len(containers), "containers_unhealthy": unhealthy},
+        details={"version": server, "ping": pong if isinstance(pong, str) else ""},
+    )
     return [daemon, *observed]
 
 
@@ -163,10 +174,21 @@ def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool
     if oom and state.get("Running"):
         status = Status.worst([status, Status.WARNING])
         message += "; was OOM-killed before"
-    return observation(check, status, message,
-                       name=f"{check.name}/{cname if several else wanted}", target=cname, metrics=metrics,
-                       details={"id": str(c.get("Id", ""))[:12], "image": (c.get("Config") or {}).get("Image"),
-                                "health": health, "state": status_text, "oom_killed": oom})
+    return observation(
+        check,
+        status,
+        message,
+        name=f"{check.name}/{cname if several else wanted}",
+        target=cname,
+        metrics=metrics,
+        details={
+            "id": str(c.get("Id", ""))[:12],
+            "image": (c.get("Config") or {}).get("Image"),
+            "health": health,
+            "state": status_text,
+            "oom_killed": oom,
+        },
+    )
 
 
 def _parse_time(value: Any) -> float | None:

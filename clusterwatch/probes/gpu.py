@@ -5,12 +5,17 @@ No GPU or no driver is "not present", never an error: most nodes of a small clus
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-_NOT_PRESENT = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded", "NVMLError_NoPermission",
-                "NVMLError_NotSupported")
+_NOT_PRESENT = (
+    "NVMLError_LibraryNotFound",
+    "NVMLError_DriverNotLoaded",
+    "NVMLError_NoPermission",
+    "NVMLError_NotSupported",
+)
 _lock = threading.Lock()  # NVML init/shutdown are process-global
 
 
@@ -52,10 +57,8 @@ def survey(nvml: Any = None) -> GpuSurvey:
         except Exception as exc:
             return GpuSurvey(True, "", error=f"NVML error: {exc}")
         finally:
-            try:
+            with contextlib.suppress(Exception):
                 nvml.nvmlShutdown()
-            except Exception:
-                pass
 
 
 def _read(nvml: Any, index: int) -> GpuReading:

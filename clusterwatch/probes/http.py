@@ -18,9 +18,16 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> list[Observation]:
     timeout = ctx.timeout_for(check)
     https = check.url.lower().startswith("https://")
     try:
-        answer = await fetch(ctx.http, check.url, method=check.method, headers=check.headers or None,
-                             data=check.body, timeout=timeout, max_body=check.max_body,
-                             ssl_context=_ssl_context(check.tls_verify, check.ca_file) if https else None)
+        answer = await fetch(
+            ctx.http,
+            check.url,
+            method=check.method,
+            headers=check.headers or None,
+            data=check.body,
+            timeout=timeout,
+            max_body=check.max_body,
+            ssl_context=_ssl_context(check.tls_verify, check.ca_file) if https else None,
+        )
     except Unreachable as exc:
         return [down(check, check.url, str(exc), "is the service running?")]
 
@@ -38,7 +45,9 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> list[Observation]:
 
     seconds = answer.latency_ms / 1000
     if check.latency_critical is not None and seconds >= check.latency_critical:
-        problems.append((Status.CRITICAL, f"slow: {answer.latency_ms:.0f} ms (critical at {check.latency_critical:g}s)"))
+        problems.append(
+            (Status.CRITICAL, f"slow: {answer.latency_ms:.0f} ms (critical at {check.latency_critical:g}s)")
+        )
     elif check.latency_warning is not None and seconds >= check.latency_warning:
         problems.append((Status.WARNING, f"slow: {answer.latency_ms:.0f} ms (warning at {check.latency_warning:g}s)"))
 

@@ -13,8 +13,25 @@ from clusterwatch.model import Group, Observation, Status
 from clusterwatch.probes import gpu
 from clusterwatch.probes.base import ProbeContext, human_bytes, level_status, observation
 
-_PSEUDO_FS = {"tmpfs", "devtmpfs", "squashfs", "overlay", "proc", "sysfs", "cgroup", "cgroup2", "nsfs",
-              "autofs", "fuse.snapfuse", "iso9660", "ramfs", "devpts", "mqueue", "tracefs", "debugfs"}
+_PSEUDO_FS = {
+    "tmpfs",
+    "devtmpfs",
+    "squashfs",
+    "overlay",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "nsfs",
+    "autofs",
+    "fuse.snapfuse",
+    "iso9660",
+    "ramfs",
+    "devpts",
+    "mqueue",
+    "tracefs",
+    "debugfs",
+}
 
 
 async def probe(check: NodeCheck, ctx: ProbeContext) -> list[Observation]:
@@ -29,13 +46,21 @@ async def probe(check: NodeCheck, ctx: ProbeContext) -> list[Observation]:
     cores = psutil.cpu_count() or 1
     load1, load5, load15 = os.getloadavg()
 
-    metrics = {"cpu_percent": cpu, "memory_percent": memory.percent, "memory_used_bytes": memory.used,
-               "memory_total_bytes": memory.total, "load1": load1, "load5": load5, "load15": load15,
-               "cpus": cores}
-    checks = [("cpu", cpu, limits.cpu, f"cpu {cpu:.0f}%"),
-              ("memory", memory.percent, limits.memory,
-               f"memory {memory.percent:.0f}% of {human_bytes(memory.total)}"),
-              ("load", load1 / cores, limits.load, f"load {load1:.2f} on {cores} cpu(s)")]
+    metrics = {
+        "cpu_percent": cpu,
+        "memory_percent": memory.percent,
+        "memory_used_bytes": memory.used,
+        "memory_total_bytes": memory.total,
+        "load1": load1,
+        "load5": load5,
+        "load15": load15,
+        "cpus": cores,
+    }
+    checks = [
+        ("cpu", cpu, limits.cpu, f"cpu {cpu:.0f}%"),
+        ("memory", memory.percent, limits.memory, f"memory {memory.percent:.0f}% of {human_bytes(memory.total)}"),
+        ("load", load1 / cores, limits.load, f"load {load1:.2f} on {cores} cpu(s)"),
+    ]
     status, message = _judge(checks)
     observed = [observation(check, status, message, target=host, group=Group.SYSTEM, metrics=metrics)]
     observed.extend(_disks(check, limits, host))
@@ -45,8 +70,10 @@ async def probe(check: NodeCheck, ctx: ProbeContext) -> list[Observation]:
 
 
 def _judge(checks: list[tuple[str, float, object, str]]) -> tuple[Status, str]:
-    graded = [(level_status(value, level.warning, level.critical), text)  # type: ignore[attr-defined]
-              for _, value, level, text in checks]
+    graded = [
+        (level_status(value, level.warning, level.critical), text)  # type: ignore[attr-defined]
+        for _, value, level, text in checks
+    ]
     status = Status.worst([s for s, _ in graded])
     bad = [f"{text} ({s.value})" for s, text in graded if s is not Status.OK]
     return status, "; ".join(bad) if bad else ", ".join(text for _, text in graded)
@@ -60,14 +87,30 @@ def _disks(check: NodeCheck, limits: Thresholds, host: str) -> list[Observation]
         try:
             usage = psutil.disk_usage(mount)
         except OSError as exc:
-            observed.append(observation(check, Status.UNKNOWN, f"cannot read disk {mount}: {exc.strerror}",
-                                        name=name, target=host, group=Group.SYSTEM))
+            observed.append(
+                observation(
+                    check,
+                    Status.UNKNOWN,
+                    f"cannot read disk {mount}: {exc.strerror}",
+                    name=name,
+                    target=host,
+                    group=Group.SYSTEM,
+                )
+            )
             continue
         status = level_status(usage.percent, limits.disk.warning, limits.disk.critical)
         message = f"disk {mount} {usage.percent:.0f}% used, {human_bytes(usage.free)} free"
-        observed.append(observation(check, status, message, name=name, target=host, group=Group.SYSTEM,
-                                    metrics={"disk_percent": usage.percent, "disk_free_bytes": usage.free,
-                                             "disk_total_bytes": usage.total}))
+        observed.append(
+            observation(
+                check,
+                status,
+                message,
+                name=name,
+                target=host,
+                group=Group.SYSTEM,
+                metrics={"disk_percent": usage.percent, "disk_free_bytes": usage.free, "disk_total_bytes": usage.total},
+            )
+        )
     return observed
 
 
@@ -82,25 +125,45 @@ def _local_mounts() -> list[str]:
     return mounts or ["/"]
 
 
-def _gpus(check: NodeCheck, limits: Thresholds, host: str, found: gpu.GpuSurvey,
-          system: Observation) -> list[Observation]:
+def _gpus(
+    check: NodeCheck, limits: Thresholds, host: str, found: gpu.GpuSurvey, system: Observation
+) -> list[Observation]:
     if found.error:
-        return [observation(check, Status.UNKNOWN, found.error, name=f"{check.name}/gpu", target=host,
-                            group=Group.SYSTEM)]
+        return [
+            observation(check, Status.UNKNOWN, found.error, name=f"{check.name}/gpu", target=host, group=Group.SYSTEM)
+        ]
     if not found.present:
         system.details["gpu"] = f"not present: {found.reason}"
         return []
     observed = []
     for reading in found.gpus:
         m = reading.metrics
-        checks = [("gpu_utilization", m.get("utilization_percent"), limits.gpu_utilization,
-                   f"utilisation {m.get('utilization_percent', 0):.0f}%"),
-                  ("gpu_memory", m.get("memory_percent"), limits.gpu_memory,
-                   f"memory {m.get('memory_percent', 0):.0f}%"),
-                  ("gpu_temperature", m.get("temperature_celsius"), limits.gpu_temperature,
-                   f"{m.get('temperature_celsius', 0):.0f}°C")]
+        checks = [
+            (
+                "gpu_utilization",
+                m.get("utilization_percent"),
+                limits.gpu_utilization,
+                f"utilisation {m.get('utilization_percent', 0):.0f}%",
+            ),
+            ("gpu_memory", m.get("memory_percent"), limits.gpu_memory, f"memory {m.get('memory_percent', 0):.0f}%"),
+            (
+                "gpu_temperature",
+                m.get("temperature_celsius"),
+                limits.gpu_temperature,
+                f"{m.get('temperature_celsius', 0):.0f}°C",
+            ),
+        ]
         status, message = _judge([c for c in checks if c[1] is not None])
-        observed.append(observation(check, status, f"{reading.name}: {message}", name=f"{check.name}/gpu{reading.index}",
-                                    target=host, group=Group.SYSTEM, metrics=m,
-                                    details={"uuid": reading.uuid, "model": reading.name}))
+        observed.append(
+            observation(
+                check,
+                status,
+                f"{reading.name}: {message}",
+                name=f"{check.name}/gpu{reading.index}",
+                target=host,
+                group=Group.SYSTEM,
+                metrics=m,
+                details={"uuid": reading.uuid, "model": reading.name},
+            )
+        )
     return observed

@@ -18,8 +18,14 @@ async def probe(check: OpenWebUICheck, ctx: ProbeContext) -> list[Observation]:
         reason = str(exc) if not_running(str(exc)) else f"/health: {exc}"
         return [down(check, base, reason, HINT)]
     if health.status >= 500:
-        return [down(check, base, f"HTTP {health.status} on /health — Open WebUI needs a restart",
-                     latency_ms=health.latency_ms)]
+        return [
+            down(
+                check,
+                base,
+                f"HTTP {health.status} on /health — Open WebUI needs a restart",
+                latency_ms=health.latency_ms,
+            )
+        ]
     if health.status != 200:
         return [down(check, base, f"HTTP {health.status} on /health (not Open WebUI?)", latency_ms=health.latency_ms)]
     try:
@@ -27,8 +33,9 @@ async def probe(check: OpenWebUICheck, ctx: ProbeContext) -> list[Observation]:
     except Unreachable as exc:
         return [down(check, base, f"/health: {exc}", latency_ms=health.latency_ms)]
     if not isinstance(body, dict) or body.get("status") is not True:
-        return [down(check, base, f"/health said {str(body)[:80]}, not {{\"status\": true}}",
-                     latency_ms=health.latency_ms)]
+        return [
+            down(check, base, f'/health said {str(body)[:80]}, not {{"status": true}}', latency_ms=health.latency_ms)
+        ]
 
     details: dict[str, object] = {}
     if check.check_db:
@@ -37,8 +44,11 @@ async def probe(check: OpenWebUICheck, ctx: ProbeContext) -> list[Observation]:
         except Unreachable as exc:
             return [down(check, base, f"/health/db: {exc}", latency_ms=health.latency_ms)]
         if db.status >= 500:
-            return [down(check, base, f"database check failed (HTTP {db.status} on /health/db)",
-                         latency_ms=health.latency_ms)]
+            return [
+                down(
+                    check, base, f"database check failed (HTTP {db.status} on /health/db)", latency_ms=health.latency_ms
+                )
+            ]
         details["database"] = "ok" if db.status == 200 else f"no /health/db (HTTP {db.status})"
     try:
         version = await fetch(ctx.http, f"{base}/api/version", timeout=timeout, max_body=64 * 1024)

@@ -31,7 +31,8 @@ fi
 [ -r /proc/meminfo ] && grep -E '^(MemTotal|MemAvailable):' /proc/meminfo | tr -d ' ' | sed 's/kB$//; s/:/=/'
 df -P / "$HOME" 2>/dev/null | awk 'NR>1 {print "df=" $6 " " $2 " " $3 " " $4}'
 if command -v pgrep >/dev/null 2>&1; then
-  if pgrep -f '[d]ask(-worker| worker)|[d]istributed[.]cli[.]dask_worker' >/dev/null 2>&1; then echo dask_worker=1; else echo dask_worker=0; fi
+  if pgrep -f '[d]ask(-worker| worker)|[d]istributed[.]cli[.]dask_worker' >/dev/null 2>&1
+  then echo dask_worker=1; else echo dask_worker=0; fi
 fi
 if command -v termux-battery-status >/dev/null 2>&1; then
   echo "battery=$(termux-battery-status 2>/dev/null | tr -d '\n')"
@@ -50,8 +51,11 @@ def connect_options(node: Node, defaults: Any) -> dict[str, Any]:
     """asyncssh options from the node's ssh block over the top-level `ssh:` defaults."""
     set_fields = node.ssh.model_fields_set
     ssh = {name: getattr(node.ssh if name in set_fields else defaults, name) for name in type(node.ssh).model_fields}
-    options: dict[str, Any] = {"port": ssh["port"], "connect_timeout": ssh["connect_timeout"],
-                               "login_timeout": ssh["connect_timeout"]}
+    options: dict[str, Any] = {
+        "port": ssh["port"],
+        "connect_timeout": ssh["connect_timeout"],
+        "login_timeout": ssh["connect_timeout"],
+    }
     if ssh["user"]:
         options["username"] = ssh["user"]
     if ssh["key"]:
@@ -62,8 +66,12 @@ def connect_options(node: Node, defaults: Any) -> dict[str, Any]:
     if ssh["insecure_ignore_host_key"]:
         if node.name not in _warned_insecure:
             _warned_insecure.add(node.name)
-            log.warning("SSH HOST KEY CHECKING IS OFF for node %s (%s): `insecure_ignore_host_key: true` "
-                        "lets anyone on the network impersonate it", node.name, node.host)
+            log.warning(
+                "SSH HOST KEY CHECKING IS OFF for node %s (%s): `insecure_ignore_host_key: true` "
+                "lets anyone on the network impersonate it",
+                node.name,
+                node.host,
+            )
         options["known_hosts"] = None
     elif ssh["known_hosts"]:
         options["known_hosts"] = ssh["known_hosts"]
@@ -84,12 +92,25 @@ async def probe_node(node: Node, config: Config, timeout: float | None = None) -
                 latency = (time.perf_counter() - started) * 1000
                 result = await conn.run(REMOTE_SCRIPT, check=False)
     except TimeoutError:
-        return [_down(node, where, f"SSH to {where} timed out after {budget:g}s (host down, firewalled or "
-                                   "asleep{})".format(" — Termux: `termux-wake-lock`" if node.is_termux else ""))]
+        return [
+            _down(
+                node,
+                where,
+                f"SSH to {where} timed out after {budget:g}s (host down, firewalled or asleep{{}})".format(
+                    " — Termux: `termux-wake-lock`" if node.is_termux else ""
+                ),
+            )
+        ]
     except asyncssh.PermissionDenied:
         key = options.get("client_keys", ["the default keys"])[0]
-        return [_down(node, where, f"SSH authentication failed for {user}@{where} with {key} — is its public key "
-                                   "in ~/.ssh/authorized_keys on the node?")]
+        return [
+            _down(
+                node,
+                where,
+                f"SSH authentication failed for {user}@{where} with {key} — is its public key "
+                "in ~/.ssh/authorized_keys on the node?",
+            )
+        ]
     except asyncssh.HostKeyNotVerifiable as exc:
         return [_down(node, where, _host_key_message(node, options, port, str(exc)))]
     except asyncssh.Error as exc:
@@ -101,8 +122,9 @@ async def probe_node(node: Node, config: Config, timeout: float | None = None) -
         return [_down(node, where, f"SSH: {describe_os_error(exc, where)}")]
     if result.exit_status not in (0, None) or "end=1" not in str(result.stdout):
         err = str(result.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        return [_down(node, where, f"node script failed (exit {result.exit_status}): {err[0][:120]}",
-                      status=Status.UNKNOWN)]
+        return [
+            _down(node, where, f"node script failed (exit {result.exit_status}): {err[0][:120]}", status=Status.UNKNOWN)
+        ]
     return [judge(node, config, parse_report(str(result.stdout)), where, latency)]
 
 
@@ -117,15 +139,27 @@ def _host_key_message(node: Node, options: dict[str, Any], port: int, reason: st
     except (OSError, ValueError, asyncssh.Error):
         pass
     if listed:
-        return (f"SSH HOST KEY MISMATCH for {node.host}:{port} — refusing to connect. If the node was reinstalled, "
-                f"check its key and update {known}; otherwise someone may be impersonating it")
-    return (f"SSH host key of {node.host}:{port} is not in {known} — refusing to connect; add it after checking it "
-            f"(`ssh-keyscan -p {port} {node.host}`) ({reason})")
+        return (
+            f"SSH HOST KEY MISMATCH for {node.host}:{port} — refusing to connect. If the node was reinstalled, "
+            f"check its key and update {known}; otherwise someone may be impersonating it"
+        )
+    return (
+        f"SSH host key of {node.host}:{port} is not in {known} — refusing to connect; add it after checking it "
+        f"(`ssh-keyscan -p {port} {node.host}`) ({reason})"
+    )
 
 
 def _down(node: Node, where: str, message: str, status: Status = Status.CRITICAL) -> Observation:
-    return Observation(name=node.name, kind="ssh", target=where, status=status, message=message,
-                       check=node.name, group=Group.NODES, node=node.name)
+    return Observation(
+        name=node.name,
+        kind="ssh",
+        target=where,
+        status=status,
+        message=message,
+        check=node.name,
+        group=Group.NODES,
+        node=node.name,
+    )
 
 
 def parse_report(text: str) -> dict[str, Any]:
@@ -168,20 +202,25 @@ def judge(node: Node, config: Config, report: dict[str, Any], where: str, latenc
     if total and avail and total.isdigit() and avail.isdigit() and int(total) > 0:
         percent = 100.0 * (int(total) - int(avail)) / int(total)
         metrics.update(memory_percent=round(percent, 1), memory_total_bytes=int(total) * 1024)
-        graded.append((level_status(percent, limits.memory.warning, limits.memory.critical),
-                       f"memory {percent:.0f}% of {human_bytes(int(total) * 1024)}"))
+        graded.append(
+            (
+                level_status(percent, limits.memory.warning, limits.memory.critical),
+                f"memory {percent:.0f}% of {human_bytes(int(total) * 1024)}",
+            )
+        )
     seen_mounts = set()
     for line in report["df"]:
         parts = line.split()
         if len(parts) != 4 or parts[0] in seen_mounts or not all(p.isdigit() for p in parts[1:]):
             continue
         seen_mounts.add(parts[0])
-        size, used, free = (int(p) * 1024 for p in parts[1:])
+        _size, used, free = (int(p) * 1024 for p in parts[1:])
         percent = 100.0 * used / (used + free) if used + free else 0.0
         key = "disk_percent" if parts[0] == "/" else f"disk_percent:{parts[0]}"
         metrics[key] = round(percent, 1)
-        graded.append((level_status(percent, limits.disk.warning, limits.disk.critical),
-                       f"disk {parts[0]} {percent:.0f}%"))
+        graded.append(
+            (level_status(percent, limits.disk.warning, limits.disk.critical), f"disk {parts[0]} {percent:.0f}%")
+        )
     if report.get("loadavg"):
         try:
             load1 = float(report["loadavg"].split()[0])
@@ -193,8 +232,11 @@ def judge(node: Node, config: Config, report: dict[str, Any], where: str, latenc
         running = report["dask_worker"] == "1"
         metrics["dask_worker_running"] = 1.0 if running else 0.0
         if node.expect_dask_worker:
-            graded.append((Status.OK, "dask worker running") if running else
-                          (Status.CRITICAL, "no dask worker process — start it (`dask worker tcp://SCHEDULER:8786`)"))
+            graded.append(
+                (Status.OK, "dask worker running")
+                if running
+                else (Status.CRITICAL, "no dask worker process — start it (`dask worker tcp://SCHEDULER:8786`)")
+            )
     if report.get("battery"):
         graded.append(_battery(node, report["battery"], metrics))
     if not graded:
@@ -202,9 +244,19 @@ def judge(node: Node, config: Config, report: dict[str, Any], where: str, latenc
     status = Status.worst([s for s, _ in graded])
     bad = [text for s, text in graded if s is not Status.OK]
     message = "; ".join(bad) if bad else ", ".join(text for _, text in graded)
-    return Observation(name=node.name, kind="ssh", target=where, status=status, message=message,
-                       latency_ms=latency_ms, metrics=metrics, check=node.name, group=Group.NODES,
-                       node=node.name, details={"termux": node.is_termux})
+    return Observation(
+        name=node.name,
+        kind="ssh",
+        target=where,
+        status=status,
+        message=message,
+        latency_ms=latency_ms,
+        metrics=metrics,
+        check=node.name,
+        group=Group.NODES,
+        node=node.name,
+        details={"termux": node.is_termux},
+    )
 
 
 def _battery(node: Node, raw: str, metrics: dict[str, float]) -> tuple[Status, str]:

@@ -13,10 +13,19 @@ from typing import Any
 from aiohttp import web
 
 MODEL = {
-    "name": "llama3.2:latest", "model": "llama3.2:latest", "modified_at": "2026-10-01T10:00:00Z",
-    "size": 2019393189, "digest": "a80c4f17acd5",
-    "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
-                "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
+    "name": "llama3.2:latest",
+    "model": "llama3.2:latest",
+    "modified_at": "2026-10-01T10:00:00Z",
+    "size": 2019393189,
+    "digest": "a80c4f17acd5",
+    "details": {
+        "parent_model": "",
+        "format": "gguf",
+        "family": "llama",
+        "families": ["llama"],
+        "parameter_size": "3.2B",
+        "quantization_level": "Q4_K_M",
+    },
 }
 
 
@@ -72,6 +81,14 @@ class OllamaDouble:
         if not any(m["name"] in (body.get("model"), f"{body.get('model')}:latest") for m in self.models):
             return web.json_response({"error": f"model '{body.get('model')}' not found"}, status=404)
         await asyncio.sleep(self.generate_delay)
-        return web.json_response({"model": body["model"], "created_at": "2026-11-27T10:00:00Z", "response": "ok",
-                                  "done": True, "total_duration": 120000000, "load_duration": 20000000,
-                                  "eval_count": 1})
+        return web.json_response(
+            {
+                "model": body["model"],
+                "created_at": "2026-11-27T10:00:00Z",
+                "response": "ok",
+                "done": True,
+                "total_duration": 120000000,
+                "load_duration": 20000000,
+                "eval_count": 1,
+            }
+        )

@@ -25,7 +25,8 @@ class DaskCluster:
             shim = workdir / "no-prometheus" / "prometheus_client"
             shim.mkdir(parents=True, exist_ok=True)
             (shim / "__init__.py").write_text(
-                "raise ModuleNotFoundError('no prometheus_client here', name='prometheus_client')\n")
+                "raise ModuleNotFoundError('no prometheus_client here', name='prometheus_client')\n"
+            )
             self.env["PYTHONPATH"] = str(shim.parent)
 
     @property
@@ -37,17 +38,40 @@ class DaskCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start_scheduler(self) -> Proc:
-        proc = Proc([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--dashboard-address", f"127.0.0.1:{self.dashboard_port}", "--no-show"],
-                    self.workdir / "scheduler.log", env=self.env)
+        proc = Proc(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dashboard-address",
+                f"127.0.0.1:{self.dashboard_port}",
+                "--no-show",
+            ],
+            self.workdir / "scheduler.log",
+            env=self.env,
+        )
         self.procs.append(proc)
         self.scheduler = proc
         wait_until(lambda: self.identity(), timeout=30, what=f"dask scheduler ({proc.tail()})")
         return proc
 
     def start_worker(self, name: str, *, nanny: bool = False, wait: bool = True) -> Proc:
-        argv = [str(BIN / "dask"), "worker", self.address, "--nthreads", "1", "--name", name,
-                "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+        argv = [
+            str(BIN / "dask"),
+            "worker",
+            self.address,
+            "--nthreads",
+            "1",
+            "--name",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--dashboard-address",
+            "127.0.0.1:0",
+        ]
         if not nanny:
             argv.append("--no-nanny")
         proc = Proc(argv, self.workdir / f"worker-{name}.log", env=self.env)

@@ -16,8 +16,9 @@ def keygen(path: Path) -> Path:
 
 
 class SSHServer:
-    def __init__(self, workdir: Path, *, listen: str = "127.0.0.1", port: int | None = None,
-                 netns: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, listen: str = "127.0.0.1", port: int | None = None, netns: str | None = None
+    ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.listen, self.port = listen, port or free_port()
@@ -29,8 +30,8 @@ class SSHServer:
 Port {self.port}
 ListenAddress {listen}
 HostKey {self.host_key}
-PidFile {self.dir / 'sshd.pid'}
-AuthorizedKeysFile {self.dir / 'authorized_keys'}
+PidFile {self.dir / "sshd.pid"}
+AuthorizedKeysFile {self.dir / "authorized_keys"}
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 StrictModes no
@@ -38,8 +39,9 @@ UsePAM no
 PermitRootLogin prohibit-password
 """)
         Path("/run/sshd").mkdir(exist_ok=True)
-        self.proc = Proc(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "sshd_config")],
-                         self.dir / "sshd.log", netns=netns)
+        self.proc = Proc(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "sshd_config")], self.dir / "sshd.log", netns=netns
+        )
         if netns is None:
             wait_until(lambda: port_open(self.port, listen), timeout=15, what=f"sshd ({self.proc.tail()})")
 
@@ -53,9 +55,19 @@ PermitRootLogin prohibit-password
         return path
 
     def node(self, name: str = "box", **ssh: object) -> dict:
-        return {"name": name, "host": self.listen, "expect_dask_worker": False,
-                "ssh": {"user": self.user, "port": self.port, "key": str(self.client_key),
-                        "known_hosts": str(self.known_hosts()), "connect_timeout": "3s", **ssh}}
+        return {
+            "name": name,
+            "host": self.listen,
+            "expect_dask_worker": False,
+            "ssh": {
+                "user": self.user,
+                "port": self.port,
+                "key": str(self.client_key),
+                "known_hosts": str(self.known_hosts()),
+                "connect_timeout": "3s",
+                **ssh,
+            },
+        }
 
     def stop(self) -> None:
         self.proc.stop()

@@ -24,8 +24,11 @@ def cluster(tmp_path: Path):
 
 
 def dask_config(c: DaskCluster, **extra) -> dict:
-    return {"checks": [{"name": "dask", "kind": "dask", "scheduler": c.address, "dashboard": c.dashboard,
-                        "timeout": "3s", **extra}]}
+    return {
+        "checks": [
+            {"name": "dask", "kind": "dask", "scheduler": c.address, "dashboard": c.dashboard, "timeout": "3s", **extra}
+        ]
+    }
 
 
 def test_all_healthy(tmp_path: Path, cluster: DaskCluster):
@@ -54,7 +57,10 @@ def test_killed_worker_is_critical_by_name(tmp_path: Path, cluster: DaskCluster)
     assert obs["dask/w1"].status is Status.OK
     gone = obs["dask/w2"]
     assert gone.status is Status.CRITICAL
-    assert gone.message == f"worker w2 is not connected to the scheduler — start it there with `dask worker {cluster.address}`"
+    assert (
+        gone.message
+        == f"worker w2 is not connected to the scheduler — start it there with `dask worker {cluster.address}`"
+    )
     assert obs["dask"].status is Status.CRITICAL
     assert "1 worker(s) connected, at least 2 needed" in obs["dask"].message
 
@@ -86,8 +92,9 @@ def test_scheduler_down(tmp_path: Path, cluster: DaskCluster):
     cluster.scheduler.stop()
     obs = observe(tmp_path, dask_config(cluster, expect_workers=["w1"]))
     assert obs["dask"].status is Status.CRITICAL
-    assert obs["dask"].message == (f"scheduler port: connection refused at 127.0.0.1:{cluster.port} — "
-                                   "is `dask scheduler` running?")
+    assert obs["dask"].message == (
+        f"scheduler port: connection refused at 127.0.0.1:{cluster.port} — is `dask scheduler` running?"
+    )
     assert obs["dask/w1"].status is Status.UNKNOWN
 
 
@@ -109,9 +116,12 @@ def test_scheduler_without_prometheus_client(tmp_path: Path):
 def test_workers_expected_from_cluster_yaml(tmp_path: Path, cluster: DaskCluster, write):
     cluster.start_scheduler()
     cluster.start_worker("anything")  # on 127.0.0.1: matches gpu-box by host
-    write("cluster.yaml", "workers:\n  gpu-box: {host: 127.0.0.1, user: u}\n"
-                          "  phone-1: {ip: 127.0.0.3, user: u0_a1, port: 8022}\n"
-                          "  old: {host: 127.0.0.4, status: inactive}\n")
+    write(
+        "cluster.yaml",
+        "workers:\n  gpu-box: {host: 127.0.0.1, user: u}\n"
+        "  phone-1: {ip: 127.0.0.3, user: u0_a1, port: 8022}\n"
+        "  old: {host: 127.0.0.4, status: inactive}\n",
+    )
     config = dask_config(cluster)
     config["cluster_ai"] = {"cluster_yaml": "cluster.yaml"}
     obs = observe(tmp_path, config)

@@ -43,10 +43,12 @@ def test_stopped_container(tmp_path: Path, docker: DockerEngine):
 
 
 def test_unhealthy_container(tmp_path: Path, docker: DockerEngine):
-    docker.run("open-webui", "--health-cmd", "echo db down; false", "--health-interval", "1s",
-               "--health-retries", "1")
-    wait_until(lambda: docker.inspect("open-webui", "{{.State.Health.Status}}") == "unhealthy", timeout=30,
-               what="container to turn unhealthy")
+    docker.run("open-webui", "--health-cmd", "echo db down; false", "--health-interval", "1s", "--health-retries", "1")
+    wait_until(
+        lambda: docker.inspect("open-webui", "{{.State.Health.Status}}") == "unhealthy",
+        timeout=30,
+        what="container to turn unhealthy",
+    )
     obs = observe(tmp_path, docker_config(docker, ["open-webui"]))["docker/open-webui"]
     assert obs.status is Status.CRITICAL
     assert obs.message.startswith("unhealthy (")
@@ -56,8 +58,11 @@ def test_unhealthy_container(tmp_path: Path, docker: DockerEngine):
 
 def test_healthy_container(tmp_path: Path, docker: DockerEngine):
     docker.run("frontend", "--health-cmd", "true", "--health-interval", "1s")
-    wait_until(lambda: docker.inspect("frontend", "{{.State.Health.Status}}") == "healthy", timeout=30,
-               what="container to turn healthy")
+    wait_until(
+        lambda: docker.inspect("frontend", "{{.State.Health.Status}}") == "healthy",
+        timeout=30,
+        what="container to turn healthy",
+    )
     obs = observe(tmp_path, docker_config(docker, ["frontend"]))["docker/frontend"]
     assert obs.status is Status.OK and obs.message.startswith("running, healthy, up")
 

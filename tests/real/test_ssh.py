@@ -88,17 +88,22 @@ def test_closed_port(tmp_path: Path, sshd: SSHServer):
     port = closed_port()
     obs = observe(tmp_path, {"nodes": [sshd.node(port=port)]})["box"]
     assert obs.status is Status.CRITICAL
-    assert obs.message == f"SSH connection refused at 127.0.0.1:{port} — is sshd running? (Termux: run `sshd`; it listens on 8022)"
+    assert (
+        obs.message
+        == f"SSH connection refused at 127.0.0.1:{port} — is sshd running? (Termux: run `sshd`; it listens on 8022)"
+    )
 
 
 def test_termux_battery_and_thresholds_from_report():
     config = load_config(None, env={}, cwd="/nonexistent").config
     phone = Node(name="phone-1", host="127.0.0.3", ssh={"user": "u0_a123", "port": 8022})
-    report = parse_report("nproc=8\nstat1=cpu 100 0 100 800 0 0 0 0\nstat2=cpu 150 0 150 900 0 0 0 0\n"
-                          "MemTotal=4000000\nMemAvailable=1000000\ndf=/ 1000 500 500\n"
-                          "df=/data/data/com.termux/files/home 1000 990 10\ndask_worker=1\n"
-                          'battery={"health":"GOOD","percentage":18,"plugged":"UNPLUGGED","status":"DISCHARGING"}\n'
-                          "end=1\n")
+    report = parse_report(
+        "nproc=8\nstat1=cpu 100 0 100 800 0 0 0 0\nstat2=cpu 150 0 150 900 0 0 0 0\n"
+        "MemTotal=4000000\nMemAvailable=1000000\ndf=/ 1000 500 500\n"
+        "df=/data/data/com.termux/files/home 1000 990 10\ndask_worker=1\n"
+        'battery={"health":"GOOD","percentage":18,"plugged":"UNPLUGGED","status":"DISCHARGING"}\n'
+        "end=1\n"
+    )
     obs = judge(phone, config, report, "127.0.0.3:8022", 10.0)
     assert phone.is_termux
     assert obs.metrics["cpu_percent"] == 50.0 and obs.metrics["memory_percent"] == 75.0
@@ -142,16 +147,22 @@ def test_node_in_a_namespace_that_goes_away(tmp_path: Path, namespace_node: str)
     try:
         node = server.node("ns-node")
         config = {"nodes": [node]}
-        up = wait_until(lambda: (o := observe(tmp_path, config)["ns-node"]).status is not Status.CRITICAL and o,
-                        timeout=20, what="the namespaced sshd")
+        up = wait_until(
+            lambda: (o := observe(tmp_path, config)["ns-node"]).status is not Status.CRITICAL and o,
+            timeout=20,
+            what="the namespaced sshd",
+        )
         assert up.metrics["cpu_percent"] >= 0
     finally:
         server.stop()
     # The node vanishes: its namespace (and its end of the link) are removed. The bridge stays,
     # so packets to it go nowhere but this bridge.
     ip("netns", "del", namespace_node)
-    wait_until(lambda: subprocess.run(["ip", "link", "show", "cwv1h"], capture_output=True).returncode != 0,
-               timeout=30, what="the kernel to remove the namespace and its link")
+    wait_until(
+        lambda: subprocess.run(["ip", "link", "show", "cwv1h"], capture_output=True).returncode != 0,
+        timeout=30,
+        what="the kernel to remove the namespace and its link",
+    )
     started = time.monotonic()
     gone = observe(tmp_path, config)["ns-node"]
     assert time.monotonic() - started < 12
