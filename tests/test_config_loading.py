@@ -181,3 +181,11 @@ def test_config_show_redacts_secrets(tmp_path: Path, write):
         or "Authorization: ***" in result.stdout
     )
     assert "https://user:***@127.0.0.1:1/x" in result.stdout
+
+
+def test_example_config_validates():
+    from tests.helpers import ROOT
+
+    result = run_cli("config", "validate", "-c", str(ROOT / "examples" / "clusterwatch.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "ok (6 checks, 2 nodes)" in result.stdout

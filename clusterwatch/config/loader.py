@@ -114,7 +114,7 @@ def load_config(
                     for path, name in unset
                 ]
             )
-        _import_cluster_ai(data, positions, cwd, redactor, notes)
+        _import_cluster_ai(data, positions, path.parent if path else cwd, redactor, notes)
     except YAMLProblem as exc:
         raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from exc
     try:
@@ -162,7 +162,7 @@ def _substitute(
 def _import_cluster_ai(
     data: dict[str, Any],
     positions: dict[Path_, Position],
-    cwd: Path,
+    base: Path,
     redactor: Redactor,
     notes: list[str],
 ) -> None:
@@ -170,9 +170,9 @@ def _import_cluster_ai(
     if not isinstance(spec, dict):
         return
 
-    def resolve(p: str) -> Path:
+    def resolve(p: str) -> Path:  # relative to the config file, as people expect
         path = Path(os.path.expanduser(p))
-        return path if path.is_absolute() else cwd / path
+        return path if path.is_absolute() else base / path
 
     env = clusterai.EnvFile()
     env_files = spec.get("env_files") or []
