@@ -53,6 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="bound for the whole run (default 30)"
     )
 
+    run = sub.add_parser("run", parents=[common], help="monitor continuously, heal, keep history",
+                         description="Run every check at its interval; restart what fails (within limits); "
+                                     "keep history. SIGHUP or a changed config file reloads; SIGTERM stops.")
+    run.add_argument("--once", action="store_true", help="one round of everything, then exit (for cron)")
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+
+    heal = sub.add_parser("heal", parents=[common], help="the healer's restart budgets")
+    heal_sub = heal.add_subparsers(dest="heal_command", required=True, metavar="ACTION")
+    reset = heal_sub.add_parser("reset", parents=[common], help="give an exhausted restart budget back")
+    reset.add_argument("name", help="check name or restart target")
+
+    install = sub.add_parser("install", parents=[common], help="print (or --write) a systemd unit or a cron line")
+    install.add_argument("what", choices=["systemd", "cron"])
+    install.add_argument("--write", action="store_true", help="write it to /etc instead of printing it")
+
     config = sub.add_parser("config", parents=[common], help="validate or show the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     config_sub.add_parser("validate", parents=[common], help="check the config file and exit 0 or 3")
@@ -68,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args)
     if args.command == "config":
         return cmd_config(args)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "heal":
+        return cmd_heal(args)
+    if args.command == "install":
+        return cmd_install(args)
     return 2
 
 
@@ -128,4 +149,58 @@ def cmd_config(args: argparse.Namespace) -> int:
     data: dict[str, Any] = loaded.redactor.data(config.model_dump(mode="json", exclude_none=True))
     print(f"# effective configuration from {loaded.source} (secrets redacted)")
     print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from clusterwatch import logs
+    from clusterwatch.daemon import Monitor
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    options = loaded.config.logs
+    level = "debug" if args.verbose else options.level
+    logs.setup(level=level, fmt=args.log_format, log_dir=options.dir, max_bytes=options.max_bytes,
+               backups=options.backups, redactor=loaded.redactor)
+    monitor = Monitor(loaded, args.config)
+    if args.once:
+        return asyncio.run(monitor.once()).exit_code
+    return asyncio.run(monitor.run())
+
+
+def cmd_heal(args: argparse.Namespace) -> int:
+    from clusterwatch.store.sqlite import Store
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    store = Store(loaded.config.store).open()
+    try:
+        store.command("heal_reset", args.name)
+        store.flush()
+    finally:
+        store.close()
+    print(f"asked the running monitor to reset the restart budget of {args.name}")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from clusterwatch import install
+
+    if args.what == "systemd":
+        text, path = install.systemd_unit(args.config), install.UNIT_PATH
+    else:
+        text, path = install.cron_line(args.config), install.CRON_PATH
+    if not args.write:
+        print(text, end="")
+        return 0
+    try:
+        print(install.write(path, text))
+    except OSError as exc:
+        print(f"clusterwatch: cannot write {path}: {exc.strerror} (run as root, or without --write and copy it)",
+              file=sys.stderr)
+        return 1
+    if args.what == "systemd":
+        print("then: systemctl daemon-reload && systemctl enable --now clusterwatch")
     return 0

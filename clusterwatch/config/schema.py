@@ -63,11 +63,80 @@ def _worker_thresholds() -> Thresholds:
     )
 
 
+Argv = Annotated[list[str], Field(min_length=1)]
+
+
+class ComposeTarget(Strict):
+    project: str
+    service: str
+    file: str | None = None  # docker compose -f FILE
+
+
+class DaskWorkerTarget(Strict):
+    """Restart a named worker on its node, as Cluster AI did by hand: pkill it, start it again."""
+
+    node: Name | None = None  # where it runs (over SSH); none: this machine
+    name: str  # the worker's --name, to find its process
+    command: Argv  # how to start it, e.g. [dask, worker, tcp://10.0.0.1:8786, --name, w1]
+
+
+_ACTIONS = ("docker", "compose", "systemd", "supervisor", "command", "dask_worker")
+
+
+class RestartPolicy(Strict):
+    """One restart action and the limits around it (Monit's `if N restarts within M cycles`)."""
+
+    docker: str | None = None  # container name (Cluster AI's matching)
+    compose: ComposeTarget | None = None
+    systemd: str | None = None  # unit name
+    supervisor: str | None = None  # program name
+    command: Argv | None = None
+    dask_worker: DaskWorkerTarget | None = None
+    node: Name | None = None  # run systemd/command over SSH on this node
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    window: Duration = 600.0
+    backoff: Duration = 5.0  # delay before the second attempt; doubles after each
+    timeout: Duration = 30.0  # for the action itself
+    verify_timeout: Duration = 60.0  # re-probe until healthy or this long
+    dry_run: bool = False
+    supervisor_url: str = "http://127.0.0.1:9001/RPC2"
+    docker_socket: str | None = None  # default: the docker check's socket, else /var/run/docker.sock
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RestartPolicy:
+        chosen = [a for a in _ACTIONS if getattr(self, a) is not None]
+        if len(chosen) != 1:
+            found = f"found {', '.join(chosen)}" if chosen else "found none"
+            raise ValueError(f"needs exactly one action of {', '.join(_ACTIONS)} ({found})")
+        return self
+
+    @property
+    def action(self) -> str:
+        return next(a for a in _ACTIONS if getattr(self, a) is not None)
+
+    @property
+    def target(self) -> str:
+        """What the action touches: never two actions at once on one target."""
+        value = getattr(self, self.action)
+        if isinstance(value, ComposeTarget):
+            value = f"{value.project}/{value.service}"
+        elif isinstance(value, DaskWorkerTarget):
+            value = f"{value.node or 'local'}/{value.name}"
+        elif isinstance(value, list):
+            value = " ".join(value)
+        where = f"@{self.node}" if self.node else ""
+        return f"{self.action}:{value}{where}"
+
+
 class CheckBase(Strict):
     name: Name
     interval: Duration | None = None
     timeout: Duration | None = None
     node: Name | None = None  # the node this service runs on (for dependencies and filters)
+    fall: Annotated[int, Field(ge=1, le=100)] | None = None
+    rise: Annotated[int, Field(ge=1, le=100)] | None = None
+    depends_on: list[Name] = []
+    restart: RestartPolicy | None = None
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
@@ -257,6 +326,9 @@ class Node(Strict):
     battery_critical: float = 10.0
     interval: Duration | None = None
     timeout: Duration | None = None
+    fall: Annotated[int, Field(ge=1, le=100)] | None = None
+    rise: Annotated[int, Field(ge=1, le=100)] | None = None
+    depends_on: list[Name] = []
 
     @property
     def is_termux(self) -> bool:
@@ -273,10 +345,59 @@ class ClusterAIImport(Strict):
     env_files: list[str] = []
 
 
+def _default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/clusterwatch"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "clusterwatch")
+
+
+class StoreOptions(Strict):
+    """History in SQLite (WAL): nothing to install, survives kill -9."""
+
+    path: str = Field(default_factory=lambda: os.path.join(_default_state_dir(), "state.db"))
+    raw_per_check: Annotated[int, Field(ge=10)] = 1000  # recent raw observations kept per entity
+    raw_max_age: Duration = 7 * 86400.0
+    minute_rollups_max_age: Duration = 14 * 86400.0
+    hour_rollups_max_age: Duration = 400 * 86400.0
+    events_max_age: Duration = 180 * 86400.0
+
+
+class LogOptions(Strict):
+    dir: str | None = None  # Cluster AI-style log lines go to DIR/clusterwatch.log; none: stderr only
+    max_bytes: Size = 10 * 1024 * 1024
+    backups: Annotated[int, Field(ge=0, le=100)] = 5
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class FlappingOptions(Strict):
+    """Nagios' method: weighted share of state changes over the last 21 observations."""
+
+    high: float = 30.0  # percent: starts flapping above this
+    low: float = 15.0  # stops flapping below this
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FlappingOptions:
+        if self.low > self.high:
+            raise ValueError("low is above high")
+        return self
+
+
+class HealingOptions(Strict):
+    enabled: bool = True
+    dry_run: bool = False  # log what would be done, do nothing
+
+
 class Config(Strict):
     interval: Duration = 30.0
     timeout: Duration = 5.0
+    fall: Annotated[int, Field(ge=1, le=100)] = 2
+    rise: Annotated[int, Field(ge=1, le=100)] = 2
     concurrency: Annotated[int, Field(ge=1, le=10000)] = 200
+    store: StoreOptions = Field(default_factory=StoreOptions)
+    logs: LogOptions = LogOptions()
+    flapping: FlappingOptions = FlappingOptions()
+    healing: HealingOptions = HealingOptions()
     thresholds: Thresholds = Thresholds()
     node_thresholds: Thresholds = Field(default_factory=_worker_thresholds)
     ssh: SSHOptions = SSHOptions()  # defaults for every node's ssh
@@ -299,17 +420,73 @@ class Config(Strict):
         for index, check in enumerate(self.checks):
             if check.node and check.node not in node_names and check.node != "local":
                 raise UnknownNode(index, check.node, sorted(node_names))
+            if check.name in node_names:
+                raise DuplicateName("checks", index, check.name, node_names[check.name], "nodes")
+            restart = check.restart
+            for key, node in (("node", restart and restart.node),
+                              ("dask_worker", restart and restart.dask_worker and restart.dask_worker.node)):
+                if node and node not in node_names:
+                    raise UnknownNode(index, node, sorted(node_names), ("restart", key))
+        everything = set(seen) | set(node_names)
+        for section, items in (("checks", self.checks), ("nodes", self.nodes)):
+            for index, item in enumerate(items):
+                for position, root in enumerate(item.depends_on):
+                    if root not in everything:
+                        raise UnknownDependency(section, index, position, root, sorted(everything))
+        self._no_cycles()
         return self
+
+    def _no_cycles(self) -> None:
+        graph = {c.name: list(c.depends_on) + ([c.node] if c.node and c.node != "local" else [])
+                 for c in self.checks}
+        graph.update({n.name: list(n.depends_on) for n in self.nodes})
+        state: dict[str, int] = {}
+
+        def visit(name: str, trail: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = " -> ".join([*trail[trail.index(name):], name])
+                section, index = self._locate(trail[-1])
+                raise DependencyCycle(section, index, cycle)
+            state[name] = 1
+            for root in graph.get(name, []):
+                visit(root, [*trail, name])
+            state[name] = 2
+
+        for name in graph:
+            visit(name, [])
+
+    def _locate(self, name: str) -> tuple[str, int]:
+        for index, check in enumerate(self.checks):
+            if check.name == name:
+                return "checks", index
+        return "nodes", next(i for i, n in enumerate(self.nodes) if n.name == name)
 
 
 class DuplicateName(ValueError):
-    def __init__(self, section: str, index: int, name: str, first: int) -> None:
-        super().__init__(f"duplicate name {name!r}: {section}[{first}] already has it")
+    def __init__(self, section: str, index: int, name: str, first: int, other: str | None = None) -> None:
+        super().__init__(f"duplicate name {name!r}: {other or section}[{first}] already has it")
         self.loc: tuple[Any, ...] = (section, index, "name")
 
 
 class UnknownNode(ValueError):
-    def __init__(self, index: int, node: str, known: list[str]) -> None:
+    def __init__(self, index: int, node: str, known: list[str], where: tuple[str, ...] = ("node",)) -> None:
         names = ", ".join(known) or "none configured"
         super().__init__(f"unknown node {node!r} (nodes: {names})")
-        self.loc = ("checks", index, "node")
+        self.loc = ("checks", index, *where)
+
+
+class UnknownDependency(ValueError):
+    def __init__(self, section: str, index: int, position: int, root: str, known: list[str]) -> None:
+        import difflib
+
+        hint = difflib.get_close_matches(root, known, n=1)
+        super().__init__(f"depends on unknown check or node {root!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        self.loc = (section, index, "depends_on", position)
+
+
+class DependencyCycle(ValueError):
+    def __init__(self, section: str, index: int, cycle: str) -> None:
+        super().__init__(f"dependency cycle: {cycle}")
+        self.loc = (section, index, "depends_on")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import time
 from typing import Any
@@ -16,9 +15,7 @@ from typing import Any
 from clusterwatch.config.schema import Config, Node, Thresholds
 from clusterwatch.model import Group, Observation, Status
 from clusterwatch.probes.base import describe_os_error, human_bytes, level_status
-
-log = logging.getLogger("clusterwatch.ssh")
-_warned_insecure: set[str] = set()
+from clusterwatch.sshclient import asyncssh_module, connect_options
 
 # `[d]ask` keeps pgrep from matching the shell that runs this very script.
 REMOTE_SCRIPT = r"""
@@ -41,45 +38,8 @@ echo end=1
 """
 
 
-def _asyncssh() -> Any:
-    import asyncssh  # slow to import; only configs with nodes pay for it
-
-    return asyncssh
-
-
-def connect_options(node: Node, defaults: Any) -> dict[str, Any]:
-    """asyncssh options from the node's ssh block over the top-level `ssh:` defaults."""
-    set_fields = node.ssh.model_fields_set
-    ssh = {name: getattr(node.ssh if name in set_fields else defaults, name) for name in type(node.ssh).model_fields}
-    options: dict[str, Any] = {
-        "port": ssh["port"],
-        "connect_timeout": ssh["connect_timeout"],
-        "login_timeout": ssh["connect_timeout"],
-    }
-    if ssh["user"]:
-        options["username"] = ssh["user"]
-    if ssh["key"]:
-        options["client_keys"] = [ssh["key"]]
-        options["agent_path"] = None
-        if ssh["passphrase"]:
-            options["passphrase"] = ssh["passphrase"]
-    if ssh["insecure_ignore_host_key"]:
-        if node.name not in _warned_insecure:
-            _warned_insecure.add(node.name)
-            log.warning(
-                "SSH HOST KEY CHECKING IS OFF for node %s (%s): `insecure_ignore_host_key: true` "
-                "lets anyone on the network impersonate it",
-                node.name,
-                node.host,
-            )
-        options["known_hosts"] = None
-    elif ssh["known_hosts"]:
-        options["known_hosts"] = ssh["known_hosts"]
-    return options
-
-
 async def probe_node(node: Node, config: Config, timeout: float | None = None) -> list[Observation]:
-    asyncssh = _asyncssh()
+    asyncssh = asyncssh_module()
     options = connect_options(node, config.ssh)
     port = options["port"]
     where = f"{node.host}:{port}"

@@ -1,0 +1,43 @@
+"""Events: the one currency between the state machine and the store, healer, alerter and web."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from clusterwatch.model import Status
+
+
+class EventKind(enum.StrEnum):
+    STATE_CHANGE = "state_change"  # a hard transition
+    INCIDENT_OPENED = "incident_opened"
+    INCIDENT_CLOSED = "incident_closed"
+    FLAPPING_STARTED = "flapping_started"
+    FLAPPING_STOPPED = "flapping_stopped"
+    REMEDIATION_STARTED = "remediation_started"
+    REMEDIATION_SUCCEEDED = "remediation_succeeded"
+    REMEDIATION_FAILED = "remediation_failed"
+    REMEDIATION_EXHAUSTED = "remediation_exhausted"
+    MONITOR_LAGGING = "monitor_lagging"
+
+
+@dataclass(slots=True)
+class Event:
+    kind: EventKind
+    entity: str
+    check: str
+    at: float
+    message: str
+    node: str | None = None
+    old: Status | None = None
+    new: Status | None = None
+    incident: str | None = None
+    affected_by: str | None = None  # the failing root this entity depends on
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "entity": self.entity, "check": self.check, "at": self.at,
+                "message": self.message, "node": self.node, "old": self.old and self.old.value,
+                "new": self.new and self.new.value, "incident": self.incident,
+                "affected_by": self.affected_by, "details": self.details}

@@ -1,0 +1,63 @@
+"""The SQLite schema and its migrations, in one place. Append a migration; never edit one."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE observations (
+        id INTEGER PRIMARY KEY, ts REAL NOT NULL, entity TEXT NOT NULL, check_name TEXT NOT NULL,
+        kind TEXT NOT NULL, node TEXT, status TEXT NOT NULL, message TEXT NOT NULL, latency_ms REAL,
+        metrics TEXT, details TEXT);
+    CREATE INDEX observations_entity_ts ON observations (entity, ts);
+    CREATE INDEX observations_ts ON observations (ts);
+    CREATE TABLE rollup_minute (
+        entity TEXT NOT NULL, ts INTEGER NOT NULL, count INTEGER NOT NULL, ok INTEGER NOT NULL,
+        p50 REAL, p95 REAL, max REAL, PRIMARY KEY (entity, ts)) WITHOUT ROWID;
+    CREATE TABLE rollup_hour (
+        entity TEXT NOT NULL, ts INTEGER NOT NULL, count INTEGER NOT NULL, ok INTEGER NOT NULL,
+        p50 REAL, p95 REAL, max REAL, PRIMARY KEY (entity, ts)) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, entity TEXT NOT NULL,
+        check_name TEXT NOT NULL, node TEXT, old TEXT, new TEXT, message TEXT NOT NULL,
+        incident TEXT, affected_by TEXT, details TEXT);
+    CREATE INDEX events_ts ON events (ts);
+    CREATE INDEX events_entity ON events (entity, ts);
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY, entity TEXT NOT NULL, check_name TEXT NOT NULL, node TEXT,
+        opened REAL NOT NULL, closed REAL, status TEXT NOT NULL, message TEXT NOT NULL,
+        last_message TEXT, duration REAL);
+    CREATE INDEX incidents_open ON incidents (closed);
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL, check_name TEXT NOT NULL,
+        entity TEXT NOT NULL, target TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+        attempt INTEGER NOT NULL, outcome TEXT NOT NULL, detail TEXT, duration REAL,
+        dry_run INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX actions_started ON actions (started);
+    CREATE TABLE entities (
+        name TEXT PRIMARY KEY, check_name TEXT NOT NULL, kind TEXT NOT NULL, node TEXT,
+        status TEXT NOT NULL, hard TEXT, since REAL, message TEXT, latency_ms REAL, updated REAL,
+        incident TEXT, incident_started REAL, flapping INTEGER NOT NULL DEFAULT 0, affected_by TEXT,
+        fail_streak INTEGER NOT NULL DEFAULT 0, ok_streak INTEGER NOT NULL DEFAULT 0, history TEXT);
+    CREATE TABLE commands (
+        id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,
+        done REAL);
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to the newest schema; returns its version."""
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"database schema version {version} is newer than this clusterwatch "
+                           f"({len(MIGRATIONS)}): upgrade clusterwatch")
+    for number in range(version + 1, len(MIGRATIONS) + 1):
+        # One transaction per migration: a kill in the middle leaves the previous version intact.
+        conn.executescript("BEGIN;" + MIGRATIONS[number - 1] +
+                           f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{number}');COMMIT;")
+    return len(MIGRATIONS)
