@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.helpers import Proc, wait_until
 
-APPLETS = ("sh", "httpd", "sleep", "true", "false", "cat", "echo", "kill", "test", "[")
+APPLETS = ("sh", "httpd", "sleep", "true", "false", "cat", "echo", "kill", "test", "[", "touch", "rm", "ls")
 
 
 class DockerEngine:
@@ -46,6 +46,7 @@ class DockerEngine:
     def _make_image(self) -> None:
         rootfs = self.root / "rootfs"
         (rootfs / "bin").mkdir(parents=True)
+        (rootfs / "tmp").mkdir(mode=0o1777)
         shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
         for applet in APPLETS:
             (rootfs / "bin" / applet).symlink_to("busybox")
