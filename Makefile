@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 run:
 	@bash scripts/bootstrap.sh run
-	-.venv/bin/clusterwatch check $(ARGS)
+	.venv/bin/clusterwatch run $(ARGS)
 
 test:
 	@bash scripts/bootstrap.sh test

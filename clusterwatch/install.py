@@ -25,7 +25,6 @@ def systemd_unit(config: str | None = None, state_dir: str = "/var/lib/clusterwa
     return f"""\
 [Unit]
 Description=clusterwatch: keeps the AI cluster (Docker, Dask, Ollama, Open WebUI, nodes) healthy
-Documentation=https://github.com/clusterwatch/clusterwatch
 Wants=network-online.target
 After=network-online.target docker.service
 
