@@ -27,6 +27,8 @@ log = logging.getLogger("clusterwatch.engine")
 events_log = logging.getLogger("clusterwatch.events")
 Item = CheckBase | Node
 WATCH_EVERY = 2.0
+STATS_EVERY = float(os.environ.get("CLUSTERWATCH_STATS_EVERY", "30"))
+LAG_ALERT = 2.0  # seconds of scheduling lag (p99 over a stats window) that count as falling behind
 STOP_BUDGET = 4.5  # SIGTERM to exit, seconds
 
 
@@ -163,7 +165,7 @@ class Monitor:
                                 new=Status.OK, incident=state.incident,
                                 details={"duration_s": round(now - (state.incident_started or now), 3),
                                          "vanished": True}))
-            del self.states.entities[state.name]
+            self.states.forget(state.name)
             self.store.forget([state.name])
 
     def emit(self, event: Event) -> None:
@@ -258,12 +260,15 @@ class Monitor:
     async def _watch(self) -> None:
         """Config file changes, a person's commands, systemd's watchdog, and our own lag."""
         last_watchdog = 0.0
+        self._stats_at, self._stats_started = time.monotonic(), 0
         while not self.stop_event.is_set():
             await asyncio.sleep(min(WATCH_EVERY, self.notifier.watchdog_interval or WATCH_EVERY))
             now = time.monotonic()
             if self.notifier.watchdog_interval and now - last_watchdog >= self.notifier.watchdog_interval * 0.9:
                 self.notifier.watchdog()
                 last_watchdog = now
+            if now - self._stats_at >= STATS_EVERY:
+                self._stats(now)
             stamp = self._stamp()
             if stamp is not None and stamp != self._file_stamp:
                 self._file_stamp = stamp
@@ -277,6 +282,24 @@ class Monitor:
                 if command["kind"] == "heal_reset":
                     found = self.healer.reset(command["target"])
                     log.info("heal reset %s: %s", command["target"], "done" if found else "no such restart budget")
+
+    def _stats(self, now: float) -> None:
+        """A line for operators (and the benchmarks); and an event when the loop falls behind."""
+        p50, p99 = self.scheduler.lag_percentiles()
+        self.scheduler.lags.clear()
+        probes = self.scheduler.started - self._stats_started
+        rate = probes / (now - self._stats_at)
+        self._stats_at, self._stats_started = now, self.scheduler.started
+        log.info("stats: %.1f probes/s, scheduling lag p50 %.0f ms p99 %.0f ms, %d skipped", rate, p50 * 1000,
+                 p99 * 1000, self.scheduler.skipped,
+                 extra={"probes_per_s": round(rate, 2), "lag_p50_ms": round(p50 * 1000, 1),
+                        "lag_p99_ms": round(p99 * 1000, 1), "skipped": self.scheduler.skipped,
+                        "entities": len(self.states.entities), "store_written": self.store.written})
+        if p99 > LAG_ALERT:
+            self.emit(Event(EventKind.MONITOR_LAGGING, "clusterwatch", "clusterwatch", time.time(),
+                            f"the monitor is falling behind: checks start {p99:.1f}s late (p99); lower the "
+                            "number of checks, raise intervals or concurrency", new=Status.WARNING,
+                            details={"lag_p99_s": round(p99, 3), "probes_per_s": round(rate, 2)}))
 
     async def once(self) -> Status:
         """One round of everything (for cron); state persists in the store between rounds."""

@@ -356,8 +356,8 @@ class StoreOptions(Strict):
     """History in SQLite (WAL): nothing to install, survives kill -9."""
 
     path: str = Field(default_factory=lambda: os.path.join(_default_state_dir(), "state.db"))
-    raw_per_check: Annotated[int, Field(ge=10)] = 1000  # recent raw observations kept per entity
-    raw_max_age: Duration = 7 * 86400.0
+    raw_per_check: Annotated[int, Field(ge=10)] = 500  # recent raw observations kept per entity
+    raw_max_age: Duration = 2 * 86400.0
     minute_rollups_max_age: Duration = 14 * 86400.0
     hour_rollups_max_age: Duration = 400 * 86400.0
     events_max_age: Duration = 180 * 86400.0

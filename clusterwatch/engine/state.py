@@ -70,17 +70,28 @@ class StateMachine:
         self.rules = rules
         self.flap_high, self.flap_low = flap_high, flap_low
         self.entities: dict[str, EntityState] = {}
+        self._by_check: dict[str, dict[str, EntityState]] = {}
+
+    def _add(self, state: EntityState) -> EntityState:
+        self.entities[state.name] = state
+        self._by_check.setdefault(state.check, {})[state.name] = state
+        return state
 
     def restore(self, state: EntityState) -> None:
         """Resume after a restart: hard states and open incidents come back from the store."""
-        self.entities[state.name] = state
+        self._add(state)
+
+    def forget(self, name: str) -> None:
+        state = self.entities.pop(name, None)
+        if state is not None:
+            self._by_check.get(state.check, {}).pop(name, None)
 
     def forget_check(self, check: str) -> None:
-        for name in [n for n, e in self.entities.items() if e.check == check]:
-            del self.entities[name]
+        for name in list(self._by_check.pop(check, {})):
+            self.entities.pop(name, None)
 
     def entities_of(self, check: str) -> list[EntityState]:
-        return [e for e in self.entities.values() if e.check == check]
+        return list(self._by_check.get(check, {}).values())
 
     def root_failing(self, check: str, entity: str, status: Status) -> str | None:
         """The nearest failing root of this entity, if any."""
@@ -105,7 +116,7 @@ class StateMachine:
         check = obs.check or obs.name
         state = self.entities.get(obs.name)
         if state is None:
-            state = self.entities[obs.name] = EntityState(obs.name, check, obs.node, since=now)
+            state = self._add(EntityState(obs.name, check, obs.node, since=now))
         rules = self.rules(check)
         events: list[Event] = []
         previous = state.last.status if state.last else None
