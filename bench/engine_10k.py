@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_http_targets import free_ports  # noqa: E402
+from check_http_targets import free_ports
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -48,20 +48,32 @@ def main() -> None:
     args = parser.parse_args()
 
     ports = free_ports(args.ports)
-    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_targets.py")), *map(str, ports)],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_targets.py")), *map(str, ports)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "state.db"
-        config = {"interval": args.interval, "concurrency": 500, "store": {"path": str(db)},
-                  "checks": [{"name": f"t{i}", "kind": "http",
-                              "url": f"http://127.0.0.1:{ports[i % len(ports)]}/health?i={i}"}
-                             for i in range(args.checks)]}
+        config = {
+            "interval": args.interval,
+            "concurrency": 500,
+            "store": {"path": str(db)},
+            "checks": [
+                {"name": f"t{i}", "kind": "http", "url": f"http://127.0.0.1:{ports[i % len(ports)]}/health?i={i}"}
+                for i in range(args.checks)
+            ],
+        }
         (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(config))
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         env = {**os.environ, "CLUSTERWATCH_STATS_EVERY": "10"}
         started = time.monotonic()
-        daemon = subprocess.Popen([sys.executable, "-m", "clusterwatch", "run", "--log-format", "json", "-c",
-                                   str(Path(tmp) / "c.yaml")], stderr=subprocess.PIPE, text=True, env=env)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "clusterwatch", "run", "--log-format", "json", "-c", str(Path(tmp) / "c.yaml")],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             time.sleep(15)  # warm-up: one full interval plus the jittered start
             cpu0, size0, t0 = proc_cpu_seconds(daemon.pid), db_size(db), time.monotonic()
@@ -78,13 +90,17 @@ def main() -> None:
     rate = sum(s["probes_per_s"] for s in measured) / max(1, len(measured))
     p50 = max(s["lag_p50_ms"] for s in measured) if measured else float("nan")
     p99 = max(s["lag_p99_ms"] for s in measured) if measured else float("nan")
-    print(f"engine: {args.checks} HTTP checks every {args.interval} on {args.ports} loopback ports, "
-          f"{args.seconds:.0f} s ({t1 - t0:.0f} s measured after warm-up), {os.cpu_count()} cpus")
+    print(
+        f"engine: {args.checks} HTTP checks every {args.interval} on {args.ports} loopback ports, "
+        f"{args.seconds:.0f} s ({t1 - t0:.0f} s measured after warm-up), {os.cpu_count()} cpus"
+    )
     print(f"  probes per second: {rate:.0f} (expected {args.checks / 10:.0f})")
     print(f"  scheduling lag: p50 {p50:.0f} ms, p99 {p99:.0f} ms (worst 10 s window)")
     print(f"  CPU: {100 * (cpu1 - cpu0) / (t1 - t0):.0f}% of one core; peak RSS {rss:.0f} MB")
-    print(f"  database: {size1 / 2**20:.0f} MB, growing {(size1 - size0) / (t1 - t0) * 3600 / 2**20:.0f} MB/hour "
-          f"(raw observations are capped per check; rollups keep the long history)")
+    print(
+        f"  database: {size1 / 2**20:.0f} MB, growing {(size1 - size0) / (t1 - t0) * 3600 / 2**20:.0f} MB/hour "
+        f"(raw observations are capped per check; rollups keep the long history)"
+    )
     print(f"  skipped slots (a check still running at its next slot): {stats[-1]['skipped'] if stats else '?'}")
     print(f"  goal: lag p99 < 500 ms and RSS < 300 MB -> {'met' if p99 < 500 and rss < 300 else 'NOT met'}")
     print(f"  ran for {time.monotonic() - started:.0f} s")

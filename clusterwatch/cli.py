@@ -53,9 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="bound for the whole run (default 30)"
     )
 
-    run = sub.add_parser("run", parents=[common], help="monitor continuously, heal, keep history",
-                         description="Run every check at its interval; restart what fails (within limits); "
-                                     "keep history. SIGHUP or a changed config file reloads; SIGTERM stops.")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="monitor continuously, heal, keep history",
+        description="Run every check at its interval; restart what fails (within limits); "
+        "keep history. SIGHUP or a changed config file reloads; SIGTERM stops.",
+    )
     run.add_argument("--once", action="store_true", help="one round of everything, then exit (for cron)")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
 
@@ -161,8 +165,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     options = loaded.config.logs
     level = "debug" if args.verbose else options.level
-    logs.setup(level=level, fmt=args.log_format, log_dir=options.dir, max_bytes=options.max_bytes,
-               backups=options.backups, redactor=loaded.redactor)
+    logs.setup(
+        level=level,
+        fmt=args.log_format,
+        log_dir=options.dir,
+        max_bytes=options.max_bytes,
+        backups=options.backups,
+        redactor=loaded.redactor,
+    )
     monitor = Monitor(loaded, args.config)
     if args.once:
         return asyncio.run(monitor.once()).exit_code
@@ -198,8 +208,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     try:
         print(install.write(path, text))
     except OSError as exc:
-        print(f"clusterwatch: cannot write {path}: {exc.strerror} (run as root, or without --write and copy it)",
-              file=sys.stderr)
+        print(
+            f"clusterwatch: cannot write {path}: {exc.strerror} (run as root, or without --write and copy it)",
+            file=sys.stderr,
+        )
         return 1
     if args.what == "systemd":
         print("then: systemctl daemon-reload && systemctl enable --now clusterwatch")

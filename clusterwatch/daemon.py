@@ -33,9 +33,14 @@ STOP_BUDGET = 4.5  # SIGTERM to exit, seconds
 
 
 def _levels() -> dict[EventKind, int]:
-    return {EventKind.INCIDENT_OPENED: logging.ERROR, EventKind.REMEDIATION_EXHAUSTED: logging.ERROR,
-            EventKind.REMEDIATION_FAILED: logging.WARNING, EventKind.REMEDIATION_STARTED: logging.WARNING,
-            EventKind.FLAPPING_STARTED: logging.WARNING, EventKind.MONITOR_LAGGING: logging.WARNING}
+    return {
+        EventKind.INCIDENT_OPENED: logging.ERROR,
+        EventKind.REMEDIATION_EXHAUSTED: logging.ERROR,
+        EventKind.REMEDIATION_FAILED: logging.WARNING,
+        EventKind.REMEDIATION_STARTED: logging.WARNING,
+        EventKind.FLAPPING_STARTED: logging.WARNING,
+        EventKind.MONITOR_LAGGING: logging.WARNING,
+    }
 
 
 class Monitor:
@@ -44,8 +49,7 @@ class Monitor:
         self.config_arg = config_arg
         self.config: Config = loaded.config
         self.notifier = notifier or Notifier()
-        self.states = StateMachine(self._rules, flap_high=self.config.flapping.high,
-                                   flap_low=self.config.flapping.low)
+        self.states = StateMachine(self._rules, flap_high=self.config.flapping.high, flap_low=self.config.flapping.low)
         self.store = Store(self.config.store)
         self.stop_event = asyncio.Event()
         self.items: dict[str, Item] = {}
@@ -53,8 +57,7 @@ class Monitor:
         self.kinds: dict[str, str] = {}
         self._ctx: ProbeContext | None = None
         self._file_stamp = self._stamp()
-        self.healer = Healer(self.config, self.states, reprobe=self.reprobe, emit=self.emit,
-                             record=self.store.action)
+        self.healer = Healer(self.config, self.states, reprobe=self.reprobe, emit=self.emit, record=self.store.action)
         self.scheduler = Scheduler(self._run_job, self.config.concurrency)
 
     # --- configuration -------------------------------------------------------------------------
@@ -88,6 +91,14 @@ class Monitor:
 
     def interval(self, item: Item) -> float:
         return item.interval if item.interval is not None else self.config.interval
+
+    def retry_interval(self, item: Item) -> float:
+        """How soon to look again after a soft failure, so `fall` is reached in seconds, not intervals."""
+        if item.retry_interval is not None:
+            return min(item.retry_interval, self.interval(item))
+        if self.config.retry_interval is not None:
+            return min(self.config.retry_interval, self.interval(item))
+        return min(self.interval(item), max(0.25, self.interval(item) / 4))
 
     def _stamp(self) -> tuple[float, int] | None:
         if self.loaded.source == BUILTIN:
@@ -123,8 +134,14 @@ class Monitor:
             self.store.forget(gone)
         for name in changed + added:
             self.scheduler.add(name, items[name], self.interval(items[name]))
-        log.info("config reloaded (%s): %d changed, %d added, %d removed, %d unchanged", why, len(changed),
-                 len(added), len(removed), len(items) - len(changed) - len(added))
+        log.info(
+            "config reloaded (%s): %d changed, %d added, %d removed, %d unchanged",
+            why,
+            len(changed),
+            len(added),
+            len(removed),
+            len(items) - len(changed) - len(added),
+        )
         return True
 
     # --- the pipeline ----------------------------------------------------------------------------
@@ -160,11 +177,19 @@ class Monitor:
             if state.name in seen:
                 continue
             if state.incident is not None:
-                self.emit(Event(EventKind.INCIDENT_CLOSED, state.name, check, now,
-                                f"{state.name} is no longer reported by {check}", node=state.node,
-                                new=Status.OK, incident=state.incident,
-                                details={"duration_s": round(now - (state.incident_started or now), 3),
-                                         "vanished": True}))
+                self.emit(
+                    Event(
+                        EventKind.INCIDENT_CLOSED,
+                        state.name,
+                        check,
+                        now,
+                        f"{state.name} is no longer reported by {check}",
+                        node=state.node,
+                        new=Status.OK,
+                        incident=state.incident,
+                        details={"duration_s": round(now - (state.incident_started or now), 3), "vanished": True},
+                    )
+                )
             self.states.forget(state.name)
             self.store.forget([state.name])
 
@@ -175,8 +200,11 @@ class Monitor:
             if event.affected_by:
                 level = logging.INFO
         suffix = f" (affected: {event.affected_by} is down)" if event.affected_by else ""
-        change = f" {event.old.value if event.old else 'pending'} -> {event.new.value}" if event.kind is \
-            EventKind.STATE_CHANGE and event.new else ""
+        change = (
+            f" {event.old.value if event.old else 'pending'} -> {event.new.value}"
+            if event.kind is EventKind.STATE_CHANGE and event.new
+            else ""
+        )
         events_log.log(level, "%s %s%s: %s%s", event.kind.value, event.entity, change, event.message, suffix)
         self.store.event(event)
         self.healer.on_event(event)
@@ -191,8 +219,11 @@ class Monitor:
         if item is None:
             return
         observations = await self.probe(item)
-        if self.items.get(job.key) is item:  # not reloaded away meanwhile
-            self.handle(item, observations)
+        if self.items.get(job.key) is not item:
+            return  # reloaded away meanwhile
+        self.handle(item, observations)
+        if any(s.fail_streak and not s.down for s in self.states.entities_of(item.name)):
+            self.scheduler.run_soon(item.name, self.retry_interval(item))
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -202,16 +233,33 @@ class Monitor:
             if row["check_name"] not in self.items:
                 continue
             hard = Status(row["hard"]) if row["hard"] else None
-            state = EntityState(name=row["name"], check=row["check_name"], node=row["node"], hard=hard,
-                                since=row["since"] or time.time(), incident=row["incident"],
-                                incident_started=row["incident_started"], flapping=bool(row["flapping"]),
-                                affected_by=row["affected_by"], fail_streak=row["fail_streak"],
-                                ok_streak=row["ok_streak"], last_at=row["updated"] or 0.0)
+            state = EntityState(
+                name=row["name"],
+                check=row["check_name"],
+                node=row["node"],
+                hard=hard,
+                since=row["since"] or time.time(),
+                incident=row["incident"],
+                incident_started=row["incident_started"],
+                flapping=bool(row["flapping"]),
+                affected_by=row["affected_by"],
+                fail_streak=row["fail_streak"],
+                ok_streak=row["ok_streak"],
+                last_at=row["updated"] or 0.0,
+            )
             for letter in (row["history"] or "").split(","):
                 if letter:
                     state.history.append(Status(letter))
-            state.last = Observation(row["name"], row["kind"], "", Status(row["status"]), row["message"] or "",
-                                     row["latency_ms"], check=row["check_name"], node=row["node"])
+            state.last = Observation(
+                row["name"],
+                row["kind"],
+                "",
+                Status(row["status"]),
+                row["message"] or "",
+                row["latency_ms"],
+                check=row["check_name"],
+                node=row["node"],
+            )
             self.states.restore(state)
             self.kinds[row["name"]] = row["kind"]
             restored += 1
@@ -224,9 +272,15 @@ class Monitor:
         open_incidents = sum(1 for e in self.states.entities.values() if e.incident)
         self._session = new_http_session(limit=self.config.concurrency)
         self._ctx = ProbeContext(config=self.config, http=self._session)
-        log.info("clusterwatch started: %d checks, %d nodes, config %s, store %s; resumed %d entities, "
-                 "%d open incidents", len(self.config.checks), len(self.config.nodes), self.loaded.source,
-                 self.store.path, restored, open_incidents)
+        log.info(
+            "clusterwatch started: %d checks, %d nodes, config %s, store %s; resumed %d entities, %d open incidents",
+            len(self.config.checks),
+            len(self.config.nodes),
+            self.loaded.source,
+            self.store.path,
+            restored,
+            open_incidents,
+        )
 
     async def close(self) -> None:
         self.notifier.stopping()
@@ -244,8 +298,10 @@ class Monitor:
         loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
         for name, item in self.items.items():
             self.scheduler.add(name, item, self.interval(item))
-        background = [asyncio.create_task(self.scheduler.run_forever(self.stop_event)),
-                      asyncio.create_task(self._watch())]
+        background = [
+            asyncio.create_task(self.scheduler.run_forever(self.stop_event)),
+            asyncio.create_task(self._watch()),
+        ]
         self.notifier.ready(f"monitoring {len(self.items)} checks")
         try:
             await self.stop_event.wait()
@@ -290,16 +346,34 @@ class Monitor:
         probes = self.scheduler.started - self._stats_started
         rate = probes / (now - self._stats_at)
         self._stats_at, self._stats_started = now, self.scheduler.started
-        log.info("stats: %.1f probes/s, scheduling lag p50 %.0f ms p99 %.0f ms, %d skipped", rate, p50 * 1000,
-                 p99 * 1000, self.scheduler.skipped,
-                 extra={"probes_per_s": round(rate, 2), "lag_p50_ms": round(p50 * 1000, 1),
-                        "lag_p99_ms": round(p99 * 1000, 1), "skipped": self.scheduler.skipped,
-                        "entities": len(self.states.entities), "store_written": self.store.written})
+        log.info(
+            "stats: %.1f probes/s, scheduling lag p50 %.0f ms p99 %.0f ms, %d skipped",
+            rate,
+            p50 * 1000,
+            p99 * 1000,
+            self.scheduler.skipped,
+            extra={
+                "probes_per_s": round(rate, 2),
+                "lag_p50_ms": round(p50 * 1000, 1),
+                "lag_p99_ms": round(p99 * 1000, 1),
+                "skipped": self.scheduler.skipped,
+                "entities": len(self.states.entities),
+                "store_written": self.store.written,
+            },
+        )
         if p99 > LAG_ALERT:
-            self.emit(Event(EventKind.MONITOR_LAGGING, "clusterwatch", "clusterwatch", time.time(),
-                            f"the monitor is falling behind: checks start {p99:.1f}s late (p99); lower the "
-                            "number of checks, raise intervals or concurrency", new=Status.WARNING,
-                            details={"lag_p99_s": round(p99, 3), "probes_per_s": round(rate, 2)}))
+            self.emit(
+                Event(
+                    EventKind.MONITOR_LAGGING,
+                    "clusterwatch",
+                    "clusterwatch",
+                    time.time(),
+                    f"the monitor is falling behind: checks start {p99:.1f}s late (p99); lower the "
+                    "number of checks, raise intervals or concurrency",
+                    new=Status.WARNING,
+                    details={"lag_p99_s": round(p99, 3), "probes_per_s": round(rate, 2)},
+                )
+            )
 
     async def once(self) -> Status:
         """One round of everything (for cron); state persists in the store between rounds."""
@@ -312,8 +386,9 @@ class Monitor:
                     self.handle(item, await self.probe(item))
 
             await asyncio.gather(*(one(item) for item in self.items.values()))
-            longest = max((c.restart.verify_timeout + c.restart.timeout for c in self.config.checks if c.restart),
-                          default=0.0)
+            longest = max(
+                (c.restart.verify_timeout + c.restart.timeout for c in self.config.checks if c.restart), default=0.0
+            )
             await self.healer.drain(longest * 4 + 5)
             worst = Status.worst([e.last.status for e in self.states.entities.values() if e.last])
         finally:

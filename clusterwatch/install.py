@@ -19,8 +19,9 @@ def executable() -> str:
     return f"{sys.executable} -m clusterwatch"
 
 
-def systemd_unit(config: str | None = None, state_dir: str = "/var/lib/clusterwatch",
-                 log_dir: str = "/var/log/clusterwatch") -> str:
+def systemd_unit(
+    config: str | None = None, state_dir: str = "/var/lib/clusterwatch", log_dir: str = "/var/log/clusterwatch"
+) -> str:
     command = executable() + " run" + (f" -c {shlex.quote(config)}" if config else "")
     return f"""\
 [Unit]
@@ -63,9 +64,11 @@ WantedBy=multi-user.target
 
 def cron_line(config: str | None = None, log_file: str = "/var/log/cluster_health.log") -> str:
     command = executable() + " check" + (f" -c {shlex.quote(config)}" if config else "")
-    return ("# clusterwatch: the seed guide's check every 5 minutes (exit 0 ok, 1 warning, 2 critical, 3 unknown)\n"
-            "SHELL=/bin/sh\n"
-            f"*/5 * * * * root {command} >> {log_file} 2>&1\n")
+    return (
+        "# clusterwatch: the seed guide's check every 5 minutes (exit 0 ok, 1 warning, 2 critical, 3 unknown)\n"
+        "SHELL=/bin/sh\n"
+        f"*/5 * * * * root {command} >> {log_file} 2>&1\n"
+    )
 
 
 def write(path: Path, text: str) -> str:

@@ -48,8 +48,10 @@ class TextFormatter(logging.Formatter):
         self.timestamps = timestamps
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={json.dumps(v, default=str) if isinstance(v, str) and ' ' in v else v}"
-                          for k, v in _extra(record).items())
+        fields = " ".join(
+            f"{k}={json.dumps(v, default=str) if isinstance(v, str) and ' ' in v else v}"
+            for k, v in _extra(record).items()
+        )
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created)) + " " if self.timestamps else ""
         text = f"{prefix}{record.levelname} {component(record)}: {record.getMessage()}"
         if fields:
@@ -61,8 +63,13 @@ class TextFormatter(logging.Formatter):
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data = {"ts": round(record.created, 3), "level": record.levelname.lower(), "component": component(record),
-                "message": record.getMessage(), **_extra(record)}
+        data = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "component": component(record),
+            "message": record.getMessage(),
+            **_extra(record),
+        }
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)
@@ -77,8 +84,15 @@ class ClusterAIFormatter(logging.Formatter):
         return text
 
 
-def setup(*, level: str = "info", fmt: str = "text", log_dir: str | None = None, max_bytes: int = 10 * 2**20,
-          backups: int = 5, redactor: Redactor | None = None) -> None:
+def setup(
+    *,
+    level: str = "info",
+    fmt: str = "text",
+    log_dir: str | None = None,
+    max_bytes: int = 10 * 2**20,
+    backups: int = 5,
+    redactor: Redactor | None = None,
+) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -90,8 +104,9 @@ def setup(*, level: str = "info", fmt: str = "text", log_dir: str | None = None,
     handlers: list[logging.Handler] = [stderr]
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
-        rotating = logging.handlers.RotatingFileHandler(os.path.join(log_dir, "clusterwatch.log"),
-                                                        maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        rotating = logging.handlers.RotatingFileHandler(
+            os.path.join(log_dir, "clusterwatch.log"), maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
         rotating.setFormatter(ClusterAIFormatter())
         handlers.append(rotating)
     for handler in handlers:

@@ -49,9 +49,9 @@ def connect_options(node: Node, defaults: Any) -> dict[str, Any]:
     return options
 
 
-
-async def run_remote(node: Node, config: Config, argv: list[str], timeout: float,
-                     background: bool = False) -> tuple[int | None, str]:
+async def run_remote(
+    node: Node, config: Config, argv: list[str], timeout: float, background: bool = False
+) -> tuple[int | None, str]:
     """Run an argv on a node. Each argument is quoted: the remote shell never sees raw config text."""
     asyncssh = asyncssh_module()
     command = shlex.join(argv)

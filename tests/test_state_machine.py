@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from clusterwatch.engine.events import EventKind
 from clusterwatch.engine.state import Rules, StateMachine, flap_percent
 from clusterwatch.model import Observation, Status
 
@@ -110,3 +109,10 @@ def test_unknown_workers_follow_their_scheduler():
     feed(sm, "dask", [CRIT, CRIT])
     events = feed(sm, "dask/w1", [UNK, UNK], check="dask", start=2)
     assert kinds(events) == ["state_change"] and events[0].affected_by == "dask"
+
+
+def test_one_outage_soon_after_start_is_not_flapping():
+    sm = StateMachine(lambda name: Rules(fall=2, rise=1), flap_high=30, flap_low=15)
+    events = feed(sm, "svc", [OK] * 5 + [CRIT, CRIT, OK] + [OK] * 3)
+    assert "flapping_started" not in kinds(events)
+    assert kinds(events) == ["state_change", "incident_opened", "state_change", "incident_closed"]

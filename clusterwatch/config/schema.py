@@ -98,6 +98,7 @@ class RestartPolicy(Strict):
     backoff: Duration = 5.0  # delay before the second attempt; doubles after each
     timeout: Duration = 30.0  # for the action itself
     verify_timeout: Duration = 60.0  # re-probe until healthy or this long
+    stable_for: Duration = 30.0  # healthy this long before the budget comes back (a blip is no recovery)
     dry_run: bool = False
     supervisor_url: str = "http://127.0.0.1:9001/RPC2"
     docker_socket: str | None = None  # default: the docker check's socket, else /var/run/docker.sock
@@ -131,6 +132,7 @@ class RestartPolicy(Strict):
 class CheckBase(Strict):
     name: Name
     interval: Duration | None = None
+    retry_interval: Duration | None = None  # after a soft failure (Nagios' word); default interval / 4
     timeout: Duration | None = None
     node: Name | None = None  # the node this service runs on (for dependencies and filters)
     fall: Annotated[int, Field(ge=1, le=100)] | None = None
@@ -325,6 +327,7 @@ class Node(Strict):
     battery_warning: float = 20.0
     battery_critical: float = 10.0
     interval: Duration | None = None
+    retry_interval: Duration | None = None
     timeout: Duration | None = None
     fall: Annotated[int, Field(ge=1, le=100)] | None = None
     rise: Annotated[int, Field(ge=1, le=100)] | None = None
@@ -390,6 +393,7 @@ class HealingOptions(Strict):
 
 class Config(Strict):
     interval: Duration = 30.0
+    retry_interval: Duration | None = None  # default: a quarter of each check's interval (at least 250ms)
     timeout: Duration = 5.0
     fall: Annotated[int, Field(ge=1, le=100)] = 2
     rise: Annotated[int, Field(ge=1, le=100)] = 2
@@ -423,8 +427,10 @@ class Config(Strict):
             if check.name in node_names:
                 raise DuplicateName("checks", index, check.name, node_names[check.name], "nodes")
             restart = check.restart
-            for key, node in (("node", restart and restart.node),
-                              ("dask_worker", restart and restart.dask_worker and restart.dask_worker.node)):
+            for key, node in (
+                ("node", restart and restart.node),
+                ("dask_worker", restart and restart.dask_worker and restart.dask_worker.node),
+            ):
                 if node and node not in node_names:
                     raise UnknownNode(index, node, sorted(node_names), ("restart", key))
         everything = set(seen) | set(node_names)
@@ -437,8 +443,7 @@ class Config(Strict):
         return self
 
     def _no_cycles(self) -> None:
-        graph = {c.name: list(c.depends_on) + ([c.node] if c.node and c.node != "local" else [])
-                 for c in self.checks}
+        graph = {c.name: list(c.depends_on) + ([c.node] if c.node and c.node != "local" else []) for c in self.checks}
         graph.update({n.name: list(n.depends_on) for n in self.nodes})
         state: dict[str, int] = {}
 
@@ -446,7 +451,7 @@ class Config(Strict):
             if state.get(name) == 2:
                 return
             if state.get(name) == 1:
-                cycle = " -> ".join([*trail[trail.index(name):], name])
+                cycle = " -> ".join([*trail[trail.index(name) :], name])
                 section, index = self._locate(trail[-1])
                 raise DependencyCycle(section, index, cycle)
             state[name] = 1
@@ -482,7 +487,9 @@ class UnknownDependency(ValueError):
         import difflib
 
         hint = difflib.get_close_matches(root, known, n=1)
-        super().__init__(f"depends on unknown check or node {root!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        super().__init__(
+            f"depends on unknown check or node {root!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
         self.loc = (section, index, "depends_on", position)
 
 

@@ -37,7 +37,16 @@ class Event:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind.value, "entity": self.entity, "check": self.check, "at": self.at,
-                "message": self.message, "node": self.node, "old": self.old and self.old.value,
-                "new": self.new and self.new.value, "incident": self.incident,
-                "affected_by": self.affected_by, "details": self.details}
+        return {
+            "kind": self.kind.value,
+            "entity": self.entity,
+            "check": self.check,
+            "at": self.at,
+            "message": self.message,
+            "node": self.node,
+            "old": self.old and self.old.value,
+            "new": self.new and self.new.value,
+            "incident": self.incident,
+            "affected_by": self.affected_by,
+            "details": self.details,
+        }

@@ -33,11 +33,10 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, run: Callable[[Job], Awaitable[None]], concurrency: int,
-                 max_first_delay: float = 10.0) -> None:
+    def __init__(self, run: Callable[[Job], Awaitable[None]], concurrency: int, max_first_delay: float = 10.0) -> None:
         self._run = run
         self._semaphore = asyncio.Semaphore(concurrency)
-        self._heap: list[tuple[float, int, str, int]] = []
+        self._heap: list[tuple[float, int, str, int, bool]] = []
         self._jobs: dict[str, Job] = {}
         self._seq = itertools.count()
         self._generation = itertools.count()
@@ -60,8 +59,15 @@ class Scheduler:
             job.running = old.running
         self._jobs[key] = job
         delay = random.uniform(0, min(interval, self.max_first_delay)) if first_delay is None else first_delay
-        heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), key, job.generation))
+        heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), key, job.generation, False))
         self._wakeup.set()
+
+    def run_soon(self, key: str, delay: float) -> None:
+        """One extra run off the grid (a retry after a soft failure); the grid itself stays as it is."""
+        job = self._jobs.get(key)
+        if job is not None:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), key, job.generation, True))
+            self._wakeup.set()
 
     def remove(self, key: str) -> None:
         self._jobs.pop(key, None)  # its heap entry is skipped when it comes up
@@ -71,7 +77,7 @@ class Scheduler:
             if not self._heap:
                 await self._sleep(1.0, stop)
                 continue
-            due, _, key, generation = self._heap[0]
+            due, _, key, generation, oneshot = self._heap[0]
             now = time.monotonic()
             if due > now:
                 await self._sleep(due - now, stop)
@@ -81,16 +87,19 @@ class Scheduler:
             if job is None or job.generation != generation:
                 continue
             if job.running:
-                job.skipped += 1  # never overlaps itself: this slot is dropped
-                self.skipped += 1
+                if not oneshot:
+                    job.skipped += 1  # never overlaps itself: this slot is dropped
+                    self.skipped += 1
             else:
                 job.running = True
                 task = asyncio.create_task(self._guarded(job, due))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            if oneshot:
+                continue
             # The next slot stays on the grid: missed slots are skipped, never bunched up.
             slots = max(1, math.ceil((now - due) / job.interval)) if now - due >= job.interval else 1
-            heapq.heappush(self._heap, (due + slots * job.interval, next(self._seq), key, generation))
+            heapq.heappush(self._heap, (due + slots * job.interval, next(self._seq), key, generation, False))
 
     async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
         self._wakeup.clear()

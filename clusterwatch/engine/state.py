@@ -16,7 +16,6 @@ from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Observation, Status
 
 FLAP_WINDOW = 21
-FLAP_MIN_SAMPLES = 6
 
 
 @dataclass
@@ -53,15 +52,17 @@ class EntityState:
 
 
 def flap_percent(history: deque[Status] | list[Status]) -> float:
-    """Nagios: changes between consecutive states, weighted 0.8 (oldest) to 1.2 (newest)."""
-    states = list(history)
-    if len(states) < 2:
-        return 0.0
-    transitions = len(states) - 1
+    """Nagios: changes between consecutive states over a 21-observation window, weighted 0.8
+    (oldest) to 1.2 (newest). A short history counts as unchanged before it began, so one
+    outage and its recovery soon after start-up is not mistaken for flapping."""
+    states = list(history)[-FLAP_WINDOW:]
+    transitions = FLAP_WINDOW - 1
+    offset = FLAP_WINDOW - len(states)  # where this history sits in the full window
     total = 0.0
     for i in range(1, len(states)):
         if states[i] != states[i - 1]:
-            total += 0.8 + 0.4 * (i - 1) / max(1, transitions - 1)
+            position = offset + i - 1  # 0 (oldest transition) .. transitions - 1 (newest)
+            total += 0.8 + 0.4 * position / (transitions - 1)
     return 100.0 * total / transitions
 
 
@@ -160,17 +161,29 @@ class StateMachine:
 
     def _flapping(self, state: EntityState, obs: Observation, now: float) -> list[Event]:
         state.flap_percent = flap_percent(state.history)
-        if len(state.history) < FLAP_MIN_SAMPLES:
-            return []
         if not state.flapping and state.flap_percent > self.flap_high:
             state.flapping = True
-            return [self._event(EventKind.FLAPPING_STARTED, state, obs, now,
-                                message=f"{state.name} is flapping ({state.flap_percent:.0f}% state changes): "
-                                        "no alerts per flap and no restarts until it settles")]
+            return [
+                self._event(
+                    EventKind.FLAPPING_STARTED,
+                    state,
+                    obs,
+                    now,
+                    message=f"{state.name} is flapping ({state.flap_percent:.0f}% state changes): "
+                    "no alerts per flap and no restarts until it settles",
+                )
+            ]
         if state.flapping and state.flap_percent < self.flap_low:
             state.flapping = False
-            return [self._event(EventKind.FLAPPING_STOPPED, state, obs, now,
-                                message=f"{state.name} stopped flapping ({state.flap_percent:.0f}%)")]
+            return [
+                self._event(
+                    EventKind.FLAPPING_STOPPED,
+                    state,
+                    obs,
+                    now,
+                    message=f"{state.name} stopped flapping ({state.flap_percent:.0f}%)",
+                )
+            ]
         return []
 
     def _open_if_own_failure(self, state: EntityState, obs: Observation, now: float) -> list[Event]:
@@ -187,17 +200,40 @@ class StateMachine:
         if state.incident is None:
             return []
         started = state.incident_started or now
-        event = self._event(EventKind.INCIDENT_CLOSED, state, obs, now, new=Status.OK,
-                            message=f"{state.name} recovered after {now - started:.0f}s: {obs.message}")
+        event = self._event(
+            EventKind.INCIDENT_CLOSED,
+            state,
+            obs,
+            now,
+            new=Status.OK,
+            message=f"{state.name} recovered after {now - started:.0f}s: {obs.message}",
+        )
         event.details["duration_s"] = round(now - started, 3)
         event.details["opened_at"] = started
         state.incident, state.incident_started = None, None
         return [event]
 
     @staticmethod
-    def _event(kind: EventKind, state: EntityState, obs: Observation, now: float, *, old: Status | None = None,
-               new: Status | None = None, message: str | None = None) -> Event:
-        return Event(kind=kind, entity=state.name, check=state.check, at=now, node=state.node,
-                     message=message or obs.message, old=old, new=new, incident=state.incident,
-                     affected_by=state.affected_by,
-                     details={"flapping": state.flapping, "status": obs.status.value})
+    def _event(
+        kind: EventKind,
+        state: EntityState,
+        obs: Observation,
+        now: float,
+        *,
+        old: Status | None = None,
+        new: Status | None = None,
+        message: str | None = None,
+    ) -> Event:
+        return Event(
+            kind=kind,
+            entity=state.name,
+            check=state.check,
+            at=now,
+            node=state.node,
+            message=message or obs.message,
+            old=old,
+            new=new,
+            incident=state.incident,
+            affected_by=state.affected_by,
+            details={"flapping": state.flapping, "status": obs.status.value},
+        )

@@ -59,8 +59,9 @@ async def _docker(policy: RestartPolicy, check: CheckBase, config: Config) -> Ou
 
 
 async def _exec(argv: list[str], timeout: float) -> Outcome:
-    process = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         async with asyncio.timeout(timeout):
             output, _ = await process.communicate()
@@ -157,5 +158,11 @@ async def _dask_worker(policy: RestartPolicy, check: CheckBase, config: Config) 
     return Outcome(True, f"worker {target.name} restarted on {node.name}")
 
 
-_ACTIONS = {"docker": _docker, "compose": _compose, "systemd": _systemd, "supervisor": _supervisor,
-            "command": _command, "dask_worker": _dask_worker}
+_ACTIONS = {
+    "docker": _docker,
+    "compose": _compose,
+    "systemd": _systemd,
+    "supervisor": _supervisor,
+    "command": _command,
+    "dask_worker": _dask_worker,
+}

@@ -30,6 +30,7 @@ VERIFY_EVERY = 1.0
 class Budget:
     attempts: deque[float] = field(default_factory=deque)  # when each attempt started
     exhausted: bool = False
+    recovered_at: float | None = None  # healthy since; the budget comes back after `stable_for`
 
     def used(self, window: float, now: float) -> int:
         while self.attempts and now - self.attempts[0] > window:
@@ -38,9 +39,15 @@ class Budget:
 
 
 class Healer:
-    def __init__(self, config: Config, states: StateMachine, *,
-                 reprobe: Callable[[CheckBase], Awaitable[list[Observation]]], emit: Callable[[Event], None],
-                 record: Callable[[dict[str, object]], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        states: StateMachine,
+        *,
+        reprobe: Callable[[CheckBase], Awaitable[list[Observation]]],
+        emit: Callable[[Event], None],
+        record: Callable[[dict[str, object]], None],
+    ) -> None:
         self.config = config
         self.states = states
         self._reprobe, self._emit, self._record = reprobe, emit, record
@@ -62,11 +69,17 @@ class Healer:
         target = check.restart.target
         recovered = event.kind is EventKind.STATE_CHANGE and event.new is Status.OK
         if recovered or event.kind is EventKind.INCIDENT_CLOSED:
-            if not any(e.down for e in self.states.entities_of(check.name)):
-                self._reset_budget(target, "recovered")
+            budget = self.budgets.get(target)
+            if budget is not None and not any(e.down for e in self.states.entities_of(check.name)):
+                budget.recovered_at = event.at
+                budget.exhausted = False  # it recovered: the healer may act again
             return
         if event.kind in (EventKind.STATE_CHANGE, EventKind.INCIDENT_OPENED) and event.new is Status.CRITICAL:
             self.consider(check, event.entity, event.message)
+        elif event.kind is EventKind.FLAPPING_STOPPED:
+            state = self._entity(event.entity)
+            if state is not None and state.hard is Status.CRITICAL:  # settled, but down: now heal it
+                self.consider(check, event.entity, event.message)
 
     def _entity(self, name: str) -> EntityState | None:
         return self.states.entities.get(name)
@@ -84,6 +97,11 @@ class Healer:
         if target in self.busy:
             return  # never two actions at once on one target
         budget = self.budgets.setdefault(target, Budget())
+        if budget.recovered_at is not None:
+            if time.time() - budget.recovered_at >= policy.stable_for:
+                self._reset_budget(target, f"healthy for {policy.stable_for:g}s")
+                budget = self.budgets[target]
+            budget.recovered_at = None
         if budget.exhausted:
             return
         task = asyncio.create_task(self._remediate(check, policy, entity, reason))
@@ -124,12 +142,21 @@ class Healer:
             now = time.time()
             if budget.used(policy.window, now) >= policy.max_attempts:
                 budget.exhausted = True
-                self._emit(Event(EventKind.REMEDIATION_EXHAUSTED, entity, check.name, now,
-                                 f"gave up on {target} after {policy.max_attempts} restart(s) within "
-                                 f"{policy.window:g}s: {entity} is still critical — needs a person "
-                                 f"(`clusterwatch heal reset {check.name}` once fixed)",
-                                 node=check.node, new=Status.CRITICAL, incident=state.incident,
-                                 details={"target": target, "attempts": policy.max_attempts}))
+                self._emit(
+                    Event(
+                        EventKind.REMEDIATION_EXHAUSTED,
+                        entity,
+                        check.name,
+                        now,
+                        f"gave up on {target} after {policy.max_attempts} restart(s) within "
+                        f"{policy.window:g}s: {entity} is still critical — needs a person "
+                        f"(`clusterwatch heal reset {check.name}` once fixed)",
+                        node=check.node,
+                        new=Status.CRITICAL,
+                        incident=state.incident,
+                        details={"target": target, "attempts": policy.max_attempts},
+                    )
+                )
                 return
             if delay:
                 await asyncio.sleep(delay)
@@ -142,15 +169,25 @@ class Healer:
                 return
             delay = policy.backoff * 2 ** (attempt - 1)
 
-    async def _attempt(self, check: CheckBase, policy: RestartPolicy, entity: str, state: EntityState,
-                       attempt: int, reason: str) -> bool:
+    async def _attempt(
+        self, check: CheckBase, policy: RestartPolicy, entity: str, state: EntityState, attempt: int, reason: str
+    ) -> bool:
         target = policy.target
         dry_run = policy.dry_run or self.config.healing.dry_run
         started = time.time()
-        self._emit(Event(EventKind.REMEDIATION_STARTED, entity, check.name, started,
-                         f"{'would restart' if dry_run else 'restarting'} {target} (attempt {attempt} of "
-                         f"{policy.max_attempts}) because {entity}: {reason}", node=check.node,
-                         incident=state.incident, details={"target": target, "attempt": attempt}))
+        self._emit(
+            Event(
+                EventKind.REMEDIATION_STARTED,
+                entity,
+                check.name,
+                started,
+                f"{'would restart' if dry_run else 'restarting'} {target} (attempt {attempt} of "
+                f"{policy.max_attempts}) because {entity}: {reason}",
+                node=check.node,
+                incident=state.incident,
+                details={"target": target, "attempt": attempt},
+            )
+        )
         if dry_run:
             outcome = Outcome(True, f"dry run: would run {policy.action} on {target}")
             healthy = False
@@ -162,19 +199,44 @@ class Healer:
         detail = outcome.detail if outcome.ok else f"action failed: {outcome.detail}"
         if outcome.ok and not healthy and not dry_run:
             detail += f"; still not healthy after {policy.verify_timeout:g}s"
-        self._record({"started": started, "finished": finished, "check": check.name, "entity": entity,
-                      "target": target, "action": policy.action, "reason": reason, "attempt": attempt,
-                      "outcome": result, "detail": detail, "duration": round(finished - started, 3),
-                      "dry_run": 1 if dry_run else 0})
+        self._record(
+            {
+                "started": started,
+                "finished": finished,
+                "check": check.name,
+                "entity": entity,
+                "target": target,
+                "action": policy.action,
+                "reason": reason,
+                "attempt": attempt,
+                "outcome": result,
+                "detail": detail,
+                "duration": round(finished - started, 3),
+                "dry_run": 1 if dry_run else 0,
+            }
+        )
         kind = EventKind.REMEDIATION_SUCCEEDED if healthy else EventKind.REMEDIATION_FAILED
         if dry_run:
             log.warning("dry run: would restart %s for %s", target, entity)
             return True  # a dry run acts once per episode
-        message = (f"{target} restarted by {policy.action}; {entity} healthy again after {finished - started:.1f}s"
-                   if healthy else f"restart of {target} (attempt {attempt}) did not help: {detail}")
-        self._emit(Event(kind, entity, check.name, finished, message, node=check.node, incident=state.incident,
-                         new=Status.OK if healthy else Status.CRITICAL,
-                         details={"target": target, "attempt": attempt, "duration_s": round(finished - started, 3)}))
+        message = (
+            f"{target} restarted by {policy.action}; {entity} healthy again after {finished - started:.1f}s"
+            if healthy
+            else f"restart of {target} (attempt {attempt}) did not help: {detail}"
+        )
+        self._emit(
+            Event(
+                kind,
+                entity,
+                check.name,
+                finished,
+                message,
+                node=check.node,
+                incident=state.incident,
+                new=Status.OK if healthy else Status.CRITICAL,
+                details={"target": target, "attempt": attempt, "duration_s": round(finished - started, 3)},
+            )
+        )
         return healthy
 
     async def _verify(self, check: CheckBase, policy: RestartPolicy, entity: str) -> bool:

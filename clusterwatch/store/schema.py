@@ -54,10 +54,15 @@ def migrate(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
-        raise RuntimeError(f"database schema version {version} is newer than this clusterwatch "
-                           f"({len(MIGRATIONS)}): upgrade clusterwatch")
+        raise RuntimeError(
+            f"database schema version {version} is newer than this clusterwatch "
+            f"({len(MIGRATIONS)}): upgrade clusterwatch"
+        )
     for number in range(version + 1, len(MIGRATIONS) + 1):
         # One transaction per migration: a kill in the middle leaves the previous version intact.
-        conn.executescript("BEGIN;" + MIGRATIONS[number - 1] +
-                           f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{number}');COMMIT;")
+        conn.executescript(
+            "BEGIN;"
+            + MIGRATIONS[number - 1]
+            + f"INSERT OR REPLACE INTO meta VALUES ('schema_version', '{number}');COMMIT;"
+        )
     return len(MIGRATIONS)

@@ -96,12 +96,30 @@ class Store:
 
     def entity(self, state: EntityState, kind: str) -> None:
         last = state.last
-        self._queue.put(("entity", (
-            state.name, state.check, kind, state.node, last.status.value if last else "unknown",
-            state.hard.value if state.hard else None, state.since, last.message if last else "",
-            last.latency_ms if last else None, state.last_at, state.incident, state.incident_started,
-            1 if state.flapping else 0, state.affected_by, state.fail_streak, state.ok_streak,
-            ",".join(s.value for s in state.history))))
+        self._queue.put(
+            (
+                "entity",
+                (
+                    state.name,
+                    state.check,
+                    kind,
+                    state.node,
+                    last.status.value if last else "unknown",
+                    state.hard.value if state.hard else None,
+                    state.since,
+                    last.message if last else "",
+                    last.latency_ms if last else None,
+                    state.last_at,
+                    state.incident,
+                    state.incident_started,
+                    1 if state.flapping else 0,
+                    state.affected_by,
+                    state.fail_streak,
+                    state.ok_streak,
+                    ",".join(s.value for s in state.history),
+                ),
+            )
+        )
 
     def forget(self, names: list[str]) -> None:
         self._queue.put(("forget", names))
@@ -158,9 +176,19 @@ class Store:
         conn.execute(
             "INSERT INTO observations (ts, entity, check_name, kind, node, status, message, latency_ms, metrics, "
             "details) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (at, obs.name, obs.check or obs.name, obs.kind, obs.node, obs.status.value, obs.message, obs.latency_ms,
-             json.dumps(obs.metrics) if obs.metrics else None,
-             json.dumps(obs.details, default=str) if obs.details else None))
+            (
+                at,
+                obs.name,
+                obs.check or obs.name,
+                obs.kind,
+                obs.node,
+                obs.status.value,
+                obs.message,
+                obs.latency_ms,
+                json.dumps(obs.metrics) if obs.metrics else None,
+                json.dumps(obs.details, default=str) if obs.details else None,
+            ),
+        )
         bucket = self._buckets[(obs.name, int(at // 60) * 60)]
         bucket[0] += 1
         bucket[1] += 1 if obs.status is Status.OK else 0
@@ -168,34 +196,58 @@ class Store:
             bucket[2].append(obs.latency_ms)
 
     def _w_entity(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-        conn.execute("INSERT OR REPLACE INTO entities (name, check_name, kind, node, status, hard, since, message, "
-                     "latency_ms, updated, incident, incident_started, flapping, affected_by, fail_streak, ok_streak, "
-                     "history) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+        conn.execute(
+            "INSERT OR REPLACE INTO entities (name, check_name, kind, node, status, hard, since, message, "
+            "latency_ms, updated, incident, incident_started, flapping, affected_by, fail_streak, ok_streak, "
+            "history) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            row,
+        )
 
     def _w_forget(self, conn: sqlite3.Connection, names: list[str]) -> None:
         conn.executemany("DELETE FROM entities WHERE name = ?", [(n,) for n in names])
 
     def _w_event(self, conn: sqlite3.Connection, e: Event) -> None:
-        conn.execute("INSERT INTO events (ts, kind, entity, check_name, node, old, new, message, incident, "
-                     "affected_by, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                     (e.at, e.kind.value, e.entity, e.check, e.node, e.old and e.old.value, e.new and e.new.value,
-                      e.message, e.incident, e.affected_by, json.dumps(e.details, default=str)))
+        conn.execute(
+            "INSERT INTO events (ts, kind, entity, check_name, node, old, new, message, incident, "
+            "affected_by, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                e.at,
+                e.kind.value,
+                e.entity,
+                e.check,
+                e.node,
+                e.old and e.old.value,
+                e.new and e.new.value,
+                e.message,
+                e.incident,
+                e.affected_by,
+                json.dumps(e.details, default=str),
+            ),
+        )
         if e.kind is EventKind.INCIDENT_OPENED and e.incident:
-            conn.execute("INSERT OR IGNORE INTO incidents (id, entity, check_name, node, opened, status, message, "
-                         "last_message) VALUES (?,?,?,?,?,?,?,?)",
-                         (e.incident, e.entity, e.check, e.node, e.at, (e.new or Status.CRITICAL).value, e.message,
-                          e.message))
+            conn.execute(
+                "INSERT OR IGNORE INTO incidents (id, entity, check_name, node, opened, status, message, "
+                "last_message) VALUES (?,?,?,?,?,?,?,?)",
+                (e.incident, e.entity, e.check, e.node, e.at, (e.new or Status.CRITICAL).value, e.message, e.message),
+            )
         elif e.kind is EventKind.INCIDENT_CLOSED and e.incident:
-            conn.execute("UPDATE incidents SET closed = ?, duration = ? - opened, last_message = ? WHERE id = ?",
-                         (e.at, e.at, e.message, e.incident))
+            conn.execute(
+                "UPDATE incidents SET closed = ?, duration = ? - opened, last_message = ? WHERE id = ?",
+                (e.at, e.at, e.message, e.incident),
+            )
         elif e.kind is EventKind.STATE_CHANGE and e.incident and e.new:
-            conn.execute("UPDATE incidents SET status = ?, last_message = ? WHERE id = ? AND closed IS NULL",
-                         (e.new.value, e.message, e.incident))
+            conn.execute(
+                "UPDATE incidents SET status = ?, last_message = ? WHERE id = ? AND closed IS NULL",
+                (e.new.value, e.message, e.incident),
+            )
 
     def _w_action(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
-        conn.execute("INSERT INTO actions (started, finished, check_name, entity, target, action, reason, attempt, "
-                     "outcome, detail, duration, dry_run) VALUES (:started, :finished, :check, :entity, :target, "
-                     ":action, :reason, :attempt, :outcome, :detail, :duration, :dry_run)", row)
+        conn.execute(
+            "INSERT INTO actions (started, finished, check_name, entity, target, action, reason, attempt, "
+            "outcome, detail, duration, dry_run) VALUES (:started, :finished, :check, :entity, :target, "
+            ":action, :reason, :attempt, :outcome, :detail, :duration, :dry_run)",
+            row,
+        )
 
     def _w_command(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         conn.execute("INSERT INTO commands (ts, kind, target) VALUES (?,?,?)", row)
@@ -205,8 +257,15 @@ class Store:
         for key in [k for k in self._buckets if everything or k[1] < current]:
             count, ok, latencies = self._buckets.pop(key)
             latencies.sort()
-            row = (key[0], key[1], count, ok, _percentile(latencies, 0.5), _percentile(latencies, 0.95),
-                   latencies[-1] if latencies else None)
+            row = (
+                key[0],
+                key[1],
+                count,
+                ok,
+                _percentile(latencies, 0.5),
+                _percentile(latencies, 0.95),
+                latencies[-1] if latencies else None,
+            )
             for table, ts in (("rollup_minute", key[1]), ("rollup_hour", key[1] // 3600 * 3600)):
                 # Merging: counts add, max is max; p50 is count-weighted, p95 the worst minute's.
                 conn.execute(
@@ -217,7 +276,8 @@ class Store:
                     "p95 = MAX(COALESCE(p95, excluded.p95), COALESCE(excluded.p95, p95)), "
                     "max = MAX(COALESCE(max, excluded.max), COALESCE(excluded.max, max)), "
                     "count = count + excluded.count, ok = ok + excluded.ok",
-                    (row[0], ts, *row[2:]))
+                    (row[0], ts, *row[2:]),
+                )
 
     def _retention(self, conn: sqlite3.Connection) -> None:
         self._last_retention = time.monotonic()
@@ -228,7 +288,9 @@ class Store:
             conn.execute("DELETE FROM observations WHERE ts < ?", (now - o.raw_max_age,))
             conn.execute(
                 "DELETE FROM observations WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
-                "(PARTITION BY entity ORDER BY id DESC) AS n FROM observations) WHERE n > ?)", (o.raw_per_check,))
+                "(PARTITION BY entity ORDER BY id DESC) AS n FROM observations) WHERE n > ?)",
+                (o.raw_per_check,),
+            )
             conn.execute("DELETE FROM rollup_minute WHERE ts < ?", (now - o.minute_rollups_max_age,))
             conn.execute("DELETE FROM rollup_hour WHERE ts < ?", (now - o.hour_rollups_max_age,))
             conn.execute("DELETE FROM events WHERE ts < ?", (now - o.events_max_age,))
@@ -255,6 +317,8 @@ class Store:
     def pending_commands(self) -> list[sqlite3.Row]:
         rows = self.reader.execute("SELECT * FROM commands WHERE done IS NULL ORDER BY id").fetchall()
         if rows:
-            self.reader.execute(f"UPDATE commands SET done = ? WHERE id IN ({','.join('?' * len(rows))})",
-                                (time.time(), *[r["id"] for r in rows]))
+            self.reader.execute(
+                f"UPDATE commands SET done = ? WHERE id IN ({','.join('?' * len(rows))})",
+                (time.time(), *[r["id"] for r in rows]),
+            )
         return rows

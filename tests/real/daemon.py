@@ -34,8 +34,7 @@ class Daemon:
     def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.db_path = tmp / "state.db"
-        config = {"store": {"path": str(self.db_path)}, "logs": {"dir": str(tmp / "logs"), "level": "debug"},
-                  **config}
+        config = {"store": {"path": str(self.db_path)}, "logs": {"dir": str(tmp / "logs"), "level": "debug"}, **config}
         self.config_path = tmp / "clusterwatch.yaml"
         self.write(config)
         self.env = env or {}
@@ -48,8 +47,11 @@ class Daemon:
 
     def start(self, *extra: str) -> Proc:
         self.runs += 1
-        self.proc = Proc([sys.executable, "-m", "clusterwatch", "run", "-c", str(self.config_path), *extra],
-                         self.tmp / f"daemon-{self.runs}.log", env=self.env)
+        self.proc = Proc(
+            [sys.executable, "-m", "clusterwatch", "run", "-c", str(self.config_path), *extra],
+            self.tmp / f"daemon-{self.runs}.log",
+            env=self.env,
+        )
         return self.proc
 
     def stop(self) -> None:
@@ -82,8 +84,12 @@ class Daemon:
         return self.query(sql + " ORDER BY id", *args)
 
     def wait_event(self, kind: str, entity: str | None = None, timeout: float = 30, count: int = 1) -> list:
-        return wait_until(lambda: len(rows := self.events(kind, entity)) >= count and rows, timeout=timeout,
-                          interval=0.2, what=f"{count} {kind} event(s) for {entity or 'any'}\n{self.log()[-3000:]}")
+        return wait_until(
+            lambda: len(rows := self.events(kind, entity)) >= count and rows,
+            timeout=timeout,
+            interval=0.2,
+            what=f"{count} {kind} event(s) for {entity or 'any'}\n{self.log()[-3000:]}",
+        )
 
     def actions(self, check: str | None = None) -> list[sqlite3.Row]:
         if check:

@@ -25,11 +25,16 @@ def main() -> None:
             f.write(f"{time.time()}\n")
     if args.serve:
         time.sleep(args.delay)
-        proc = subprocess.Popen([sys.executable, "-m", "http.server", str(args.serve), "--bind", "127.0.0.1"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, cwd="/")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(args.serve), "--bind", "127.0.0.1"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd="/",
+        )
         if args.pidfile:
-            with open(args.pidfile, "a") as f:
+            with open(args.pidfile, "w") as f:
                 f.write(f"{proc.pid}\n")
         os._exit(0)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Proc, free_port, port_open, run_cli, wait_until
+from tests.helpers import Proc, free_port, run_cli, wait_until
 from tests.real.daemon import Daemon
 
 
@@ -29,8 +29,10 @@ def integrity(db: Path) -> str:
 
 
 def test_kill_9_repeatedly_database_intact_and_incidents_resume(tmp_path: Path):
-    down_port, up = free_port(), Proc([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
-                                      tmp_path / "up.log")
+    down_port, up = (
+        free_port(),
+        Proc([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"], tmp_path / "up.log"),
+    )
     checks = [{"name": "down", "kind": "tcp", "port": down_port}]
     checks += [{"name": f"c{i}", "kind": "tcp", "port": free_port() if i % 3 else down_port} for i in range(30)]
     d = Daemon(tmp_path, {"interval": "100ms", "fall": 1, "checks": checks})
@@ -52,8 +54,14 @@ def test_kill_9_repeatedly_database_intact_and_incidents_resume(tmp_path: Path):
         # It recovers: the incident that survived six kills closes.
         d.proc.signal(signal.SIGKILL)
         d.proc.popen.wait(5)
-        d.write({"store": {"path": str(d.db_path)}, "interval": "100ms", "fall": 1,
-                 "checks": [{"name": "down", "kind": "tcp", "port": int(_port_of(up, tmp_path))}]})
+        d.write(
+            {
+                "store": {"path": str(d.db_path)},
+                "interval": "100ms",
+                "fall": 1,
+                "checks": [{"name": "down", "kind": "tcp", "port": int(_port_of(up, tmp_path))}],
+            }
+        )
         d.start()
         d.wait_event("incident_closed", "down", timeout=20)
         [closed] = d.query("SELECT * FROM incidents WHERE entity = 'down'")
@@ -82,17 +90,31 @@ def test_sighup_broken_config_keeps_the_old_one_good_config_applies(tmp_path: Pa
         wait_until(lambda: "rejected, still running the previous config" in d.log(), what="rejection logged")
         assert "clusterwatch.yaml:3: checks[0](a).prot: unknown key 'prot'" in d.log()
         before = d.query("SELECT COUNT(*) AS n FROM observations WHERE entity = 'a'")[0]["n"]
-        wait_until(lambda: d.query("SELECT COUNT(*) AS n FROM observations WHERE entity = 'a'")[0]["n"] > before + 3,
-                   what="still probing a")
+        wait_until(
+            lambda: d.query("SELECT COUNT(*) AS n FROM observations WHERE entity = 'a'")[0]["n"] > before + 3,
+            what="still probing a",
+        )
         assert d.proc.alive()
-        d.write({**good, "store": {"path": str(d.db_path)}, "logs": {"dir": str(tmp_path / "logs")},
-                 "checks": [*good["checks"], {"name": "b", "kind": "tcp", "port": port}]})
+        d.write(
+            {
+                **good,
+                "store": {"path": str(d.db_path)},
+                "logs": {"dir": str(tmp_path / "logs")},
+                "checks": [*good["checks"], {"name": "b", "kind": "tcp", "port": port}],
+            }
+        )
         d.proc.signal(signal.SIGHUP)
         wait_until(lambda: d.entity("b"), what="check b added by the reload")
         assert "config reloaded (SIGHUP): 0 changed, 1 added, 0 removed, 1 unchanged" in d.log()
         # A changed file is noticed without a signal too.
-        d.write({**good, "store": {"path": str(d.db_path)}, "logs": {"dir": str(tmp_path / "logs")},
-                 "checks": [{"name": "c", "kind": "tcp", "port": port}]})
+        d.write(
+            {
+                **good,
+                "store": {"path": str(d.db_path)},
+                "logs": {"dir": str(tmp_path / "logs")},
+                "checks": [{"name": "c", "kind": "tcp", "port": port}],
+            }
+        )
         wait_until(lambda: d.entity("c"), timeout=15, what="check c from the changed file")
         assert "config reloaded (config file changed): 0 changed, 1 added, 2 removed" in d.log()
         wait_until(lambda: d.entity("a") is None, what="check a forgotten")
@@ -105,9 +127,11 @@ def test_sigterm_stops_within_5s_and_systemd_is_notified(tmp_path: Path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(address)
     sock.settimeout(15)
-    d = Daemon(tmp_path, {"interval": "100ms", "checks": [
-        {"name": f"c{i}", "kind": "tcp", "port": free_port()} for i in range(50)]},
-        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
+    d = Daemon(
+        tmp_path,
+        {"interval": "100ms", "checks": [{"name": f"c{i}", "kind": "tcp", "port": free_port()} for i in range(50)]},
+        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"},
+    )
     try:
         d.start()
         messages = [sock.recv(4096).decode() for _ in range(3)]
@@ -151,8 +175,11 @@ def test_log_lines_in_cluster_ai_format_and_json_on_stderr(tmp_path: Path):
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert lines and {"ts", "level", "component", "message"} <= set(lines[0])
     text = (tmp_path / "logs" / "clusterwatch.log").read_text().splitlines()
-    assert text and all(re.match(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[[A-Z]+\] \[[A-Z]+\] ", line)
-                        for line in text if not line.startswith((" ", "Traceback")))
+    assert text and all(
+        re.match(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] \[[A-Z]+\] \[[A-Z]+\] ", line)
+        for line in text
+        if not line.startswith((" ", "Traceback"))
+    )
 
 
 def test_heal_reset_command_reaches_the_running_monitor(tmp_path: Path):
@@ -160,9 +187,24 @@ def test_heal_reset_command_reaches_the_running_monitor(tmp_path: Path):
     counter = tmp_path / "count"
     from tests.real.daemon import helper
 
-    d = Daemon(tmp_path, {"interval": "200ms", "checks": [
-        {"name": "api", "kind": "tcp", "port": port,
-         "restart": {"command": helper("--count", str(counter)), "max_attempts": 1, "verify_timeout": "500ms"}}]})
+    d = Daemon(
+        tmp_path,
+        {
+            "interval": "200ms",
+            "checks": [
+                {
+                    "name": "api",
+                    "kind": "tcp",
+                    "port": port,
+                    "restart": {
+                        "command": helper("--count", str(counter)),
+                        "max_attempts": 1,
+                        "verify_timeout": "500ms",
+                    },
+                }
+            ],
+        },
+    )
     try:
         d.start()
         d.wait_event("remediation_exhausted", "api", timeout=20)
@@ -177,9 +219,16 @@ def test_heal_reset_command_reaches_the_running_monitor(tmp_path: Path):
 
 def test_systemd_unit_and_cron_line(tmp_path: Path):
     unit = run_cli("install", "systemd").stdout
-    for line in ("Type=notify", "Restart=always", "WatchdogSec=30", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                 "StateDirectory=clusterwatch", "ReadWritePaths=/var/lib/clusterwatch /var/log/clusterwatch",
-                 "ExecReload=/bin/kill -HUP $MAINPID"):
+    for line in (
+        "Type=notify",
+        "Restart=always",
+        "WatchdogSec=30",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=clusterwatch",
+        "ReadWritePaths=/var/lib/clusterwatch /var/log/clusterwatch",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ):
         assert line in unit.splitlines(), line
     assert re.search(r"^ExecStart=/\S+ run$", unit, re.M) or "-m clusterwatch run" in unit
     cron = run_cli("install", "cron").stdout
@@ -190,6 +239,9 @@ def test_systemd_unit_and_cron_line(tmp_path: Path):
     path = tmp_path / "clusterwatch.service"
     path.write_text(unit)
     result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
-    problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if "clusterwatch.service" in line and "Documentation" not in line]
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "clusterwatch.service" in line and "Documentation" not in line
+    ]
     assert result.returncode == 0 or not problems, result.stdout + result.stderr

@@ -25,8 +25,8 @@ def supervised_worker(tmp_path: Path):
     conf.write_text(f"""\
 [supervisord]
 nodaemon=true
-logfile={tmp_path / 'supervisord.log'}
-pidfile={tmp_path / 'supervisord.pid'}
+logfile={tmp_path / "supervisord.log"}
+pidfile={tmp_path / "supervisord.pid"}
 childlogdir={tmp_path}
 
 [inet_http_server]
@@ -36,7 +36,7 @@ port=127.0.0.1:{port}
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [program:dask-worker-w1]
-command={BIN / 'dask'} worker {cluster.address} --name w1 --nthreads 1 --host 127.0.0.1 --no-nanny
+command={BIN / "dask"} worker {cluster.address} --name w1 --nthreads 1 --host 127.0.0.1 --no-nanny
 autostart=true
 autorestart=false
 startsecs=1
@@ -55,14 +55,29 @@ killasgroup=true
 
 def test_killed_dask_worker_restarted_through_supervisor(tmp_path: Path, supervised_worker):
     cluster, url = supervised_worker
-    d = Daemon(tmp_path, {"interval": "500ms", "checks": [
-        {"name": "dask", "kind": "dask", "scheduler": cluster.address, "dashboard": cluster.dashboard,
-         "expect_workers": ["w1"], "restart": {"supervisor": "dask-worker-w1", "supervisor_url": url,
-                                               "verify_timeout": "30s"}}]})
+    d = Daemon(
+        tmp_path,
+        {
+            "interval": "500ms",
+            "checks": [
+                {
+                    "name": "dask",
+                    "kind": "dask",
+                    "scheduler": cluster.address,
+                    "dashboard": cluster.dashboard,
+                    "expect_workers": ["w1"],
+                    "restart": {"supervisor": "dask-worker-w1", "supervisor_url": url, "verify_timeout": "30s"},
+                }
+            ],
+        },
+    )
     d.start()
     try:
-        wait_until(lambda: (e := d.entity("dask/w1")) is not None and e["hard"] == "ok", timeout=20,
-                   what="the worker seen healthy")
+        wait_until(
+            lambda: (e := d.entity("dask/w1")) is not None and e["hard"] == "ok",
+            timeout=20,
+            what="the worker seen healthy",
+        )
         rpc = xmlrpc.client.ServerProxy(url)
         old_pid = rpc.supervisor.getProcessInfo("dask-worker-w1")["pid"]
         import os
@@ -89,17 +104,40 @@ def test_killed_dask_worker_restarted_through_supervisor(tmp_path: Path, supervi
 
 @pytest.mark.usefixtures("docker")
 def test_unhealthy_container_restarted_through_engine_api(tmp_path: Path, docker: DockerEngine):
-    docker.run("web", "--health-cmd", "test ! -f /tmp/broken", "--health-interval", "1s", "--health-retries", "1",
-               command=("sh", "-c", "rm -f /tmp/broken; sleep 3600"))
+    docker.run(
+        "web",
+        "--health-cmd",
+        "test ! -f /tmp/broken",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        command=("sh", "-c", "rm -f /tmp/broken; sleep 3600"),
+    )
     wait_until(lambda: docker.inspect("web", "{{.State.Health.Status}}") == "healthy", timeout=30, what="healthy")
     started_before = docker.inspect("web", "{{.State.StartedAt}}")
-    d = Daemon(tmp_path, {"interval": "500ms", "checks": [
-        {"name": "docker", "kind": "docker", "socket": docker.socket, "containers": ["web"],
-         "restart": {"docker": "web", "verify_timeout": "30s"}}]})
+    d = Daemon(
+        tmp_path,
+        {
+            "interval": "500ms",
+            "checks": [
+                {
+                    "name": "docker",
+                    "kind": "docker",
+                    "socket": docker.socket,
+                    "containers": ["web"],
+                    "restart": {"docker": "web", "verify_timeout": "30s"},
+                }
+            ],
+        },
+    )
     d.start()
     try:
-        wait_until(lambda: (e := d.entity("docker/web")) is not None and e["hard"] == "ok", timeout=20,
-                   what="the container seen healthy")
+        wait_until(
+            lambda: (e := d.entity("docker/web")) is not None and e["hard"] == "ok",
+            timeout=20,
+            what="the container seen healthy",
+        )
         docker.docker("exec", "web", "touch", "/tmp/broken")
         d.wait_event("remediation_succeeded", "docker/web", timeout=60)
         [action] = d.actions()
