@@ -85,7 +85,9 @@ def main() -> None:
             _, stderr = daemon.communicate(timeout=30)
             server.terminate()
             server.wait(10)
-    stats = [json.loads(line) for line in stderr.splitlines() if line.startswith("{") and '"stats:' in line]
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    stats = [s for s in lines if s["message"].startswith("stats:")]
+    ready = next((s["message"] for s in lines if s["message"].startswith("monitoring ")), "?")
     measured = [s for s in stats if s["ts"] >= time.time() - (time.monotonic() - t0) - 1] or stats[-1:]
     rate = sum(s["probes_per_s"] for s in measured) / max(1, len(measured))
     p50 = max(s["lag_p50_ms"] for s in measured) if measured else float("nan")
@@ -94,6 +96,7 @@ def main() -> None:
         f"engine: {args.checks} HTTP checks every {args.interval} on {args.ports} loopback ports, "
         f"{args.seconds:.0f} s ({t1 - t0:.0f} s measured after warm-up), {os.cpu_count()} cpus"
     )
+    print(f"  start: {ready} (config of {args.checks} checks validated and all scheduled)")
     print(f"  probes per second: {rate:.0f} (expected {args.checks / 10:.0f})")
     print(f"  scheduling lag: p50 {p50:.0f} ms, p99 {p99:.0f} ms (worst 10 s window)")
     print(f"  CPU: {100 * (cpu1 - cpu0) / (t1 - t0):.0f}% of one core; peak RSS {rss:.0f} MB")

@@ -11,6 +11,8 @@ import signal
 import time
 from typing import Any
 
+import psutil
+
 from clusterwatch.config.loader import BUILTIN, ConfigError, LoadedConfig, load_config
 from clusterwatch.config.schema import CheckBase, Config, Node
 from clusterwatch.engine.events import Event, EventKind
@@ -298,6 +300,11 @@ class Monitor:
         loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
         for name, item in self.items.items():
             self.scheduler.add(name, item, self.interval(item))
+        log.info(
+            "monitoring %d checks; ready %.2fs after the process started",
+            len(self.items),
+            time.time() - psutil.Process().create_time(),
+        )
         background = [
             asyncio.create_task(self.scheduler.run_forever(self.stop_event)),
             asyncio.create_task(self._watch()),
