@@ -20,6 +20,8 @@ bench:
 	@bash scripts/bootstrap.sh test
 	.venv/bin/python bench/check_http_targets.py
 	.venv/bin/python bench/check_nothing_running.py
+	.venv/bin/python bench/engine_10k.py
+	.venv/bin/python bench/healing_vs_monit.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache test-artifacts
