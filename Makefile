@@ -17,7 +17,7 @@ lint:
 	.venv/bin/ruff check clusterwatch tests bench
 
 bench:
-	@bash scripts/bootstrap.sh test
+	@bash scripts/bootstrap.sh bench
 	.venv/bin/python bench/check_http_targets.py
 	.venv/bin/python bench/check_nothing_running.py
 	.venv/bin/python bench/engine_10k.py

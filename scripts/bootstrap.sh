@@ -20,6 +20,10 @@ if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
 fi
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
 
+if [ "$what" = bench ]; then
+  need monit monit
+  what=test
+fi
 if [ "$what" = test ]; then
   need dockerd docker.io
   need /bin/busybox busybox-static
