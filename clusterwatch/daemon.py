@@ -59,7 +59,7 @@ class Monitor:
         self.kinds: dict[str, str] = {}
         self._ctx: ProbeContext | None = None
         self._file_stamp = self._stamp()
-        self.healer = Healer(self.config, self.states, reprobe=self.reprobe, emit=self.emit, record=self.store.action)
+        self.healer = Healer(self.config, self.states, reprobe=self.reprobe, emit=self.emit, record=self._record_action)
         self.scheduler = Scheduler(self._run_job, self.config.concurrency)
 
     # --- configuration -------------------------------------------------------------------------
@@ -195,7 +195,13 @@ class Monitor:
             self.states.forget(state.name)
             self.store.forget([state.name])
 
+    def _record_action(self, row: dict[str, Any]) -> None:
+        """Actions name their argv and output: a `${TOKEN}` in a command must not reach the store."""
+        self.store.action(self.loaded.redactor.data(row))
+
     def emit(self, event: Event) -> None:
+        event.message = self.loaded.redactor.text(event.message)
+        event.details = self.loaded.redactor.data(event.details)
         level = _levels().get(event.kind, logging.INFO)
         if event.kind is EventKind.STATE_CHANGE:
             level = logging.INFO if event.new is Status.OK else logging.WARNING

@@ -234,3 +234,30 @@ def test_dry_run_only_logs(tmp_path: Path, daemons):
     [action] = d.actions("api")
     assert action["outcome"] == "dry_run" and action["dry_run"] == 1
     assert "would restart command:" in d.log()
+
+
+def test_secrets_in_a_restart_command_reach_neither_store_nor_logs(tmp_path: Path, daemons):
+    secret = "s3cr3t-token-4711"
+    d = Daemon(
+        tmp_path,
+        {
+            "interval": "300ms",
+            "checks": [
+                {
+                    "name": "api",
+                    "kind": "tcp",
+                    "port": free_port(),
+                    "restart": {"command": ["/bin/echo", "${CW_TOKEN}"], "max_attempts": 1, "verify_timeout": "500ms"},
+                }
+            ],
+        },
+        env={"CW_TOKEN": secret},
+    )
+    daemons.append(d)
+    d.start()
+    d.wait_event("remediation_exhausted", "api", timeout=20)
+    d.stop()
+    [action] = d.actions("api")
+    assert "/bin/echo ***" in action["detail"]
+    for path in [d.db_path, *tmp_path.glob("state.db*"), *tmp_path.glob("daemon-*.log"), *tmp_path.glob("logs/*")]:
+        assert secret.encode() not in path.read_bytes(), path
