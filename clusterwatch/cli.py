@@ -68,6 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     reset = heal_sub.add_parser("reset", parents=[common], help="give an exhausted restart budget back")
     reset.add_argument("name", help="check name or restart target")
 
+    alerts = sub.add_parser("alerts", parents=[common], help="test the alert channels, or see their delivery")
+    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    test = alerts_sub.add_parser("test", parents=[common], help="send a test message to each channel")
+    test.add_argument("--channel", metavar="NAME", help="only this channel")
+    alerts_sub.add_parser("status", parents=[common], help="per channel: waiting, delivered, given up, last error")
+
+    silence = sub.add_parser("silence", parents=[common], help="hold back notifications (events are still kept)")
+    silence_sub = silence.add_subparsers(dest="silence_command", required=True, metavar="ACTION")
+    add = silence_sub.add_parser("add", parents=[common], help="silence what matches, for a while")
+    add.add_argument(
+        "--match",
+        action="append",
+        required=True,
+        metavar="KEY=GLOB",
+        help="check, entity, kind, node or severity; repeat to narrow (e.g. --match node=gpu-*)",
+    )
+    add.add_argument("--for", dest="duration", required=True, metavar="DURATION", help="e.g. 30m, 2h")
+    add.add_argument("--reason", required=True)
+    silence_sub.add_parser("list", parents=[common], help="the silences in force")
+    remove = silence_sub.add_parser("rm", parents=[common], help="end a silence now")
+    remove.add_argument("id")
+
     install = sub.add_parser("install", parents=[common], help="print (or --write) a systemd unit or a cron line")
     install.add_argument("what", choices=["systemd", "cron"])
     install.add_argument("--write", action="store_true", help="write it to /etc instead of printing it")
@@ -93,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_heal(args)
     if args.command == "install":
         return cmd_install(args)
+    if args.command == "alerts":
+        return cmd_alerts(args)
+    if args.command == "silence":
+        return cmd_silence(args)
     return 2
 
 
@@ -216,3 +242,112 @@ def cmd_install(args: argparse.Namespace) -> int:
     if args.what == "systemd":
         print("then: systemctl daemon-reload && systemctl enable --now clusterwatch")
     return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from clusterwatch.alerting.channels import Channels
+    from clusterwatch.alerting.outbox import Outbox
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    urls = {**loaded.alert_channels(), **loaded.config.alerts.channels}
+    if args.alerts_command == "status":
+        outbox = Outbox(loaded.config.store.path)
+        try:
+            rows = {r["channel"]: r for r in outbox.status()}
+        finally:
+            outbox.close()
+        if not urls and not rows:
+            print("no alert channels configured (alerts.channels, or Cluster AI's SMTP_* / SLACK_WEBHOOK_URL)")
+            return 0
+        for name in sorted(set(urls) | set(rows)):
+            row = rows.get(name)
+            if row is None:
+                print(f"{name}: nothing sent yet")
+                continue
+            line = f"{name}: {row['pending']} waiting, {row['delivered']} delivered, {row['expired']} given up"
+            if row["last_error"]:
+                line += f"; last error: {loaded.redactor.text(row['last_error'])}"
+            print(line)
+        return 0
+    if args.channel and args.channel not in urls:
+        print(
+            f"clusterwatch: no channel named {args.channel!r} (channels: {', '.join(urls) or 'none'})", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    if not urls:
+        print("no alert channels configured (alerts.channels, or Cluster AI's SMTP_* / SLACK_WEBHOOK_URL)")
+        return EXIT_CONFIG
+    channels = Channels(urls, loaded.redactor)
+    failed = 0
+    for name in [args.channel] if args.channel else sorted(urls):
+        ok, error = channels.send(
+            name,
+            "[TEST] clusterwatch alert test",
+            "This is a test message from clusterwatch: this channel works.",
+            "info",
+        )
+        failed += 0 if ok else 1
+        print(f"{name} ({channels.describe(name)}): " + ("delivered" if ok else f"FAILED: {error}"))
+    return 1 if failed else 0
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    import getpass
+
+    from clusterwatch.alerting.outbox import Outbox
+    from clusterwatch.alerting.routing import Silence
+    from clusterwatch.config.durations import parse_duration
+    from clusterwatch.config.schema import MATCH_KEYS
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    outbox = Outbox(loaded.config.store.path)
+    try:
+        if args.silence_command == "add":
+            matchers = {}
+            for item in args.match:
+                key, sep, pattern = item.partition("=")
+                if not sep or key not in MATCH_KEYS or not pattern:
+                    print(
+                        f"clusterwatch: --match {item!r}: use KEY=GLOB with KEY one of {', '.join(MATCH_KEYS)}",
+                        file=sys.stderr,
+                    )
+                    return EXIT_CONFIG
+                matchers[key] = pattern
+            try:
+                seconds = parse_duration(args.duration)
+            except ValueError as exc:
+                print(f"clusterwatch: --for: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
+            silence = Silence.new(matchers, seconds, args.reason, getpass.getuser())
+            outbox.add_silence(silence)
+            print(
+                f"silence {silence.id} added until {_local_time(silence.ends)}: "
+                f"{' '.join(f'{k}={v}' for k, v in matchers.items())} ({args.reason})"
+            )
+        elif args.silence_command == "list":
+            silences = outbox.silences()
+            if not silences:
+                print("no silences in force")
+            for s in silences:
+                print(
+                    f"{s.id}  until {_local_time(s.ends)}  {' '.join(f'{k}={v}' for k, v in s.matchers.items())}"
+                    f"  {s.reason}" + (f"  (by {s.created_by})" if s.created_by else "")
+                )
+        elif args.silence_command == "rm":
+            if not outbox.remove_silence(args.id):
+                print(f"clusterwatch: no silence {args.id!r}", file=sys.stderr)
+                return 1
+            print(f"silence {args.id} removed")
+    finally:
+        outbox.close()
+    return 0
+
+
+def _local_time(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))

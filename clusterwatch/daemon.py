@@ -13,6 +13,8 @@ from typing import Any
 
 import psutil
 
+from clusterwatch.alerting.alerter import Alerter
+from clusterwatch.alerting.outbox import Outbox
 from clusterwatch.config.loader import BUILTIN, ConfigError, LoadedConfig, load_config
 from clusterwatch.config.schema import CheckBase, Config, Node
 from clusterwatch.engine.events import Event, EventKind
@@ -61,6 +63,9 @@ class Monitor:
         self._file_stamp = self._stamp()
         self.healer = Healer(self.config, self.states, reprobe=self.reprobe, emit=self.emit, record=self._record_action)
         self.scheduler = Scheduler(self._run_job, self.config.concurrency)
+        self.outbox: Outbox | None = None
+        self.alerter: Alerter | None = None
+        self.once_mode = False
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -128,6 +133,8 @@ class Monitor:
         if self._ctx is not None:
             self._ctx.config = self.config
         self.healer.update_config(self.config)
+        if self.alerter is not None:
+            self.alerter.configure(self.config.alerts, loaded.alert_channels())
         self.states.flap_high, self.states.flap_low = self.config.flapping.high, self.config.flapping.low
         for name in removed + changed:
             self.scheduler.remove(name)
@@ -216,6 +223,8 @@ class Monitor:
         events_log.log(level, "%s %s%s: %s%s", event.kind.value, event.entity, change, event.message, suffix)
         self.store.event(event)
         self.healer.on_event(event)
+        if self.alerter is not None:
+            self.alerter.on_event(event)
 
     async def reprobe(self, check: CheckBase) -> list[Observation]:
         observations = await self.probe(check)
@@ -280,6 +289,32 @@ class Monitor:
         open_incidents = sum(1 for e in self.states.entities.values() if e.incident)
         self._session = new_http_session(limit=self.config.concurrency)
         self._ctx = ProbeContext(config=self.config, http=self._session)
+        self.outbox = Outbox(self.store.path)
+        self.alerter = Alerter(
+            self.config.alerts,
+            self.outbox,
+            self.loaded.redactor,
+            env_channels=self.loaded.alert_channels(),
+            kind_of=lambda e: self.kinds.get(e, ""),
+            root_down=lambda check, entity: self.states.root_failing(check, entity, Status.CRITICAL),
+        )
+        self.alerter.resume(
+            [
+                (
+                    e.incident,
+                    e.name,
+                    e.check,
+                    e.node,
+                    self.kinds.get(e.name, ""),
+                    e.hard,
+                    e.incident_started or time.time(),
+                    e.last.message if e.last else "",
+                )
+                for e in self.states.entities.values()
+                if e.incident
+            ]
+        )
+        self.alerter.start(self._session)
         log.info(
             "clusterwatch started: %d checks, %d nodes, config %s, store %s; resumed %d entities, %d open incidents",
             len(self.config.checks),
@@ -294,8 +329,12 @@ class Monitor:
         self.notifier.stopping()
         await self.scheduler.cancel_running(timeout=1.0)
         await self.healer.stop()
+        if self.alerter is not None:
+            await self.alerter.stop(drain=self.once_mode)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._session.close(), 1.0)
+        if self.outbox is not None:
+            self.outbox.close()
         await asyncio.to_thread(self.store.close, 2.0)
 
     async def run(self) -> int:
@@ -390,6 +429,7 @@ class Monitor:
 
     async def once(self) -> Status:
         """One round of everything (for cron); state persists in the store between rounds."""
+        self.once_mode = True
         await self.start()
         try:
             semaphore = asyncio.Semaphore(self.config.concurrency)

@@ -116,3 +116,11 @@ def test_one_outage_soon_after_start_is_not_flapping():
     events = feed(sm, "svc", [OK] * 5 + [CRIT, CRIT, OK] + [OK] * 3)
     assert "flapping_started" not in kinds(events)
     assert kinds(events) == ["state_change", "incident_opened", "state_change", "incident_closed"]
+
+
+def test_no_incident_for_a_dependant_before_its_root_was_looked_at():
+    sm = machine(svc=Rules(fall=1, rise=1, roots=("box",)))
+    assert kinds(feed(sm, "svc", [CRIT])) == ["state_change"]  # no incident yet
+    feed(sm, "box", [CRIT], start=1)
+    assert kinds(feed(sm, "svc", [CRIT], start=2)) == []  # now known: affected
+    assert sm.entities["svc"].affected_by == "box"

@@ -49,6 +49,27 @@ class LoadedConfig:
     source: str  # the file read, or "built-in defaults"
     redactor: Redactor
     notes: list[str] = field(default_factory=list)  # what was imported from where
+    cluster_env: dict[str, str] = field(default_factory=dict)  # Cluster AI's .env values, as read
+
+    def alert_channels(self, environ: typing.Mapping[str, str] | None = None) -> dict[str, str]:
+        """Cluster AI's SMTP_* and SLACK_* variables as channels: its .env, then the environment."""
+        from clusterwatch.alerting.channels import channels_from_env
+
+        environ = os.environ if environ is None else environ
+        names = (
+            "SMTP_SERVER",
+            "SMTP_PORT",
+            "SMTP_USERNAME",
+            "SMTP_PASSWORD",
+            "FROM_EMAIL",
+            "ALERT_EMAIL",
+            "SLACK_WEBHOOK_URL",
+            "SLACK_CHANNEL",
+        )
+        values = {**self.cluster_env, **{n: environ[n] for n in names if environ.get(n)}}
+        for name in ("SMTP_PASSWORD", "SLACK_WEBHOOK_URL"):
+            self.redactor.add(values.get(name))
+        return channels_from_env(values)
 
 
 def default_data() -> dict[str, Any]:
@@ -114,14 +135,14 @@ def load_config(
                     for path, name in unset
                 ]
             )
-        _import_cluster_ai(data, positions, path.parent if path else cwd, redactor, notes)
+        cluster_env = _import_cluster_ai(data, positions, path.parent if path else cwd, redactor, notes)
     except YAMLProblem as exc:
         raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from exc
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_problems(exc, data, positions, source)) from None
-    return LoadedConfig(config, source, redactor, notes)
+    return LoadedConfig(config, source, redactor, notes, cluster_env)
 
 
 def _discover_cluster_ai(cwd: Path, env: typing.Mapping[str, str]) -> dict[str, Any]:
@@ -165,10 +186,10 @@ def _import_cluster_ai(
     base: Path,
     redactor: Redactor,
     notes: list[str],
-) -> None:
+) -> dict[str, str]:
     spec = data.get("cluster_ai")
     if not isinstance(spec, dict):
-        return
+        return {}
 
     def resolve(p: str) -> Path:  # relative to the config file, as people expect
         path = Path(os.path.expanduser(p))
@@ -205,6 +226,7 @@ def _import_cluster_ai(
         for check in _checks(data, "dask"):
             check.setdefault("expect_workers", [{"name": n.data["name"], "host": n.data["host"]} for n in imported])
     _apply_env(data, positions, env)
+    return env.values
 
 
 def _checks(data: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -299,8 +321,8 @@ def _problems(exc: ValidationError, data: Any, positions: dict[Path_, Position],
         loc = tuple(error["loc"])
         ctx = error.get("ctx") or {}
         custom_loc = getattr(ctx.get("error"), "loc", None)
-        if custom_loc is not None:
-            loc = tuple(custom_loc)
+        if custom_loc is not None:  # our validators name the field, relative to where they run
+            loc = (*loc, *custom_loc)
         path, schema_loc = _data_path(loc, data)
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path = (*path, "kind")

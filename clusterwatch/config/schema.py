@@ -391,6 +391,71 @@ class HealingOptions(Strict):
     dry_run: bool = False  # log what would be done, do nothing
 
 
+SEVERITIES = ("info", "warning", "critical")
+Severity = Literal["info", "warning", "critical"]
+MATCH_KEYS = ("check", "entity", "kind", "node", "severity")
+
+
+class Route(Strict):
+    """Where notifications go: globs on check, entity, kind and node; the first matching route wins."""
+
+    match: dict[Literal["check", "entity", "kind", "node", "severity"], str] = {}
+    channels: list[str] = Field(min_length=1)
+    min_severity: Severity = "warning"
+    continue_: bool = Field(False, alias="continue")  # also try the routes after this one
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class MaintenanceWindow(Strict):
+    """Weekly times when matching notifications are held back (events are still recorded)."""
+
+    match: dict[Literal["check", "entity", "kind", "node", "severity"], str] = {}
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(_DAYS)
+    start: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+    end: Annotated[str, Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")]
+    reason: str = "maintenance window"
+
+
+class Heartbeat(Strict):
+    """A dead man's switch: ping an outside URL (healthchecks.io style) while the monitor lives."""
+
+    url: HttpUrl
+    every: Duration = 60.0
+    timeout: Duration = 10.0
+
+
+class AlertOptions(Strict):
+    channels: dict[Name, str] = {}  # name -> Apprise URL
+    routes: list[Route] = []  # none: every channel, critical only
+    group_wait: Duration = 10.0
+    repeat_interval: Duration = 4 * 3600.0
+    max_age: Duration = 24 * 3600.0  # undelivered this long: given up, with an error
+    heartbeat: Heartbeat | None = None
+    maintenance: list[MaintenanceWindow] = []
+    dashboard_url: str | None = None  # linked from every notification
+
+    @model_validator(mode="after")
+    def _usable_channels(self) -> AlertOptions:
+        if self.channels:
+            from clusterwatch.alerting.channels import check_url
+
+            for name, url in self.channels.items():
+                problem = check_url(url)
+                if problem:
+                    raise BadChannel(name, problem)
+        return self
+
+    @model_validator(mode="after")
+    def _known_channels(self) -> AlertOptions:
+        for index, route in enumerate(self.routes):
+            for position, channel in enumerate(route.channels):
+                if channel not in self.channels:
+                    raise UnknownChannel(index, position, channel, sorted(self.channels))
+        return self
+
+
 class Config(Strict):
     interval: Duration = 30.0
     retry_interval: Duration | None = None  # default: a quarter of each check's interval (at least 250ms)
@@ -402,6 +467,7 @@ class Config(Strict):
     logs: LogOptions = LogOptions()
     flapping: FlappingOptions = FlappingOptions()
     healing: HealingOptions = HealingOptions()
+    alerts: AlertOptions = AlertOptions()
     thresholds: Thresholds = Thresholds()
     node_thresholds: Thresholds = Field(default_factory=_worker_thresholds)
     ssh: SSHOptions = SSHOptions()  # defaults for every node's ssh
@@ -491,6 +557,18 @@ class UnknownDependency(ValueError):
             f"depends on unknown check or node {root!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
         self.loc = (section, index, "depends_on", position)
+
+
+class BadChannel(ValueError):
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(problem)
+        self.loc = ("channels", name)
+
+
+class UnknownChannel(ValueError):
+    def __init__(self, index: int, position: int, channel: str, known: list[str]) -> None:
+        super().__init__(f"unknown channel {channel!r} (channels: {', '.join(known) or 'none configured'})")
+        self.loc = ("routes", index, "channels", position)
 
 
 class DependencyCycle(ValueError):

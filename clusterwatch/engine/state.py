@@ -191,6 +191,8 @@ class StateMachine:
         state.affected_by = root
         if root is not None or state.incident is not None:
             return []
+        if any(self.entities.get(r) is None for r in self.rules(state.check).roots):
+            return []  # a root not looked at yet: don't blame the dependant before knowing
         state.incident = uuid.uuid4().hex[:12]
         state.incident_started = now
         return [self._event(EventKind.INCIDENT_OPENED, state, obs, now, new=state.hard)]

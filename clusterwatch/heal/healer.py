@@ -24,6 +24,7 @@ from clusterwatch.model import Observation, Status
 
 log = logging.getLogger("clusterwatch.healer")
 VERIFY_EVERY = 1.0
+ROOT_GRACE = 1.0
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Healer:
     # --- events in ----------------------------------------------------------------------------
 
     def on_event(self, event: Event) -> None:
+        if event.kind is EventKind.STATE_CHANGE and event.new is Status.OK:
+            self._root_recovered(event.entity)
         check = self._check(event.check)
         if check is None or check.restart is None:
             return
@@ -80,6 +83,15 @@ class Healer:
             state = self._entity(event.entity)
             if state is not None and state.hard is Status.CRITICAL:  # settled, but down: now heal it
                 self.consider(check, event.entity, event.message)
+
+    def _root_recovered(self, root: str) -> None:
+        """Dependants held back while their root was down get their turn once it is up again."""
+        for check in self.config.checks:
+            if check.restart is None or root not in self.states.rules(check.name).roots:
+                continue
+            for state in self.states.entities_of(check.name):
+                if state.hard is Status.CRITICAL and not state.flapping:
+                    self.consider(check, state.name, f"still down after {root} recovered")
 
     def _entity(self, name: str) -> EntityState | None:
         return self.states.entities.get(name)
@@ -134,7 +146,8 @@ class Healer:
     async def _remediate(self, check: CheckBase, policy: RestartPolicy, entity: str, reason: str) -> None:
         target = policy.target
         budget = self.budgets.setdefault(target, Budget())
-        delay = 0.0
+        # A dependant may notice a failure a moment before its root does: give the root that moment.
+        delay = ROOT_GRACE if self.states.rules(check.name).roots else 0.0
         while True:
             state = self._entity(entity)
             if state is None or state.hard is not Status.CRITICAL or state.flapping or state.affected_by:
@@ -162,6 +175,12 @@ class Healer:
                 await asyncio.sleep(delay)
                 state = self._entity(entity)
                 if state is None or state.hard is not Status.CRITICAL or state.flapping or state.affected_by:
+                    return
+                root = self.states.root_failing(check.name, entity, Status.CRITICAL)
+                if root is not None:
+                    log.info(
+                        "not restarting %s for %s: its root %s is down (heal the root first)", target, entity, root
+                    )
                     return
             budget.attempts.append(time.time())
             attempt = len(budget.attempts)

@@ -45,6 +45,21 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,
         done REAL);
     """,
+    # 2: alerting: the durable outbox, silences, and what was told about each incident
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY, created REAL NOT NULL, channel TEXT NOT NULL, kind TEXT NOT NULL,
+        severity TEXT NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL, incidents TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL, delivered REAL, expired REAL,
+        last_error TEXT);
+    CREATE INDEX outbox_pending ON outbox (channel, id) WHERE delivered IS NULL AND expired IS NULL;
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY, matchers TEXT NOT NULL, starts REAL NOT NULL, ends REAL NOT NULL,
+        reason TEXT NOT NULL, created REAL NOT NULL, created_by TEXT);
+    CREATE TABLE alert_state (
+        incident TEXT PRIMARY KEY, entity TEXT NOT NULL, severity TEXT NOT NULL, notified REAL,
+        repeated REAL, silenced REAL, healed_by TEXT);
+    """,
 ]
 
 

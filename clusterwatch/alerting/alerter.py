@@ -1,0 +1,408 @@
+"""The alerter: turns events into notifications people can trust.
+
+One notification per incident transition (firing, escalated, resolved; a restart that worked
+before anyone was told is reported once), grouped within `group_wait`, inhibited (a dependant
+of a down root never opens an incident; a check's critical holds back its warnings), repeated
+every `repeat_interval`, held by silences and maintenance windows — and never lost: each one
+is committed to the outbox before it is sent, and retried until delivered or `max_age`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from clusterwatch.alerting import messages
+from clusterwatch.alerting.channels import Channels
+from clusterwatch.alerting.messages import Incident
+from clusterwatch.alerting.outbox import Message, Outbox
+from clusterwatch.alerting.routing import Silence, channels_for, held_by
+from clusterwatch.config.schema import AlertOptions
+from clusterwatch.engine.events import Event, EventKind
+from clusterwatch.model import Status
+from clusterwatch.redact import Redactor
+
+log = logging.getLogger("clusterwatch.alerts")
+TICK = 0.5
+SILENCE_REFRESH = 2.0
+PROBLEMS = {"firing", "escalated", "repeat", "flapping", "monitor"}
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until the event is set or the time is up; unlike wait_for on 3.11, never swallows a cancel."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
+@dataclass
+class Note:
+    """A notification waiting for its group to be sent."""
+
+    kind: str
+    severity: str
+    labels: dict[str, str]
+    due: float
+    incident: Incident | None = None
+    title: str = ""
+    body: str = ""
+
+
+def severity_of(status: Status | None) -> str:
+    return "critical" if status is Status.CRITICAL else "warning"
+
+
+class Alerter:
+    def __init__(
+        self,
+        options: AlertOptions,
+        outbox: Outbox,
+        redactor: Redactor,
+        *,
+        env_channels: dict[str, str] | None = None,
+        kind_of: Callable[[str], str] = lambda _: "",
+        root_down: Callable[[str, str], str | None] = lambda _check, _entity: None,
+    ) -> None:
+        self.outbox = outbox
+        self.root_down = root_down
+        self.redactor = redactor
+        self.kind_of = kind_of
+        self.incidents: dict[str, Incident] = {}
+        self.closed: dict[str, Incident] = {}  # recently closed: the healer's verdict may come just after
+        self.notes: list[Note] = []
+        self.silences: list[Silence] = []
+        self._silences_at = 0.0
+        self._wake = asyncio.Event()
+        self._deliver_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._expired_logged: set[int] = set()
+        self.configure(options, env_channels or {})
+
+    def configure(self, options: AlertOptions, env_channels: dict[str, str]) -> None:
+        self.options = options
+        urls = {**env_channels, **options.channels}  # the config's own channels win
+        if not options.channels and env_channels:
+            self.options = options.model_copy(update={"channels": urls})
+        self.channels = Channels(urls, self.redactor)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.channels.urls)
+
+    # --- events in --------------------------------------------------------------------------------
+
+    def resume(self, open_incidents: list[tuple[str, str, str, str | None, str, Status | None, float, str]]) -> None:
+        """After a restart: what was told about which open incident (so resolved notices still go out)."""
+        told = {row["incident"]: row for row in self.outbox.alert_states()}
+        for incident_id, entity, check, node, kind, status, opened, message in open_incidents:
+            row = told.pop(incident_id, None)
+            incident = Incident(incident_id, entity, check, node, kind, severity_of(status), opened, message)
+            if row is not None:
+                incident.notified, incident.repeated = row["notified"], row["repeated"]
+                incident.silenced, incident.healed_by = row["silenced"], row["healed_by"]
+            self.incidents[incident_id] = incident
+            if incident.notified is None:
+                self._queue("firing", incident, time.time() + self.options.group_wait)
+        for stale in told:
+            self.outbox.drop_state(stale)
+
+    def on_event(self, event: Event) -> None:
+        now = event.at
+        incident = self.incidents.get(event.incident or "") or self.closed.get(event.incident or "")
+        kind = event.kind
+        if kind is EventKind.INCIDENT_OPENED and event.incident:
+            incident = Incident(
+                event.incident,
+                event.entity,
+                event.check,
+                event.node,
+                self.kind_of(event.entity),
+                severity_of(event.new),
+                now,
+                event.message,
+            )
+            self.incidents[event.incident] = incident
+            self._queue("firing", incident, now + self.options.group_wait)
+        elif kind is EventKind.STATE_CHANGE and incident and event.new not in (None, Status.OK):
+            severity = severity_of(event.new)
+            if severity != incident.severity:
+                incident.severity, incident.message = severity, event.message
+                self._drop_pending(incident)
+                self._queue("firing", incident, now + self.options.group_wait)
+        elif kind is EventKind.REMEDIATION_STARTED and incident:
+            incident.attempts.append(f"attempt {event.details.get('attempt')}: {event.message}")
+            incident.trying = str(event.details.get("target", "the healer")).split(":", 1)[0]
+        elif kind in (EventKind.REMEDIATION_SUCCEEDED, EventKind.REMEDIATION_FAILED) and incident:
+            incident.attempts.append(f"  -> {event.message}")
+            if kind is EventKind.REMEDIATION_SUCCEEDED:
+                incident.healed_by = str(event.details.get("target", "the healer")).split(":", 1)[0]
+        elif kind is EventKind.REMEDIATION_EXHAUSTED and incident:
+            incident.exhausted = True
+            incident.attempts.append(event.message)
+            self._queue("escalated", incident, now)
+        elif kind is EventKind.INCIDENT_CLOSED and incident and incident.id in self.incidents:
+            incident.closed, incident.closing_message = now, event.message
+            pending_firing = self._drop_pending(incident)
+            del self.incidents[incident.id]
+            self.closed[incident.id] = incident
+            while len(self.closed) > 1000:
+                self.closed.pop(next(iter(self.closed)))
+            # The healer's verdict arrives just after the recovery it caused: give it a moment.
+            settle = min(2.0, self.options.group_wait)
+            if incident.notified is not None:
+                self._queue("resolved", incident, now + (settle if incident.trying else 0.0))
+            elif incident.trying:
+                self._queue("healed", incident, now + settle)  # fixed before anyone was told: said once
+            elif pending_firing:
+                log.info("%s recovered within group_wait: nothing sent", incident.entity)
+            self.outbox.drop_state(incident.id)
+        elif kind is EventKind.FLAPPING_STARTED:
+            labels = {
+                "check": event.check,
+                "entity": event.entity,
+                "kind": self.kind_of(event.entity),
+                "node": event.node or "",
+                "severity": "warning",
+            }
+            self.notes.append(
+                Note(
+                    "flapping",
+                    "warning",
+                    labels,
+                    now + self.options.group_wait,
+                    title=f"[WARNING] {event.entity} is flapping",
+                    body=event.message,
+                )
+            )
+        elif kind is EventKind.MONITOR_LAGGING:
+            labels = {
+                "check": "clusterwatch",
+                "entity": "clusterwatch",
+                "kind": "monitor",
+                "node": "",
+                "severity": "warning",
+            }
+            self.notes.append(
+                Note(
+                    "monitor",
+                    "warning",
+                    labels,
+                    now,
+                    title="[WARNING] clusterwatch is falling behind",
+                    body=event.message,
+                )
+            )
+        self._wake.set()
+
+    def _queue(self, kind: str, incident: Incident, due: float) -> None:
+        self.notes.append(Note(kind, incident.severity, incident.labels, due, incident))
+        self._wake.set()
+
+    def _drop_pending(self, incident: Incident) -> bool:
+        before = len(self.notes)
+        self.notes = [n for n in self.notes if n.incident is not incident or n.kind not in ("firing", "repeat")]
+        return len(self.notes) != before
+
+    # --- notes out: group, inhibit, silence, route, commit -------------------------------------------
+
+    async def flush(self, *, everything: bool = False) -> int:
+        now = time.time()
+        if now - self._silences_at > SILENCE_REFRESH:
+            self.silences = await asyncio.to_thread(self.outbox.silences)
+            self._silences_at = now
+        self._repeats(now)
+        if not any(everything or n.due <= now for n in self.notes):
+            return 0
+        # As Alertmanager does: once the first of a group is due, everything waiting goes with it.
+        due, self.notes = self.notes, []
+        critical_checks = {i.check for i in self.incidents.values() if i.severity == "critical"}
+        by_channel: dict[tuple[str, str], list[tuple[Note, str, str]]] = defaultdict(list)
+        told: list[Incident] = []
+        for note in due:
+            if (
+                note.severity == "warning"
+                and note.labels["check"] in critical_checks
+                and note.kind != "monitor"
+                and (note.incident is None or note.incident.severity == "warning")
+            ):
+                continue  # inhibited: the same check is critical
+            reason = held_by(self.silences, self.options.maintenance, note.labels, now)
+            root = self.root_down(note.labels["check"], note.labels["entity"]) if note.incident else None
+            if root is not None and note.kind == "firing":
+                reason = f"inhibited: {root} is down"
+            if reason is not None:
+                if note.incident is not None and note.kind == "firing" and note.incident.id in self.incidents:
+                    if note.incident.silenced is None:
+                        log.info("notification for %s held back: %s", note.labels["entity"], reason)
+                    note.incident.silenced = now
+                    note.due = now + SILENCE_REFRESH  # sent when the silence ends, if still firing
+                    self.notes.append(note)
+                    self._persist(note.incident)
+                continue
+            title, body = self._text(note)
+            family = "problems" if note.kind in PROBLEMS else "recoveries"
+            for channel in channels_for(self.options, note.labels, note.severity):
+                by_channel[(channel, family)].append((note, title, body))
+            if note.incident is not None and note.kind in ("firing", "escalated", "repeat"):
+                note.incident.notified = note.incident.notified or now
+                if note.kind == "repeat":
+                    note.incident.repeated = now
+                told.append(note.incident)
+        batch = []
+        for (channel, _family), parts in by_channel.items():
+            title, body = messages.grouped([(n.severity, t, b) for n, t, b in parts])
+            if all(n.kind in ("resolved", "healed") for n, _, _ in parts):
+                severity = "resolved"
+            else:
+                severity = "critical" if any(n.severity == "critical" for n, _, _ in parts) else "warning"
+            incidents = [n.incident.id for n, _, _ in parts if n.incident is not None]
+            batch.append(
+                Message(
+                    channel,
+                    parts[0][0].kind if len(parts) == 1 else "group",
+                    severity,
+                    self.redactor.text(title),
+                    self.redactor.text(body),
+                    incidents,
+                )
+            )
+        if batch:
+            await asyncio.to_thread(self.outbox.add, batch)  # durable before any send
+            self._deliver_wake.set()
+        for incident in told:
+            if incident.id in self.incidents:
+                self._persist(incident)
+        return len(batch)
+
+    def _persist(self, incident: Incident) -> None:
+        self.outbox.save_state(
+            incident.id,
+            incident.entity,
+            incident.severity,
+            incident.notified,
+            incident.repeated,
+            incident.silenced,
+            incident.healed_by,
+        )
+
+    def _repeats(self, now: float) -> None:
+        waiting = {id(n.incident) for n in self.notes if n.incident is not None}
+        for incident in self.incidents.values():
+            last = incident.repeated or incident.notified
+            if (
+                incident.severity == "critical"
+                and last is not None
+                and id(incident) not in waiting
+                and now - last >= self.options.repeat_interval
+            ):
+                self._queue("repeat", incident, now)
+
+    def _text(self, note: Note) -> tuple[str, str]:
+        incident, dashboard = note.incident, self.options.dashboard_url
+        if incident is None:
+            return note.title, note.body
+        if note.kind == "resolved":
+            return messages.resolved(incident, dashboard)
+        if note.kind == "healed":
+            return messages.healed(incident, dashboard)
+        if note.kind == "escalated":
+            return messages.escalated(incident, dashboard)
+        return messages.firing(incident, dashboard, repeat=note.kind == "repeat")
+
+    # --- delivery ----------------------------------------------------------------------------------
+
+    async def deliver(self) -> int:
+        """Each channel in order: its oldest undelivered notification first; a failure waits its turn."""
+        for row in await asyncio.to_thread(self.outbox.expire, self.options.max_age):
+            if row["id"] not in self._expired_logged:
+                self._expired_logged.add(row["id"])
+                log.error(
+                    "alert to %s given up after %s undelivered: %s (last error: %s)",
+                    row["channel"],
+                    messages.format_duration(self.options.max_age),
+                    row["title"],
+                    row["last_error"],
+                )
+        rows = await asyncio.to_thread(self.outbox.pending)
+        queues: dict[str, list[Any]] = defaultdict(list)
+        for row in rows:
+            queues[row["channel"]].append(row)
+        results = await asyncio.gather(*(self._deliver_channel(c, q) for c, q in queues.items()))
+        return sum(results)
+
+    async def _deliver_channel(self, channel: str, rows: list[Any]) -> int:
+        sent = 0
+        for row in rows:
+            if row["next_attempt"] > time.time():
+                break  # order is kept: nothing overtakes a notification waiting to be retried
+            ok, error = await asyncio.to_thread(self.channels.send, channel, row["title"], row["body"], row["severity"])
+            if ok:
+                await asyncio.to_thread(self.outbox.delivered, row["id"])
+                sent += 1
+                continue
+            delay = await asyncio.to_thread(self.outbox.failed, row["id"], row["attempts"], error)
+            log.warning(
+                "alert to %s not delivered (try %d), next try in %s: %s",
+                channel,
+                row["attempts"] + 1,
+                messages.format_duration(delay),
+                error,
+            )
+            break
+        return sent
+
+    # --- life cycle ----------------------------------------------------------------------------------
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        self._tasks = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._deliver_loop())]
+        if self.options.heartbeat is not None:
+            self._tasks.append(asyncio.create_task(self._heartbeat(session)))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("alert flush failed; will retry")
+            next_due = min((n.due for n in self.notes), default=time.time() + TICK * 4)
+            await _wait(self._wake, max(0.0, min(next_due - time.time(), TICK * 4)))
+
+    async def _deliver_loop(self) -> None:
+        while True:
+            self._deliver_wake.clear()
+            try:
+                await self.deliver()
+            except Exception:
+                log.exception("alert delivery failed; will retry")
+            await _wait(self._deliver_wake, TICK)
+
+    async def _heartbeat(self, session: aiohttp.ClientSession) -> None:
+        """The dead man's switch: as long as these pings arrive, the monitor is alive."""
+        beat = self.options.heartbeat
+        assert beat is not None
+        while True:
+            try:
+                async with asyncio.timeout(beat.timeout), session.get(beat.url) as resp:
+                    if resp.status >= 400:
+                        log.warning("heartbeat ping answered HTTP %d", resp.status)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("heartbeat ping failed: %s", self.redactor.text(str(exc) or type(exc).__name__))
+            await asyncio.sleep(beat.every)
+
+    async def stop(self, *, drain: bool = False) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if drain:  # --once: send what is due now; the rest waits in the outbox for the next run
+            await self.flush(everything=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.deliver(), 30)
