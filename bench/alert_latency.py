@@ -33,20 +33,32 @@ def main() -> None:
     service_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "state.db"
-        config = {"interval": "200ms", "fall": 1, "rise": 1, "store": {"path": str(db)},
-                  "alerts": {"channels": {"hook": f"json://127.0.0.1:{server.port}/alerts"}, "group_wait": "0s",
-                             "routes": [{"channels": ["hook"], "min_severity": "info"}]},
-                  "checks": [{"name": "svc", "kind": "tcp", "port": service_port}]}
+        config = {
+            "interval": "200ms",
+            "fall": 1,
+            "rise": 1,
+            "store": {"path": str(db)},
+            "alerts": {
+                "channels": {"hook": f"json://127.0.0.1:{server.port}/alerts"},
+                "group_wait": "0s",
+                "routes": [{"channels": ["hook"], "min_severity": "info"}],
+            },
+            "checks": [{"name": "svc", "kind": "tcp", "port": service_port}],
+        }
         (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(config))
-        daemon = subprocess.Popen([sys.executable, "-m", "clusterwatch", "run", "-c", str(Path(tmp) / "c.yaml")],
-                                  stderr=subprocess.DEVNULL)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "clusterwatch", "run", "-c", str(Path(tmp) / "c.yaml")], stderr=subprocess.DEVNULL
+        )
         service = None
         try:
             time.sleep(2)
             for i in range(args.transitions):
                 if i % 2 == 0:
-                    service = subprocess.Popen([sys.executable, "-m", "http.server", str(service_port), "--bind",
-                                                "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    service = subprocess.Popen(
+                        [sys.executable, "-m", "http.server", str(service_port), "--bind", "127.0.0.1"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                     while not port_open(service_port):
                         time.sleep(0.01)
                 else:
@@ -61,8 +73,9 @@ def main() -> None:
             if service is not None and service.poll() is None:
                 service.kill()
         conn = sqlite3.connect(db)
-        changes = conn.execute("SELECT ts, new FROM events WHERE kind IN ('incident_opened', 'incident_closed') "
-                               "ORDER BY ts").fetchall()
+        changes = conn.execute(
+            "SELECT ts, new FROM events WHERE kind IN ('incident_opened', 'incident_closed') ORDER BY ts"
+        ).fetchall()
         conn.close()
     server.stop()
     arrivals = [hit.at for hit in receiver.hits]
@@ -71,8 +84,10 @@ def main() -> None:
         latencies.append((arrived - changed) * 1000)
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    print(f"alert latency, hard state change -> webhook arrival, group_wait 0, {len(latencies)} alerts "
-          f"({len(changes)} transitions, {len(arrivals)} arrivals), {os.cpu_count()} cpus")
+    print(
+        f"alert latency, hard state change -> webhook arrival, group_wait 0, {len(latencies)} alerts "
+        f"({len(changes)} transitions, {len(arrivals)} arrivals), {os.cpu_count()} cpus"
+    )
     print(f"  p50 {statistics.median(latencies):.1f} ms, p99 {p99:.1f} ms, max {latencies[-1]:.1f} ms")
     print(f"  goal: p99 < 200 ms -> {'met' if p99 < 200 else 'NOT met'}")
 

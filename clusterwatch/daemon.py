@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from typing import Any
 
 import psutil
@@ -31,6 +32,7 @@ log = logging.getLogger("clusterwatch.engine")
 events_log = logging.getLogger("clusterwatch.events")
 Item = CheckBase | Node
 WATCH_EVERY = 2.0
+SPARK_POINTS = 40
 STATS_EVERY = float(os.environ.get("CLUSTERWATCH_STATS_EVERY", "30"))
 LAG_ALERT = 2.0  # seconds of scheduling lag (p99 over a stats window) that count as falling behind
 STOP_BUDGET = 4.5  # SIGTERM to exit, seconds
@@ -66,6 +68,12 @@ class Monitor:
         self.outbox: Outbox | None = None
         self.alerter: Alerter | None = None
         self.once_mode = False
+        # For the live view: a change counter, each entity's last change, recent latencies.
+        self.version = 0
+        self.versions: dict[str, int] = {}
+        self.latencies: dict[str, deque[float | None]] = {}
+        self.started_at = time.time()
+        self.web: Any = None
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -174,6 +182,9 @@ class Monitor:
             events = self.states.process(obs, now)
             state = self.states.entities[obs.name]
             self.kinds[obs.name] = obs.kind
+            self.version += 1
+            self.versions[obs.name] = self.version
+            self.latencies.setdefault(obs.name, deque(maxlen=SPARK_POINTS)).append(obs.latency_ms)
             self.store.observation(obs, now)
             self.store.entity(state, obs.kind)
             for event in events:
@@ -201,6 +212,9 @@ class Monitor:
                 )
             self.states.forget(state.name)
             self.store.forget([state.name])
+            self.latencies.pop(state.name, None)
+            self.version += 1
+            self.versions[state.name] = self.version
 
     def _record_action(self, row: dict[str, Any]) -> None:
         """Actions name their argv and output: a `${TOKEN}` in a command must not reach the store."""
@@ -327,6 +341,8 @@ class Monitor:
 
     async def close(self) -> None:
         self.notifier.stopping()
+        if self.web is not None:
+            await self.web.stop()
         await self.scheduler.cancel_running(timeout=1.0)
         await self.healer.stop()
         if self.alerter is not None:
@@ -354,6 +370,9 @@ class Monitor:
             asyncio.create_task(self.scheduler.run_forever(self.stop_event)),
             asyncio.create_task(self._watch()),
         ]
+        from clusterwatch.web.server import start_web
+
+        self.web = await start_web(self)
         self.notifier.ready(f"monitoring {len(self.items)} checks")
         try:
             await self.stop_event.wait()

@@ -456,6 +456,69 @@ class AlertOptions(Strict):
         return self
 
 
+class WebAuth(Strict):
+    read: bool = False  # require the token for reading too
+
+
+class WebOptions(Strict):
+    """Dashboard, JSON API and /metrics, served by `clusterwatch run`."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:9877"
+    token: str | None = None  # write ${ENV}; or token_file
+    token_file: str | None = None
+    auth: WebAuth = WebAuth()
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9877")
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = os.path.expanduser(value)
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ValueError(f"token file {value!r} does not exist or is not readable")
+        if not open(path, encoding="utf-8").read().strip():  # noqa: SIM115 - read once at load
+            raise ValueError(f"token file {value!r} is empty")
+        return path
+
+    @model_validator(mode="after")
+    def _no_open_door(self) -> WebOptions:
+        if self.enabled and not self.loopback and not (self.token or self.token_file):
+            raise ValueError(
+                f"refusing to listen on {self.listen} without a token: anyone who can reach it could "
+                "change state; set web.token_file (or web.token: ${ENV}), or listen on 127.0.0.1"
+            )
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    def resolve_token(self) -> str | None:
+        if self.token:
+            return self.token
+        if self.token_file:
+            with open(self.token_file, encoding="utf-8") as f:
+                return f.read().strip()
+        return None
+
+
 class Config(Strict):
     interval: Duration = 30.0
     retry_interval: Duration | None = None  # default: a quarter of each check's interval (at least 250ms)
@@ -468,6 +531,7 @@ class Config(Strict):
     flapping: FlappingOptions = FlappingOptions()
     healing: HealingOptions = HealingOptions()
     alerts: AlertOptions = AlertOptions()
+    web: WebOptions = WebOptions()
     thresholds: Thresholds = Thresholds()
     node_thresholds: Thresholds = Field(default_factory=_worker_thresholds)
     ssh: SSHOptions = SSHOptions()  # defaults for every node's ssh

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import ROOT, Proc, wait_until
+from tests.helpers import ROOT, Proc, free_port, wait_until
 
 HELPER = str(ROOT / "tests" / "real" / "restart_helper.py")
 
@@ -53,6 +53,10 @@ class Daemon:
             env=self.env,
         )
         return self.proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
 
     def stop(self) -> None:
         if self.proc is not None:

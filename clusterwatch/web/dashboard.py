@@ -1,0 +1,329 @@
+"""The dashboard: server-rendered HTML, no CDN, live by polling the API's changes every 1.5 s."""
+
+from __future__ import annotations
+
+import html
+import socket
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from clusterwatch.model import Group
+from clusterwatch.web.api import BadRequest, selected
+
+if TYPE_CHECKING:
+    from clusterwatch.daemon import Monitor
+    from clusterwatch.engine.state import EntityState
+
+PAGE_ROWS = 500
+GROUPS = [
+    (Group.SERVICES, "Services"),
+    (Group.MODELS, "Models"),
+    (Group.WORKERS, "Dask workers"),
+    (Group.NODES, "Nodes"),
+    (Group.SYSTEM, "This machine"),
+]
+SEVERITY = {"critical": 0, "unknown": 1, "warning": 2, "ok": 3}
+
+CSS = """
+:root{--ok:#1f9d55;--warning:#d69e2e;--critical:#e3342f;--unknown:#9561e2;--bg:#f7f7f9;--fg:#1a202c;--muted:#718096}
+*{box-sizing:border-box}body{margin:0;font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
+background:var(--bg);color:var(--fg)}header{display:flex;flex-wrap:wrap;gap:.75rem;align-items:center;
+padding:.75rem 1rem;background:#1a202c;color:#fff}header h1{font-size:1.1rem;margin:0}header a{color:#fff}
+.badge{padding:.15rem .5rem;border-radius:.25rem;font-weight:600;color:#fff;text-transform:uppercase;font-size:.75rem}
+.b-ok{background:var(--ok)}.b-warning{background:var(--warning)}.b-critical{background:var(--critical)}
+.b-unknown{background:var(--unknown)}main{padding:1rem;max-width:1400px;margin:auto}
+form.filters{display:flex;flex-wrap:wrap;gap:.5rem;margin-bottom:1rem}form.filters *{font:inherit;padding:.3rem}
+section{margin-bottom:1.25rem}h2{font-size:1rem;margin:.5rem 0}
+.row{display:grid;grid-template-columns:6.5rem minmax(9rem,16rem) 1fr 5rem 7rem 6rem;gap:.5rem;align-items:center;
+background:#fff;border-left:.35rem solid var(--muted);padding:.4rem .6rem;margin:.2rem 0;border-radius:.2rem}
+.row.s-ok{border-color:var(--ok)}.row.s-warning{border-color:var(--warning)}.row.s-critical{border-color:var(--critical)}
+.row.s-unknown{border-color:var(--unknown)}.name{font-weight:600;word-break:break-all}.msg{color:#2d3748}
+.muted{color:var(--muted);font-size:.8rem}.up{display:flex;gap:2px;align-items:flex-end;height:1.6rem}
+.up span{display:inline-block;width:1.6rem;font-size:.65rem;text-align:center;color:#fff;border-radius:2px}
+svg.spark{width:7rem;height:1.6rem}table{border-collapse:collapse;width:100%;background:#fff}
+td,th{padding:.3rem .5rem;border-bottom:1px solid #e2e8f0;text-align:left;vertical-align:top}
+.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(22rem,1fr));gap:1rem}
+@media (max-width:720px){.row{grid-template-columns:5.5rem 1fr}.row .msg{grid-column:1/3}
+.row .since,.row .spark-cell,.row .up{display:none}}
+"""
+
+JS = """
+let version = Number(document.body.dataset.version);
+const fmt = s => s < 90 ? Math.round(s) + 's' : s < 5400 ? Math.round(s / 60) + 'm' : s < 172800 ?
+  Math.round(s / 3600) + 'h' : Math.round(s / 86400) + 'd';
+async function poll() {
+  try {
+    const r = await fetch('/api/v1/status?since_version=' + version, {credentials: 'same-origin'});
+    if (r.ok) {
+      const data = await r.json();
+      for (const c of data.checks) {
+        const row = document.querySelector('[data-name="' + CSS.escape(c.name) + '"]');
+        if (!row) { if (!document.body.dataset.partial) location.reload(); continue; }
+        row.className = 'row s-' + c.status; row.dataset.status = c.status; row.dataset.since = c.since;
+        row.querySelector('.badge').className = 'badge b-' + c.status;
+        row.querySelector('.badge').textContent = c.status;
+        row.querySelector('.msg').textContent = c.message;
+        row.querySelector('.lat').textContent = c.latency_ms == null ? '' : Math.round(c.latency_ms) + ' ms';
+      }
+      version = data.version;
+      const overall = document.getElementById('overall');
+      overall.className = 'badge b-' + data.status; overall.textContent = data.status;
+      document.getElementById('counts').textContent = Object.entries(data.summary).filter(e => e[1])
+        .map(e => e[1] + ' ' + e[0]).join(', ');
+    }
+  } catch (e) {}
+  const now = Date.now() / 1000;
+  document.querySelectorAll('.row').forEach(r => {
+    const el = r.querySelector('.since'); if (el) el.textContent = fmt(now - Number(r.dataset.since)); });
+  document.getElementById('updated').textContent = new Date().toLocaleTimeString();
+}
+setInterval(poll, 1500);
+"""
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f} ms"
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value if value is not None else ""), quote=True)
+
+
+def ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def sparkline(values: Iterable[float | None]) -> str:
+    points = [v for v in values if v is not None]
+    if len(points) < 2:
+        return '<svg class="spark" viewBox="0 0 100 20"></svg>'
+    top = max(points) or 1.0
+    step = 100 / (len(points) - 1)
+    coords = " ".join(f"{i * step:.1f},{20 - 18 * v / top:.1f}" for i, v in enumerate(points))
+    return (
+        f'<svg class="spark" viewBox="0 0 100 20" preserveAspectRatio="none"><polyline fill="none" '
+        f'stroke="#4a5568" stroke-width="1.5" points="{coords}"/></svg>'
+    )
+
+
+def uptime_bars(uptime: dict[str, float | None]) -> str:
+    out = []
+    for window in ("24h", "7d", "30d"):
+        value = uptime.get(window)
+        if value is None:
+            out.append(f'<span title="{window}: no data" style="background:#cbd5e0;height:40%">{window}</span>')
+            continue
+        color = "var(--ok)" if value >= 99.9 else "var(--warning)" if value >= 99 else "var(--critical)"
+        out.append(
+            f'<span title="uptime {window}: {value:.2f}%" style="background:{color};'
+            f'height:{max(35, value):.0f}%">{value:.1f}</span>'
+        )
+    return '<div class="up">' + "".join(out) + "</div>"
+
+
+def row(m: Monitor, state: EntityState, now: float) -> str:
+    last = state.last
+    status = last.status.value if last else "unknown"
+    latency = f"{last.latency_ms:.0f} ms" if last and last.latency_ms is not None else ""
+    note = ""
+    if state.affected_by:
+        note = f' <span class="muted">(affected: {esc(state.affected_by)} is down)</span>'
+    elif state.flapping:
+        note = ' <span class="muted">(flapping)</span>'
+    return (
+        f'<div class="row s-{status}" data-name="{esc(state.name)}" data-status="{status}" '
+        f'data-kind="{esc(m.kinds.get(state.name, ""))}" data-since="{state.since:.0f}">'
+        f'<span><span class="badge b-{status}">{status}</span></span>'
+        f'<span class="name"><a href="/checks/{esc(state.name)}">{esc(state.name)}</a><br>'
+        f'<span class="muted">{esc(m.kinds.get(state.name, ""))}{" @ " + esc(state.node) if state.node else ""}'
+        f'</span></span><span class="msg">{esc(last.message if last else "not checked yet")}</span>{note}'
+        f'<span class="since" title="in this state since">{ago(now - state.since)}</span>'
+        f'<span class="spark-cell">{sparkline(m.latencies.get(state.name, ()))}<span class="lat muted">'
+        f"{latency}</span></span>{uptime_bars(m.web.history.uptime.get(state.name, {}))}</div>"
+    )
+
+
+def page(title: str, body: str, m: Monitor, *, partial: bool = False) -> web.Response:
+    worst = min(
+        (e.last.status.value for e in m.states.entities.values() if e.last), key=SEVERITY.get, default="unknown"
+    )
+    counts: dict[str, int] = {}
+    for e in m.states.entities.values():
+        key = e.last.status.value if e.last else "unknown"
+        counts[key] = counts.get(key, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: SEVERITY[i[0]]))
+    text = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+        f'content="width=device-width,initial-scale=1"><title>{esc(title)} · clusterwatch</title>'
+        f'<style>{CSS}</style></head><body data-version="{m.version}"{" data-partial=1" if partial else ""}>'
+        f'<header><h1><a href="/">clusterwatch</a></h1><span id="overall" class="badge b-{worst}">{worst}</span>'
+        f'<span id="counts">{summary}</span><span class="muted">{esc(socket.gethostname())} · updated '
+        f'<span id="updated">{time.strftime("%H:%M:%S")}</span></span></header><main>{body}</main>'
+        f"<script>{JS}</script></body></html>"
+    )
+    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+def _options(values: Iterable[str], chosen: str | None, label: str) -> str:
+    opts = [f'<option value="">{label}: all</option>']
+    for value in sorted(set(values)):
+        mark = " selected" if value == chosen else ""
+        opts.append(f'<option value="{esc(value)}"{mark}>{esc(value)}</option>')
+    return "".join(opts)
+
+
+async def overview(request: web.Request) -> web.Response:
+    m: Monitor = request.app["monitor"]
+    try:
+        states = selected(m, request)
+    except BadRequest as exc:
+        raise web.HTTPBadRequest(text=exc.text) from None
+    now = time.time()
+    q = request.query
+    filters = (
+        f'<form class="filters" method="get"><input name="q" placeholder="search by name" '
+        f'value="{esc(q.get("q", ""))}"><select name="status">'
+        f"{_options(['ok', 'warning', 'critical', 'unknown'], q.get('status'), 'status')}</select>"
+        f'<select name="kind">{_options(m.kinds.values(), q.get("kind"), "kind")}</select>'
+        f'<select name="node">{_options((e.node for e in m.states.entities.values() if e.node), q.get("node"), "node")}'
+        f"</select><button>filter</button></form>"
+    )
+    show_all = q.get("all") == "1"
+    parts = [filters]
+    partial = bool(q)
+    if not m.states.entities:
+        parts.append("<p>Nothing checked yet: the first results arrive within one interval.</p>")
+    for group, title in GROUPS:
+        members = [s for s in states if s.last is not None and s.last.group is group]
+        if not members:
+            continue
+        members.sort(key=lambda s: (SEVERITY[s.last.status.value if s.last else "unknown"], s.name))
+        shown = members if show_all else members[:PAGE_ROWS]
+        more = ""
+        if len(shown) < len(members):
+            partial = True
+            more = (
+                f'<p class="muted">{len(members) - len(shown)} more (healthy) not shown — '
+                f'<a href="?all=1">show all</a> or filter</p>'
+            )
+        parts.append(
+            f"<section><h2>{title} ({len(members)})</h2>" + "".join(row(m, s, now) for s in shown) + more + "</section>"
+        )
+    parts.append(
+        '<div class="grid2">' + incidents_box(m, now) + await actions_box(m) + await silences_box(m) + "</div>"
+    )
+    return page("overview", "".join(parts), m, partial=partial)
+
+
+def incidents_box(m: Monitor, now: float) -> str:
+    rows = [
+        f'<tr><td><a href="/checks/{esc(e.name)}">{esc(e.name)}</a></td><td>{ago(now - (e.incident_started or now))}'
+        f"</td><td>{esc(e.last.message if e.last else '')}</td></tr>"
+        for e in m.states.entities.values()
+        if e.incident
+    ]
+    body = "".join(rows) or '<tr><td colspan="3" class="muted">none</td></tr>'
+    return (
+        f"<section><h2>Open incidents</h2><table><tr><th>what</th><th>for</th><th>why</th></tr>{body}</table></section>"
+    )
+
+
+async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> str:
+    where, args = ("WHERE check_name = ?", (check,)) if check else ("", ())
+    rows = await m.web.history.query(f"SELECT * FROM actions {where} ORDER BY id DESC LIMIT {int(limit)}", args)
+    body = (
+        "".join(
+            f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.localtime(r['started']))}</td>"
+            f"<td>{esc(r['check_name'])}</td><td>{esc(r['action'])} #{r['attempt']}</td>"
+            f'<td><span class="badge b-{"ok" if r["outcome"] == "succeeded" else "critical" if r["outcome"] == "failed" else "unknown"}">'
+            f"{esc(r['outcome'])}</span></td><td>{esc(r['detail'])}</td><td>{r['duration'] or 0:.1f}s</td></tr>"
+            for r in rows
+        )
+        or '<tr><td colspan="6" class="muted">none</td></tr>'
+    )
+    return (
+        f"<section><h2>The healer's actions</h2><table><tr><th>when</th><th>check</th><th>action</th>"
+        f"<th>outcome</th><th>detail</th><th>took</th></tr>{body}</table></section>"
+    )
+
+
+async def silences_box(m: Monitor) -> str:
+    import asyncio
+
+    found = await asyncio.to_thread(m.outbox.silences) if m.outbox else []
+    body = (
+        "".join(
+            f"<tr><td>{esc(s.id)}</td><td>{esc(' '.join(f'{k}={v}' for k, v in s.matchers.items()))}</td>"
+            f"<td>{time.strftime('%m-%d %H:%M', time.localtime(s.ends))}</td><td>{esc(s.reason)}</td></tr>"
+            for s in found
+        )
+        or '<tr><td colspan="4" class="muted">none</td></tr>'
+    )
+    return (
+        f"<section><h2>Silences</h2><table><tr><th>id</th><th>matches</th><th>until</th><th>why</th></tr>"
+        f"{body}</table></section>"
+    )
+
+
+async def check_page(request: web.Request) -> web.Response:
+    m: Monitor = request.app["monitor"]
+    name = request.match_info["name"]
+    state = m.states.entities.get(name)
+    if state is None:
+        raise web.HTTPNotFound(text=f"no check named {name}")
+    now = time.time()
+    last = state.last
+    metrics = (
+        "".join(
+            f"<tr><td>{esc(k)}</td><td>{v:g}</td></tr>"
+            for k, v in sorted((last.metrics or {}).items())
+            if isinstance(v, int | float)
+        )
+        if last
+        else ""
+    )
+    observations = await m.web.history.query(
+        "SELECT ts, status, message, latency_ms FROM observations WHERE entity = ? ORDER BY id DESC LIMIT 50", (name,)
+    )
+    events = await m.web.history.query(
+        "SELECT ts, kind, old, new, message FROM events WHERE entity = ? ORDER BY id DESC LIMIT 50", (name,)
+    )
+    obs_rows = "".join(
+        f'<tr><td>{time.strftime("%H:%M:%S", time.localtime(o["ts"]))}</td><td><span class="badge '
+        f'b-{esc(o["status"])}">{esc(o["status"])}</span></td><td>{esc(o["message"])}</td><td>'
+        f"{_ms(o['latency_ms'])}</td></tr>"
+        for o in observations
+    )
+    event_rows = (
+        "".join(
+            f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.localtime(e['ts']))}</td>"
+            f"<td>{esc(e['kind'])}</td><td>{esc(e['old'] or '')} → {esc(e['new'] or '')}</td>"
+            f"<td>{esc(e['message'])}</td></tr>"
+            for e in events
+        )
+        or '<tr><td colspan="4" class="muted">none</td></tr>'
+    )
+    body = (
+        f"<section><h2>{esc(name)}</h2>{row(m, state, now)}"
+        f'<p class="muted">check {esc(state.check)} · target {esc(last.target if last else "")} · '
+        f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state.since))}</p></section>"
+        f'<div class="grid2"><section><h2>Metrics</h2><table>{metrics or "<tr><td class=muted>none</td></tr>"}'
+        f"</table></section><section><h2>Events</h2><table>{event_rows}</table></section></div>"
+        f"{await actions_box(m, state.check, 20)}"
+        f"<section><h2>Recent observations</h2><table>{obs_rows}</table></section>"
+    )
+    return page(name, body, m, partial=True)
+
+
+def routes(app: web.Application) -> None:
+    app.router.add_get("/", overview)
+    app.router.add_get("/checks/{name:.+}", check_page)

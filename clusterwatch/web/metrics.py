@@ -1,0 +1,139 @@
+"""/metrics: each check's status (0 ok, 1 warning, 2 critical, 3 unknown) and latency, incidents,
+restarts, alerts, and the cluster facts the probes read, under the names the field expects."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from clusterwatch.daemon import Monitor
+
+# (observation kind, metric key) -> (metric name, help, extra labels from the entity)
+_FACTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("node", "cpu_percent"): ("clusterwatch_node_cpu_percent", "CPU busy, percent"),
+    ("node", "memory_percent"): ("clusterwatch_node_memory_percent", "memory used, percent"),
+    ("node", "load1"): ("clusterwatch_node_load1", "load average over 1 minute"),
+    ("node", "disk_percent"): ("clusterwatch_node_disk_percent", "disk used, percent"),
+    ("ssh", "cpu_percent"): ("clusterwatch_node_cpu_percent", "CPU busy, percent"),
+    ("ssh", "memory_percent"): ("clusterwatch_node_memory_percent", "memory used, percent"),
+    ("ssh", "disk_percent"): ("clusterwatch_node_disk_percent", "disk used, percent"),
+    ("ssh", "load1"): ("clusterwatch_node_load1", "load average over 1 minute"),
+    ("ssh", "battery_percent"): ("clusterwatch_node_battery_percent", "battery charge (Termux), percent"),
+    ("gpu", "utilization_percent"): ("clusterwatch_gpu_utilization_percent", "GPU utilisation, percent"),
+    ("gpu", "memory_used_bytes"): ("clusterwatch_gpu_memory_used_bytes", "GPU memory used"),
+    ("gpu", "memory_percent"): ("clusterwatch_gpu_memory_percent", "GPU memory used, percent"),
+    ("gpu", "temperature_celsius"): ("clusterwatch_gpu_temperature_celsius", "GPU temperature"),
+    ("gpu", "power_watts"): ("clusterwatch_gpu_power_watts", "GPU power draw"),
+    ("node", "memory_used_bytes"): ("clusterwatch_node_memory_used_bytes", "memory used"),
+    ("ollama", "models_loaded"): ("clusterwatch_ollama_models_loaded", "models loaded in memory"),
+    ("ollama", "models_available"): ("clusterwatch_ollama_models_available", "models pulled"),
+    ("ollama", "vram_bytes"): ("clusterwatch_ollama_vram_bytes", "VRAM used by loaded models"),
+    ("dask", "memory_percent"): ("clusterwatch_dask_worker_memory_percent", "worker memory, percent of its limit"),
+    ("dask", "heartbeat_age_seconds"): (
+        "clusterwatch_dask_worker_heartbeat_age_seconds",
+        "seconds since the worker's last heartbeat",
+    ),
+    ("dask", "tasks_erred"): ("clusterwatch_dask_tasks_erred", "erred tasks on the scheduler"),
+    ("docker", "restart_count"): ("clusterwatch_container_restarts", "container restart count"),
+}
+_STATUS_CODE = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
+
+
+class Collector:
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def describe(self) -> list[Metric]:
+        return []  # built at each scrape: no fixed set of series
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.monitor
+        status = GaugeMetricFamily(
+            "clusterwatch_check_status",
+            "0 ok, 1 warning, 2 critical, 3 unknown",
+            labels=["name", "check", "kind", "node"],
+        )
+        latency = GaugeMetricFamily(
+            "clusterwatch_check_latency_seconds", "latency of the last probe", labels=["name", "check", "kind", "node"]
+        )
+        flapping = GaugeMetricFamily("clusterwatch_check_flapping", "1 while flapping", labels=["name"])
+        facts: dict[str, GaugeMetricFamily] = {}
+        workers = Counter[str]()
+        for state in m.states.entities.values():
+            last = state.last
+            if last is None:
+                continue
+            kind = m.kinds.get(state.name, last.kind)
+            labels = [state.name, state.check, kind, state.node or ""]
+            status.add_metric(labels, _STATUS_CODE[last.status.value])
+            if last.latency_ms is not None:
+                latency.add_metric(labels, last.latency_ms / 1000)
+            flapping.add_metric([state.name], 1.0 if state.flapping else 0.0)
+            if kind == "dask" and state.name != state.check:
+                workers[str(last.details.get("status", "gone") if last.details else "gone")] += 1
+            category = "gpu" if kind == "node" and "/gpu" in state.name else kind
+            for key, value in (last.metrics or {}).items():
+                base = key.split(":", 1)[0]
+                fact = _FACTS.get((category, base))
+                if fact is None or not isinstance(value, int | float):
+                    continue
+                family = facts.get(fact[0])
+                if family is None:
+                    family = facts[fact[0]] = GaugeMetricFamily(fact[0], fact[1], labels=["name", "node"])
+                family.add_metric([state.name, state.node or ""], float(value))
+        yield status
+        yield latency
+        yield flapping
+        yield from facts.values()
+        dask = GaugeMetricFamily("clusterwatch_dask_workers", "Dask workers by state", labels=["state"])
+        for worker_state, count in sorted(workers.items()):
+            dask.add_metric([worker_state], count)
+        yield dask
+        incidents = GaugeMetricFamily("clusterwatch_open_incidents", "incidents not yet resolved")
+        incidents.add_metric([], sum(1 for e in m.states.entities.values() if e.incident))
+        yield incidents
+        yield from self._counters()
+        lag = GaugeMetricFamily("clusterwatch_scheduling_lag_seconds", "how late checks start", labels=["quantile"])
+        p50, p99 = m.scheduler.lag_percentiles()
+        lag.add_metric(["0.5"], p50)
+        lag.add_metric(["0.99"], p99)
+        yield lag
+        probes = CounterMetricFamily("clusterwatch_probes", "probes started")
+        probes.add_metric([], m.scheduler.started)
+        yield probes
+
+    def _counters(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "clusterwatch_restarts", "the healer's actions by outcome", labels=["check", "action", "outcome"]
+        )
+        for row in self.monitor.web.counts.get("restarts", []):
+            restarts.add_metric([row["check_name"], row["action"], row["outcome"]], row["n"])
+        yield restarts
+        alerts = CounterMetricFamily(
+            "clusterwatch_alerts", "notifications by channel and outcome", labels=["channel", "outcome"]
+        )
+        for row in self.monitor.web.counts.get("alerts", []):
+            alerts.add_metric([row["channel"], row["outcome"]], row["n"])
+        yield alerts
+
+
+def render(monitor: Monitor) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(monitor))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+COUNTS_SQL: dict[str, str] = {
+    "restarts": "SELECT check_name, action, outcome, COUNT(*) AS n FROM actions GROUP BY 1, 2, 3",
+    "alerts": "SELECT channel, CASE WHEN delivered IS NOT NULL THEN 'delivered' WHEN expired IS NOT NULL "
+    "THEN 'expired' ELSE 'pending' END AS outcome, COUNT(*) AS n FROM outbox GROUP BY 1, 2",
+}
+
+
+def counts(history: Any) -> dict[str, list[dict[str, Any]]]:
+    return {name: history.rows(sql) for name, sql in COUNTS_SQL.items()}

@@ -1,0 +1,202 @@
+"""The web server inside `clusterwatch run`: dashboard, /api/v1, /metrics, /healthz.
+
+Secure by default: it listens on 127.0.0.1; anything that changes state needs the bearer
+token (and with `web.auth.read: true`, reading too); a wrong or missing token is a 401,
+never a 500. Binding elsewhere without a token is refused when the config is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from clusterwatch.web import api, dashboard
+from clusterwatch.web.metrics import counts, render
+from clusterwatch.web.queries import History
+
+if TYPE_CHECKING:
+    from clusterwatch.daemon import Monitor
+
+log = logging.getLogger("clusterwatch.web")
+COOKIE = "clusterwatch_token"
+COUNTS_EVERY = 10.0
+OPEN_PATHS = {"/healthz", "/login", "/api/v1/openapi.json"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps({"error": message}), content_type="application/json", headers=headers
+    )
+
+
+class WebServer:
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.token = monitor.config.web.resolve_token()
+        monitor.loaded.redactor.add(self.token)
+        self.history = History(monitor.store.path)
+        self.counts: dict[str, list[dict[str, Any]]] = {}
+        self.runner: web.AppRunner | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
+        app["monitor"] = self.monitor
+        api.routes(app)
+        dashboard.routes(app)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/login", self.login_form)
+        app.router.add_post("/login", self.login)
+        return app
+
+    # --- middlewares -------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and exc.content_type != "application/json" and request.path.startswith("/api/"):
+                return _error(exc.status, exc.reason)
+            raise
+        except Exception:
+            log.exception("web: %s %s failed", request.method, request.path)
+            return _error(500, "internal error (logged)")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault(
+            "Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+        )
+        return response
+
+    def _authorized(self, request: web.Request, *, allow_cookie: bool) -> bool:
+        if not self.token:
+            return False
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not given and allow_cookie:
+            given = request.cookies.get(COOKIE, "")
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            # Changing state: the header only (a cookie would let other sites act through a browser).
+            if not self.token:
+                return _error(
+                    401,
+                    "changing state needs a token, and none is configured: set web.token_file (or web.token: ${ENV})",
+                    **{"WWW-Authenticate": "Bearer"},
+                )
+            if not self._authorized(request, allow_cookie=False):
+                return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+            request["actor"] = "api"
+            return await handler(request)
+        if self.monitor.config.web.auth.read and not self._authorized(request, allow_cookie=True):
+            if request.path.startswith(("/api/", "/metrics")):
+                return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+            raise web.HTTPFound("/login")
+        return await handler(request)
+
+    # --- small handlers ------------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = (
+            await asyncio.to_thread(render, self.monitor)
+            if len(self.monitor.states.entities) > 2000
+            else render(self.monitor)
+        )
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        m = self.monitor
+        _, p99 = m.scheduler.lag_percentiles()
+        writer = m.store._thread
+        healthy = writer is not None and writer.is_alive() and p99 < 5.0
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "uptime_s": round(time.time() - m.started_at, 1),
+            "checks": len(m.items),
+            "entities": len(m.states.entities),
+            "lag_p99_s": round(p99, 3),
+            "store_failures": m.store.failures,
+        }
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return web.Response(
+            content_type="text/html",
+            text=(
+                '<!doctype html><meta name="viewport" content="width=device-width,initial-scale=1">'
+                '<title>clusterwatch</title><form method="post" style="font:16px system-ui;margin:3rem auto;'
+                'max-width:24rem"><h1>clusterwatch</h1><p>This dashboard needs the token '
+                '(<code>web.token_file</code>).</p><input type="password" name="token" autofocus style="width:100%;'
+                'padding:.5rem"><button style="margin-top:.5rem;padding:.5rem 1rem">open</button></form>'
+            ),
+        )
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        given = str(form.get("token", ""))
+        if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
+            return web.Response(status=401, text="wrong token", content_type="text/plain")
+        response = web.HTTPFound("/")
+        response.set_cookie(COOKIE, given, httponly=True, samesite="Strict", max_age=30 * 86400)
+        return response
+
+    # --- life cycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> bool:
+        options = self.monitor.config.web
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self.runner.setup()
+        try:
+            await web.TCPSite(self.runner, options.host, options.port, reuse_address=True).start()
+        except OSError as exc:
+            log.error(
+                "web: cannot listen on %s (%s): dashboard, API and /metrics are off; monitoring goes on",
+                options.listen,
+                exc.strerror or exc,
+            )
+            await self.runner.cleanup()
+            self.runner = None
+            return False
+        host = f"[{options.host}]" if ":" in options.host else options.host
+        self.url = f"http://{host}:{options.port}/"
+        log.info("dashboard at %s", self.url)
+        self.history.start()
+        self._task = asyncio.create_task(self._refresh_counts())
+        return True
+
+    async def _refresh_counts(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self.counts = await asyncio.to_thread(counts, self.history)
+            await asyncio.sleep(COUNTS_EVERY)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.history.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def start_web(monitor: Monitor) -> WebServer | None:
+    if not monitor.config.web.enabled:
+        return None
+    server = WebServer(monitor)
+    return server if await server.start() else None
