@@ -492,9 +492,10 @@ class WebOptions(Strict):
     @model_validator(mode="after")
     def _no_open_door(self) -> WebOptions:
         if self.enabled and not self.loopback and not (self.token or self.token_file):
-            raise ValueError(
+            raise FieldError(
+                "listen",
                 f"refusing to listen on {self.listen} without a token: anyone who can reach it could "
-                "change state; set web.token_file (or web.token: ${ENV}), or listen on 127.0.0.1"
+                "change state; set web.token_file (or web.token: ${ENV}), or listen on 127.0.0.1",
             )
         return self
 
@@ -621,6 +622,14 @@ class UnknownDependency(ValueError):
             f"depends on unknown check or node {root!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
         )
         self.loc = (section, index, "depends_on", position)
+
+
+class FieldError(ValueError):
+    """A model-level rule that is about one field: the error names that field's line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.loc = (field,)
 
 
 class BadChannel(ValueError):

@@ -84,6 +84,9 @@ setInterval(poll, 1500);
 """
 
 
+_OUTCOME = {"succeeded": "ok", "failed": "critical"}
+
+
 def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.0f} ms"
 
@@ -244,7 +247,7 @@ async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> 
         "".join(
             f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.localtime(r['started']))}</td>"
             f"<td>{esc(r['check_name'])}</td><td>{esc(r['action'])} #{r['attempt']}</td>"
-            f'<td><span class="badge b-{"ok" if r["outcome"] == "succeeded" else "critical" if r["outcome"] == "failed" else "unknown"}">'
+            f'<td><span class="badge b-{_OUTCOME.get(r["outcome"], "unknown")}">'
             f"{esc(r['outcome'])}</span></td><td>{esc(r['detail'])}</td><td>{r['duration'] or 0:.1f}s</td></tr>"
             for r in rows
         )

@@ -149,7 +149,7 @@ def spec() -> dict[str, Any]:
                             "propertyNames": {"enum": ["check", "entity", "kind", "node", "severity"]},
                             "additionalProperties": {"type": "string", "minLength": 1},
                         },
-                        "duration": {"type": "string", "example": "2h"},
+                        "duration": {"type": "string", "example": "2h", "pattern": r"^[1-9][0-9]{0,6}(s|m|h|d)$"},
                         "reason": {"type": "string", "minLength": 1},
                     },
                 },

@@ -34,7 +34,13 @@ class Daemon:
     def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.db_path = tmp / "state.db"
-        config = {"store": {"path": str(self.db_path)}, "logs": {"dir": str(tmp / "logs"), "level": "debug"}, **config}
+        self.web_port = free_port()
+        config = {
+            "store": {"path": str(self.db_path)},
+            "logs": {"dir": str(tmp / "logs"), "level": "debug"},
+            "web": {"listen": f"127.0.0.1:{self.web_port}"},
+            **config,
+        }
         self.config_path = tmp / "clusterwatch.yaml"
         self.write(config)
         self.env = env or {}
