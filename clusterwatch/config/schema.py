@@ -99,6 +99,7 @@ class RestartPolicy(Strict):
     timeout: Duration = 30.0  # for the action itself
     verify_timeout: Duration = 60.0  # re-probe until healthy or this long
     stable_for: Duration = 30.0  # healthy this long before the budget comes back (a blip is no recovery)
+    grace: Duration = 0.0  # wait before the first attempt (let the service's own manager try first)
     dry_run: bool = False
     supervisor_url: str = "http://127.0.0.1:9001/RPC2"
     docker_socket: str | None = None  # default: the docker check's socket, else /var/run/docker.sock

@@ -147,7 +147,7 @@ class Healer:
         target = policy.target
         budget = self.budgets.setdefault(target, Budget())
         # A dependant may notice a failure a moment before its root does: give the root that moment.
-        delay = ROOT_GRACE if self.states.rules(check.name).roots else 0.0
+        delay = max(policy.grace, ROOT_GRACE if self.states.rules(check.name).roots else 0.0)
         while True:
             state = self._entity(entity)
             if state is None or state.hard is not Status.CRITICAL or state.flapping or state.affected_by:

@@ -43,10 +43,12 @@ background:#fff;border-left:.35rem solid var(--muted);padding:.4rem .6rem;margin
 .row.s-unknown{border-color:var(--unknown)}.name{font-weight:600;word-break:break-all}.msg{color:#2d3748}
 .muted{color:var(--muted);font-size:.8rem}.up{display:flex;gap:2px;align-items:flex-end;height:1.6rem}
 .up span{display:inline-block;width:1.6rem;font-size:.65rem;text-align:center;color:#fff;border-radius:2px}
-svg.spark{width:7rem;height:1.6rem}table{border-collapse:collapse;width:100%;background:#fff}
+svg.spark{width:7rem;height:1.6rem}table{border-collapse:collapse;width:100%;background:#fff;table-layout:fixed}
+td,th{overflow-wrap:anywhere}section{min-width:0}.grid2>section{overflow-x:auto}
 td,th{padding:.3rem .5rem;border-bottom:1px solid #e2e8f0;text-align:left;vertical-align:top}
-.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(22rem,1fr));gap:1rem}
-@media (max-width:720px){.row{grid-template-columns:5.5rem 1fr}.row .msg{grid-column:1/3}
+.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(22rem,100%),1fr));gap:1rem}
+@media (max-width:720px){main{padding:.5rem}.row{grid-template-columns:5.5rem minmax(0,1fr)}.msg{min-width:0;
+overflow-wrap:anywhere}.row .msg{grid-column:1/3}
 .row .since,.row .spark-cell,.row .up{display:none}}
 """
 
@@ -81,6 +83,12 @@ async function poll() {
   document.getElementById('updated').textContent = new Date().toLocaleTimeString();
 }
 setInterval(poll, 1500);
+async function side() {
+  const box = document.getElementById('side'); if (!box) return;
+  try { const r = await fetch('/fragments/side', {credentials: 'same-origin'}); if (r.ok) box.innerHTML = await r.text(); }
+  catch (e) {}
+}
+setInterval(side, 3000);
 """
 
 
@@ -227,6 +235,18 @@ async def overview(request: web.Request) -> web.Response:
     return page("overview", "".join(parts), m, partial=partial)
 
 
+async def side(m: Monitor, now: float) -> str:
+    return incidents_box(m, now) + await actions_box(m) + await silences_box(m)
+
+
+async def side_fragment(request: web.Request) -> web.Response:
+    """The incidents, actions and silences boxes, refreshed in place by the page."""
+    m: Monitor = request.app["monitor"]
+    return web.Response(
+        text=await side(m, time.time()), content_type="text/html", headers={"Cache-Control": "no-store"}
+    )
+
+
 def incidents_box(m: Monitor, now: float) -> str:
     rows = [
         f'<tr><td><a href="/checks/{esc(e.name)}">{esc(e.name)}</a></td><td>{ago(now - (e.incident_started or now))}'
@@ -329,4 +349,5 @@ async def check_page(request: web.Request) -> web.Response:
 
 def routes(app: web.Application) -> None:
     app.router.add_get("/", overview)
+    app.router.add_get("/fragments/side", side_fragment)
     app.router.add_get("/checks/{name:.+}", check_page)
