@@ -30,6 +30,7 @@ if [ "$what" = test ]; then
   need /usr/sbin/sshd openssh-server
   need ip iproute2
   need ssh-keygen openssh-client
+  need /usr/bin/chromium chromium
 fi
 
 if [ "${#apt_missing[@]}" -gt 0 ]; then

@@ -85,7 +85,10 @@ async function poll() {
 setInterval(poll, 1500);
 async function side() {
   const box = document.getElementById('side'); if (!box) return;
-  try { const r = await fetch('/fragments/side', {credentials: 'same-origin'}); if (r.ok) box.innerHTML = await r.text(); }
+  try {
+    const r = await fetch('/fragments/side', {credentials: 'same-origin'});
+    if (r.ok) box.innerHTML = await r.text();
+  }
   catch (e) {}
 }
 setInterval(side, 3000);
