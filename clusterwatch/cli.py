@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     remove = silence_sub.add_parser("rm", parents=[common], help="end a silence now")
     remove.add_argument("id")
 
+    report = sub.add_parser("report", parents=[common], help="uptime, incidents, MTTR, restarts over a period")
+    report.add_argument("--since", default="7d", metavar="DURATION", help="the period, back from now (default 7d)")
+    report.add_argument("--json", action="store_true", help="machine-readable")
+    report.add_argument("--html", metavar="FILE", help="write an HTML report to FILE")
+
     install = sub.add_parser("install", parents=[common], help="print (or --write) a systemd unit or a cron line")
     install.add_argument("what", choices=["systemd", "cron"])
     install.add_argument("--write", action="store_true", help="write it to /etc instead of printing it")
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_install(args)
     if args.command == "alerts":
         return cmd_alerts(args)
+    if args.command == "report":
+        return cmd_report(args)
     if args.command == "silence":
         return cmd_silence(args)
     return 2
@@ -351,3 +358,34 @@ def _local_time(ts: float) -> str:
     import time
 
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from clusterwatch import report
+    from clusterwatch.config.durations import parse_duration
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_CONFIG
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        print(f"clusterwatch: --since: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    path = os.path.expanduser(loaded.config.store.path)
+    if not os.path.exists(path):
+        print(f"clusterwatch: no history yet at {path} (run `clusterwatch run` first)", file=sys.stderr)
+        return 1
+    data = report.build(path, since)
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(report.to_html(data))
+        print(f"wrote {args.html}")
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    elif not args.html:
+        report.print_text(data)
+    return 0

@@ -1,0 +1,253 @@
+"""`clusterwatch report`: what the history says about a period — uptime, incidents, MTTR, restarts
+and how often they worked, recurring failures and their time of day, flapping, slowest probes.
+The successor of Cluster AI's empty log analyser (`alerts | performance | errors`)."""
+
+from __future__ import annotations
+
+import html
+import statistics
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from clusterwatch.store.sqlite import connect
+
+RECURRING = 3  # incidents of one entity in the period that make it "recurring"
+
+
+def build(store_path: str | Path, since: float, now: float | None = None) -> dict[str, Any]:
+    now = now or time.time()
+    start = now - since
+    conn = connect(store_path, readonly=True)
+    try:
+        q = conn.execute
+        uptime = {
+            r["entity"]: {
+                "uptime_percent": round(100.0 * r["ok"] / r["n"], 3) if r["n"] else None,
+                "probes": r["n"],
+                "p95_ms": r["p95"],
+                "max_ms": r["mx"],
+            }
+            for r in q(
+                "SELECT entity, SUM(ok) AS ok, SUM(count) AS n, MAX(p95) AS p95, MAX(max) AS mx "
+                "FROM rollup_hour WHERE ts >= ? GROUP BY entity",
+                (start // 3600 * 3600,),
+            )
+        }
+        incidents = [
+            dict(r)
+            for r in q(
+                "SELECT * FROM incidents WHERE opened >= ? OR closed IS NULL OR closed >= ? ORDER BY opened",
+                (start, start),
+            )
+        ]
+        actions = [dict(r) for r in q("SELECT * FROM actions WHERE started >= ? ORDER BY started", (start,))]
+        flaps = Counter(
+            r["entity"] for r in q("SELECT entity FROM events WHERE kind = 'flapping_started' AND ts >= ?", (start,))
+        )
+        exhausted = Counter(
+            r["check_name"]
+            for r in q("SELECT check_name FROM events WHERE kind = 'remediation_exhausted' AND ts >= ?", (start,))
+        )
+    finally:
+        conn.close()
+
+    durations = [i["duration"] for i in incidents if i["duration"] is not None]
+    by_entity: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for incident in incidents:
+        by_entity[incident["entity"]].append(incident)
+    restarts: dict[str, dict[str, Any]] = {}
+    for action in actions:
+        row = restarts.setdefault(
+            f"{action['check_name']}:{action['action']}",
+            {
+                "check": action["check_name"],
+                "action": action["action"],
+                "attempts": 0,
+                "succeeded": 0,
+                "failed": 0,
+                "dry_run": 0,
+            },
+        )
+        row["attempts"] += 1
+        row[action["outcome"] if action["outcome"] in ("succeeded", "failed", "dry_run") else "failed"] += 1
+    for row in restarts.values():
+        real = row["attempts"] - row["dry_run"]
+        row["success_rate"] = round(100.0 * row["succeeded"] / real, 1) if real else None
+        row["gave_up"] = exhausted.get(row["check"], 0)
+    recurring = []
+    for entity, items in by_entity.items():
+        if len(items) < RECURRING:
+            continue
+        hours = Counter(time.localtime(i["opened"]).tm_hour for i in items)
+        hour, count = hours.most_common(1)[0]
+        pattern = (
+            f"{count} of {len(items)} began between {hour:02d}:00 and {(hour + 1) % 24:02d}:00"
+            if count >= max(2, len(items) // 2)
+            else "no time-of-day pattern"
+        )
+        recurring.append(
+            {"entity": entity, "incidents": len(items), "time_of_day": pattern, "by_hour": dict(sorted(hours.items()))}
+        )
+    recurring.sort(key=lambda r: -r["incidents"])
+    slowest = sorted(
+        (
+            {"entity": e, "p95_ms": u["p95_ms"], "max_ms": u["max_ms"]}
+            for e, u in uptime.items()
+            if u["p95_ms"] is not None
+        ),
+        key=lambda r: -r["p95_ms"],
+    )[:10]
+    entities = sorted(set(uptime) | set(by_entity))
+    services = []
+    for entity in entities:
+        items = by_entity.get(entity, [])
+        closed = [i["duration"] for i in items if i["duration"] is not None]
+        services.append(
+            {
+                "entity": entity,
+                **uptime.get(entity, {"uptime_percent": None, "probes": 0}),
+                "incidents": len(items),
+                "open": sum(1 for i in items if i["closed"] is None),
+                "mttr_s": round(statistics.mean(closed), 1) if closed else None,
+                "downtime_s": round(sum(closed), 1),
+            }
+        )
+    services.sort(key=lambda s: (s["uptime_percent"] if s["uptime_percent"] is not None else 101, s["entity"]))
+    return {
+        "period": {"since": start, "until": now, "seconds": since},
+        "summary": {
+            "incidents": len(incidents),
+            "open_incidents": sum(1 for i in incidents if i["closed"] is None),
+            "mttr_s": round(statistics.mean(durations), 1) if durations else None,
+            "restarts": len(actions),
+            "restarts_succeeded": sum(1 for a in actions if a["outcome"] == "succeeded"),
+        },
+        "services": services,
+        "incidents": [
+            {k: i[k] for k in ("id", "entity", "opened", "closed", "duration", "message")} for i in incidents
+        ],
+        "restarts": sorted(restarts.values(), key=lambda r: -r["attempts"]),
+        "recurring": recurring,
+        "flapping": [{"entity": e, "times": n} for e, n in flaps.most_common()],
+        "slowest": slowest,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}%"
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0s"
+    from clusterwatch.config.durations import format_duration
+
+    return format_duration(value)
+
+
+def print_text(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from clusterwatch.output import console
+
+    con: Console = console()
+    s = report["summary"]
+    period = report["period"]
+    con.print(
+        f"[bold]clusterwatch report[/bold] {time.strftime('%Y-%m-%d %H:%M', time.localtime(period['since']))}"
+        f" – {time.strftime('%Y-%m-%d %H:%M', time.localtime(period['until']))}: {s['incidents']} incident(s)"
+        f" ({s['open_incidents']} open), MTTR {_secs(s['mttr_s'])}, {s['restarts']} restart(s), "
+        f"{s['restarts_succeeded']} worked"
+    )
+    table = Table(title="Uptime", title_justify="left")
+    for column in ("entity", "uptime", "probes", "incidents", "MTTR", "downtime"):
+        table.add_column(column)
+    for row in report["services"]:
+        table.add_row(
+            row["entity"],
+            _pct(row["uptime_percent"]),
+            str(row.get("probes", 0)),
+            str(row["incidents"]),
+            _secs(row["mttr_s"]),
+            _secs(row["downtime_s"]),
+        )
+    con.print(table)
+    if report["restarts"]:
+        table = Table(title="Restarts", title_justify="left")
+        for column in ("check", "action", "attempts", "worked", "success", "gave up"):
+            table.add_column(column)
+        for r in report["restarts"]:
+            table.add_row(
+                r["check"],
+                r["action"],
+                str(r["attempts"]),
+                str(r["succeeded"]),
+                _pct(r["success_rate"]),
+                str(r["gave_up"]),
+            )
+        con.print(table)
+    for title, rows, render in (
+        (
+            "Recurring failures",
+            report["recurring"],
+            lambda r: f"{r['entity']}: {r['incidents']} incidents; {r['time_of_day']}",
+        ),
+        ("Flapping", report["flapping"], lambda r: f"{r['entity']}: flapped {r['times']} time(s)"),
+        (
+            "Slowest probes (p95)",
+            report["slowest"],
+            lambda r: f"{r['entity']}: p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms",
+        ),
+    ):
+        if rows:
+            con.print(f"[bold]{title}[/bold]")
+            for r in rows:
+                con.print(f"  {render(r)}")
+
+
+def to_html(report: dict[str, Any]) -> str:
+    e = html.escape
+    s = report["summary"]
+    rows = "".join(
+        f"<tr><td>{e(r['entity'])}</td><td>{_pct(r['uptime_percent'])}</td><td>{r.get('probes', 0)}</td>"
+        f"<td>{r['incidents']}</td><td>{_secs(r['mttr_s'])}</td><td>{_secs(r['downtime_s'])}</td></tr>"
+        for r in report["services"]
+    )
+    restarts = "".join(
+        f"<tr><td>{e(r['check'])}</td><td>{e(r['action'])}</td><td>{r['attempts']}</td>"
+        f"<td>{r['succeeded']}</td><td>{_pct(r['success_rate'])}</td><td>{r['gave_up']}</td></tr>"
+        for r in report["restarts"]
+    )
+    recurring = "".join(
+        f"<li>{e(r['entity'])}: {r['incidents']} incidents; {e(r['time_of_day'])}</li>" for r in report["recurring"]
+    )
+    flapping = "".join(f"<li>{e(r['entity'])}: {r['times']}×</li>" for r in report["flapping"])
+    slowest = "".join(f"<li>{e(r['entity'])}: p95 {r['p95_ms']:.0f} ms</li>" for r in report["slowest"])
+    incidents = "".join(
+        f"<tr><td>{time.strftime('%Y-%m-%d %H:%M', time.localtime(i['opened']))}</td>"
+        f"<td>{e(i['entity'])}</td><td>{_secs(i['duration'])}</td><td>{e(i['message'])}</td></tr>"
+        for i in report["incidents"]
+    )
+    period = report["period"]
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>clusterwatch report</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><style>body{{font:14px system-ui;margin:1.5rem;
+max-width:1100px}}table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.3rem;
+text-align:left}}</style></head><body><h1>clusterwatch report</h1>
+<p>{time.strftime("%Y-%m-%d %H:%M", time.localtime(period["since"]))} –
+{time.strftime("%Y-%m-%d %H:%M", time.localtime(period["until"]))}: {s["incidents"]} incident(s)
+({s["open_incidents"]} open), MTTR {_secs(s["mttr_s"])}, {s["restarts"]} restart(s),
+{s["restarts_succeeded"]} worked.</p>
+<h2>Uptime</h2><table><tr><th>entity</th><th>uptime</th><th>probes</th><th>incidents</th><th>MTTR</th>
+<th>downtime</th></tr>{rows}</table>
+<h2>Restarts</h2><table><tr><th>check</th><th>action</th><th>attempts</th><th>worked</th><th>success</th>
+<th>gave up</th></tr>{restarts or "<tr><td colspan=6>none</td></tr>"}</table>
+<h2>Recurring failures</h2><ul>{recurring or "<li>none</li>"}</ul>
+<h2>Flapping</h2><ul>{flapping or "<li>none</li>"}</ul>
+<h2>Slowest probes</h2><ul>{slowest or "<li>none</li>"}</ul>
+<h2>Incidents</h2><table><tr><th>opened</th><th>entity</th><th>lasted</th><th>why</th></tr>{incidents}</table>
+</body></html>"""
