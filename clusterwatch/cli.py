@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="machine-readable")
     report.add_argument("--html", metavar="FILE", help="write an HTML report to FILE")
 
+    demo = sub.add_parser("demo", parents=[common], help="a real local Dask cluster, watched and healed")
+    demo.add_argument("--web-port", type=int, metavar="PORT", help="dashboard port (default 9877, else a free one)")
+
     install = sub.add_parser("install", parents=[common], help="print (or --write) a systemd unit or a cron line")
     install.add_argument("what", choices=["systemd", "cron"])
     install.add_argument("--write", action="store_true", help="write it to /etc instead of printing it")
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_alerts(args)
     if args.command == "report":
         return cmd_report(args)
+    if args.command == "demo":
+        from clusterwatch import demo
+
+        return demo.run(args.web_port)
     if args.command == "silence":
         return cmd_silence(args)
     return 2

@@ -44,7 +44,7 @@ background:#fff;border-left:.35rem solid var(--muted);padding:.4rem .6rem;margin
 .muted{color:var(--muted);font-size:.8rem}.up{display:flex;gap:2px;align-items:flex-end;height:1.6rem}
 .up span{display:inline-block;width:1.6rem;font-size:.65rem;text-align:center;color:#fff;border-radius:2px}
 svg.spark{width:7rem;height:1.6rem}table{border-collapse:collapse;width:100%;background:#fff;table-layout:fixed}
-td,th{overflow-wrap:anywhere}section{min-width:0}.grid2>section{overflow-x:auto}
+td,th{overflow-wrap:anywhere}section{min-width:0}.grid2>section{overflow-x:auto}.grid2>.wide{grid-column:1/-1}
 td,th{padding:.3rem .5rem;border-bottom:1px solid #e2e8f0;text-align:left;vertical-align:top}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(22rem,100%),1fr));gap:1rem}
 @media (max-width:720px){main{padding:.5rem}.row{grid-template-columns:5.5rem minmax(0,1fr)}.msg{min-width:0;
@@ -277,7 +277,7 @@ async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> 
         or '<tr><td colspan="6" class="muted">none</td></tr>'
     )
     return (
-        f"<section><h2>The healer's actions</h2><table><tr><th>when</th><th>check</th><th>action</th>"
+        f'<section class="wide"><h2>The healer\'s actions</h2><table><tr><th>when</th><th>check</th><th>action</th>'
         f"<th>outcome</th><th>detail</th><th>took</th></tr>{body}</table></section>"
     )
 

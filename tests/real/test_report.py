@@ -26,13 +26,32 @@ def test_report_from_a_real_run(tmp_path: Path):
     app = web.Application()
     app.router.add_get("/", health)
     with ServerThread(app) as flappy:
-        d = Daemon(tmp_path, {"interval": "250ms", "checks": [
-            {"name": "web", "kind": "tcp", "port": port, "restart": {"command": serve, "verify_timeout": "5s",
-                                                                     "stable_for": "1s"}},
-            {"name": "dead", "kind": "tcp", "port": free_port(),
-             "restart": {"command": ["/bin/true"], "max_attempts": 2, "backoff": "100ms", "verify_timeout": "300ms"}},
-            {"name": "flappy", "kind": "http", "url": flappy.url + "/", "fall": 1, "rise": 1},
-        ]})
+        d = Daemon(
+            tmp_path,
+            {
+                "interval": "250ms",
+                "checks": [
+                    {
+                        "name": "web",
+                        "kind": "tcp",
+                        "port": port,
+                        "restart": {"command": serve, "verify_timeout": "5s", "stable_for": "1s"},
+                    },
+                    {
+                        "name": "dead",
+                        "kind": "tcp",
+                        "port": free_port(),
+                        "restart": {
+                            "command": ["/bin/true"],
+                            "max_attempts": 2,
+                            "backoff": "100ms",
+                            "verify_timeout": "300ms",
+                        },
+                    },
+                    {"name": "flappy", "kind": "http", "url": flappy.url + "/", "fall": 1, "rise": 1},
+                ],
+            },
+        )
         try:
             d.start()
             wait_until(lambda: (e := d.entity("web")) is not None and e["hard"] == "ok", what="web up")
@@ -56,7 +75,9 @@ def test_report_from_a_real_run(tmp_path: Path):
     assert 0 < services["web"]["uptime_percent"] < 100
     restarts = {r["check"]: r for r in data["restarts"]}
     assert restarts["web"]["succeeded"] >= 2 and restarts["web"]["success_rate"] == 100.0
-    assert restarts["dead"]["failed"] == 2 and restarts["dead"]["success_rate"] == 0 and restarts["dead"]["gave_up"] == 1
+    assert (
+        restarts["dead"]["failed"] == 2 and restarts["dead"]["success_rate"] == 0 and restarts["dead"]["gave_up"] == 1
+    )
     assert data["summary"]["mttr_s"] is not None and data["summary"]["restarts"] >= 4
     assert [f["entity"] for f in data["flapping"]] == ["flappy"]
     assert data["slowest"] and all(s["p95_ms"] is not None for s in data["slowest"])
