@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from clusterwatch.daemon import Monitor
 
 STATUSES = {s.value for s in Status}
+SNAPSHOT_AT = 1000  # entities above which the unfiltered answers come from a snapshot
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -94,7 +95,16 @@ def selected(m: Monitor, request: web.Request) -> list[EntityState]:
 
 async def status(request: web.Request) -> web.Response:
     m = monitor_of(request)
-    states = selected(m, request)
+    if not request.query and len(m.states.entities) > SNAPSHOT_AT:
+        return web.Response(body=await m.web.snapshots["status"].get(), content_type="application/json")
+    return web.json_response(status_body(m, selected(m, request)), dumps=_dumps)
+
+
+async def render_status(m: Monitor) -> bytes:
+    return _dumps(status_body(m, list(m.states.entities.values()))).encode()
+
+
+def status_body(m: Monitor, states: list[EntityState]) -> dict[str, Any]:
     counts = {s: 0 for s in STATUSES}
     for state in m.states.entities.values():
         counts[state.last.status.value if state.last else "unknown"] += 1
@@ -107,7 +117,7 @@ async def status(request: web.Request) -> web.Response:
         "open_incidents": sum(1 for e in m.states.entities.values() if e.incident),
         "checks": [entity_json(m, s) for s in states],
     }
-    return web.json_response(body, dumps=_dumps)
+    return body
 
 
 def _dumps(data: Any) -> str:

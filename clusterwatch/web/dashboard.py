@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from clusterwatch.model import Group
-from clusterwatch.web.api import BadRequest, selected
+from clusterwatch.web.api import SNAPSHOT_AT, BadRequest, selected
 
 if TYPE_CHECKING:
     from clusterwatch.daemon import Monitor
@@ -167,6 +167,12 @@ def row(m: Monitor, state: EntityState, now: float) -> str:
 
 
 def page(title: str, body: str, m: Monitor, *, partial: bool = False) -> web.Response:
+    return web.Response(
+        text=page_html(title, body, m, partial=partial), content_type="text/html", headers={"Cache-Control": "no-store"}
+    )
+
+
+def page_html(title: str, body: str, m: Monitor, *, partial: bool = False) -> str:
     worst = min(
         (e.last.status.value for e in m.states.entities.values() if e.last), key=SEVERITY.get, default="unknown"
     )
@@ -184,7 +190,7 @@ def page(title: str, body: str, m: Monitor, *, partial: bool = False) -> web.Res
         f'<span id="updated">{time.strftime("%H:%M:%S")}</span></span></header><main>{body}</main>'
         f"<script>{JS}</script></body></html>"
     )
-    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
+    return text
 
 
 def _options(values: Iterable[str], chosen: str | None, label: str) -> str:
@@ -197,12 +203,26 @@ def _options(values: Iterable[str], chosen: str | None, label: str) -> str:
 
 async def overview(request: web.Request) -> web.Response:
     m: Monitor = request.app["monitor"]
+    if not request.query and len(m.states.entities) > SNAPSHOT_AT:
+        text = await m.web.snapshots["overview"].get()
+        return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
     try:
         states = selected(m, request)
     except BadRequest as exc:
         raise web.HTTPBadRequest(text=exc.text) from None
+    return web.Response(
+        text=await overview_html(m, states, request.query),
+        content_type="text/html",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def render_overview(m: Monitor) -> str:
+    return await overview_html(m, list(m.states.entities.values()), {})
+
+
+async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
     now = time.time()
-    q = request.query
     filters = (
         f'<form class="filters" method="get"><input name="q" placeholder="search by name" '
         f'value="{esc(q.get("q", ""))}"><select name="status">'
@@ -235,7 +255,7 @@ async def overview(request: web.Request) -> web.Response:
     parts.append(
         '<div class="grid2">' + incidents_box(m, now) + await actions_box(m) + await silences_box(m) + "</div>"
     )
-    return page("overview", "".join(parts), m, partial=partial)
+    return page_html("overview", "".join(parts), m, partial=partial)
 
 
 async def side(m: Monitor, now: float) -> str:

@@ -73,7 +73,8 @@ class Collector:
             status.add_metric(labels, _STATUS_CODE[last.status.value])
             if last.latency_ms is not None:
                 latency.add_metric(labels, last.latency_ms / 1000)
-            flapping.add_metric([state.name], 1.0 if state.flapping else 0.0)
+            if state.flapping:  # one series per flapping check, not one per check
+                flapping.add_metric([state.name], 1.0)
             if kind == "dask" and state.name != state.check:
                 workers[str(last.details.get("status", "gone") if last.details else "gone")] += 1
             category = "gpu" if kind == "node" and "/gpu" in state.name else kind

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from clusterwatch.web import api, dashboard
+from clusterwatch.web.cache import Snapshot
 from clusterwatch.web.metrics import counts, render
 from clusterwatch.web.queries import History
 
@@ -46,6 +47,12 @@ class WebServer:
         self.history = History(monitor.store.path)
         self.counts: dict[str, list[dict[str, Any]]] = {}
         self.runner: web.AppRunner | None = None
+        # The answers that grow with the number of checks, kept fresh within these ages.
+        self.snapshots = {
+            "overview": Snapshot(lambda: dashboard.render_overview(monitor), ttl=1.0),
+            "status": Snapshot(lambda: api.render_status(monitor), ttl=1.0),
+            "metrics": Snapshot(lambda: asyncio.to_thread(render, monitor), ttl=5.0),
+        }
         self._task: asyncio.Task[None] | None = None
         self.url = ""
 
@@ -114,11 +121,10 @@ class WebServer:
     # --- small handlers ------------------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = (
-            await asyncio.to_thread(render, self.monitor)
-            if len(self.monitor.states.entities) > 2000
-            else render(self.monitor)
-        )
+        if len(self.monitor.states.entities) > api.SNAPSHOT_AT:
+            body = await self.snapshots["metrics"].get()
+        else:
+            body = render(self.monitor)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -179,6 +185,9 @@ class WebServer:
         log.info("dashboard at %s", self.url)
         self.history.start()
         self._task = asyncio.create_task(self._refresh_counts())
+        if len(self.monitor.items) > 1000:
+            for snapshot in self.snapshots.values():
+                snapshot.warm()
         return True
 
     async def _refresh_counts(self) -> None:
@@ -191,6 +200,8 @@ class WebServer:
         if self._task is not None:
             self._task.cancel()
         await self.history.stop()
+        for snapshot in self.snapshots.values():
+            await snapshot.stop()
         if self.runner is not None:
             await self.runner.cleanup()
 
