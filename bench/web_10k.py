@@ -24,9 +24,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from check_http_targets import free_ports  # noqa: E402
+from check_http_targets import free_ports
 
-from clusterwatch.store.schema import migrate  # noqa: E402
+from clusterwatch.store.schema import migrate
 
 
 def prefill(db: Path, names: list[str]) -> None:
