@@ -44,10 +44,13 @@ def parse_size(value: object) -> int:
 
 
 def format_duration(seconds: float) -> str:
+    """For people: `850ms`, `2.5s`, `40s`, `12m`, `5h`, `3d`."""
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
+    if seconds < 10:
+        return f"{seconds:.2g}s"
     if seconds < 120:
-        return f"{seconds:g}s"
+        return f"{seconds:.0f}s"
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     if seconds < 172800:

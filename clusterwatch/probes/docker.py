@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from clusterwatch.config.durations import format_duration
 from clusterwatch.config.schema import DockerCheck
 from clusterwatch.model import Observation, Status
 from clusterwatch.probes.base import ProbeContext, Unreachable, describe_os_error, down, observation
@@ -170,7 +171,7 @@ def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool
         status = Status.OK
         message = f"running{', healthy' if health == 'healthy' else ''}"
         if since is not None:
-            message += f", up {_ago(since)}"
+            message += f", up {format_duration(since)}"
     if oom and state.get("Running"):
         status = Status.worst([status, Status.WARNING])
         message += "; was OOM-killed before"
@@ -199,13 +200,3 @@ def _parse_time(value: Any) -> float | None:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} days"

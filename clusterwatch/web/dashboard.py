@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from clusterwatch.config.durations import format_duration
 from clusterwatch.model import Group
 from clusterwatch.web.api import SNAPSHOT_AT, BadRequest, selected
 
@@ -106,16 +107,6 @@ def esc(value: Any) -> str:
     return html.escape(str(value if value is not None else ""), quote=True)
 
 
-def ago(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
-
-
 def sparkline(values: Iterable[float | None]) -> str:
     points = [v for v in values if v is not None]
     if len(points) < 2:
@@ -160,7 +151,7 @@ def row(m: Monitor, state: EntityState, now: float) -> str:
         f'<span class="name"><a href="/checks/{esc(state.name)}">{esc(state.name)}</a><br>'
         f'<span class="muted">{esc(m.kinds.get(state.name, ""))}{" @ " + esc(state.node) if state.node else ""}'
         f'</span></span><span class="msg">{esc(last.message if last else "not checked yet")}</span>{note}'
-        f'<span class="since" title="in this state since">{ago(now - state.since)}</span>'
+        f'<span class="since" title="in this state since">{format_duration(now - state.since)}</span>'
         f'<span class="spark-cell">{sparkline(m.latencies.get(state.name, ()))}<span class="lat muted">'
         f"{latency}</span></span>{uptime_bars(m.web.history.uptime.get(state.name, {}))}</div>"
     )
@@ -272,8 +263,9 @@ async def side_fragment(request: web.Request) -> web.Response:
 
 def incidents_box(m: Monitor, now: float) -> str:
     rows = [
-        f'<tr><td><a href="/checks/{esc(e.name)}">{esc(e.name)}</a></td><td>{ago(now - (e.incident_started or now))}'
-        f"</td><td>{esc(e.last.message if e.last else '')}</td></tr>"
+        f'<tr><td><a href="/checks/{esc(e.name)}">{esc(e.name)}</a></td>'
+        f"<td>{format_duration(now - (e.incident_started or now))}</td>"
+        f"<td>{esc(e.last.message if e.last else '')}</td></tr>"
         for e in m.states.entities.values()
         if e.incident
     ]
