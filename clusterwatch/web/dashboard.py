@@ -43,7 +43,8 @@ background:#fff;border-left:.35rem solid var(--muted);padding:.4rem .6rem;margin
 .row.s-ok{border-color:var(--ok)}.row.s-warning{border-color:var(--warning)}.row.s-critical{border-color:var(--critical)}
 .row.s-unknown{border-color:var(--unknown)}.name{font-weight:600;word-break:break-all}.msg{color:#2d3748}
 .muted{color:var(--muted);font-size:.8rem}.up{display:flex;gap:2px;align-items:flex-end;height:1.6rem}
-.up span{display:inline-block;width:1.6rem;font-size:.65rem;text-align:center;color:#fff;border-radius:2px}
+.up span{display:inline-block;width:1.9rem;font-size:.62rem;overflow:hidden;text-align:center;color:#fff;
+border-radius:2px}
 svg.spark{width:7rem;height:1.6rem}table{border-collapse:collapse;width:100%;background:#fff;table-layout:fixed}
 td,th{overflow-wrap:anywhere}section{min-width:0}.grid2>section{overflow-x:auto}.grid2>.wide{grid-column:1/-1}
 td,th{padding:.3rem .5rem;border-bottom:1px solid #e2e8f0;text-align:left;vertical-align:top}
@@ -130,7 +131,7 @@ def uptime_bars(uptime: dict[str, float | None]) -> str:
         color = "var(--ok)" if value >= 99.9 else "var(--warning)" if value >= 99 else "var(--critical)"
         out.append(
             f'<span title="uptime {window}: {value:.2f}%" style="background:{color};'
-            f'height:{max(35, value):.0f}%">{value:.1f}</span>'
+            f'height:{max(35, value):.0f}%">{"100" if value >= 99.95 else f"{value:.1f}"}</span>'
         )
     return '<div class="up">' + "".join(out) + "</div>"
 
@@ -250,7 +251,7 @@ async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
 
 
 async def side(m: Monitor, now: float) -> str:
-    return incidents_box(m, now) + await actions_box(m) + await silences_box(m)
+    return incidents_box(m, now) + await silences_box(m) + await actions_box(m)
 
 
 async def side_fragment(request: web.Request) -> web.Response:
