@@ -9,7 +9,7 @@ import json
 import re
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -33,7 +33,6 @@ class Unreachable(Exception):
 class ProbeContext:
     config: Config
     http: aiohttp.ClientSession
-    state: dict[str, Any] = field(default_factory=dict)  # per-probe memory between rounds
 
     def timeout_for(self, check: CheckBase) -> float:
         return check.timeout if check.timeout is not None else self.config.timeout
