@@ -290,6 +290,7 @@ class Monitor:
                 row["latency_ms"],
                 check=row["check_name"],
                 node=row["node"],
+                down=bool(row["down"]),
             )
             self.states.restore(state)
             self.kinds[row["name"]] = row["kind"]

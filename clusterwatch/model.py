@@ -61,6 +61,7 @@ class Observation:
     check: str = ""
     group: Group = Group.SERVICES
     node: str | None = None
+    down: bool = False  # not serving at all (unreachable, refused, broken), not merely degraded
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,4 +76,5 @@ class Observation:
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
             "metrics": self.metrics,
             "details": self.details,
+            "down": self.down,
         }

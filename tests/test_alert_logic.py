@@ -23,8 +23,12 @@ def labels(**extra: str) -> dict[str, str]:
 
 
 def test_first_matching_route_wins_and_default_is_critical_to_all():
-    routed = options(routes=[{"match": {"node": "gpu-*"}, "channels": ["slack"], "min_severity": "warning"},
-                             {"channels": ["mail", "hook"], "min_severity": "critical"}])
+    routed = options(
+        routes=[
+            {"match": {"node": "gpu-*"}, "channels": ["slack"], "min_severity": "warning"},
+            {"channels": ["mail", "hook"], "min_severity": "critical"},
+        ]
+    )
     assert channels_for(routed, labels(node="gpu-box", severity="warning"), "warning") == ["slack"]
     assert channels_for(routed, labels(node="gpu-box"), "critical") == ["slack"]
     assert channels_for(routed, labels(node="cpu-1", severity="warning"), "warning") == []
@@ -35,8 +39,9 @@ def test_first_matching_route_wins_and_default_is_critical_to_all():
 
 
 def test_continue_goes_on_to_the_next_route():
-    routed = options(routes=[{"match": {"check": "oll*"}, "channels": ["slack"], "continue": True},
-                             {"channels": ["mail"]}])
+    routed = options(
+        routes=[{"match": {"check": "oll*"}, "channels": ["slack"], "continue": True}, {"channels": ["mail"]}]
+    )
     assert channels_for(routed, labels(), "critical") == ["slack", "mail"]
 
 
@@ -60,12 +65,20 @@ def test_silence_matches_globs_and_expires():
 
 
 def test_cluster_ai_variables_become_channels():
-    env = {"SMTP_SERVER": "smtp.example.org", "SMTP_PORT": "587", "SMTP_USERNAME": "alerts",
-           "SMTP_PASSWORD": "p@ss/word", "FROM_EMAIL": "cw@example.org", "ALERT_EMAIL": "oncall@example.org",
-           "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/XYZ"}
+    env = {
+        "SMTP_SERVER": "smtp.example.org",
+        "SMTP_PORT": "587",
+        "SMTP_USERNAME": "alerts",
+        "SMTP_PASSWORD": "p@ss/word",
+        "FROM_EMAIL": "cw@example.org",
+        "ALERT_EMAIL": "oncall@example.org",
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/XYZ",
+    }
     channels = channels_from_env(env)
-    assert channels["email"] == ("mailtos://alerts:p%40ss%2Fword@smtp.example.org:587?to=oncall%40example.org"
-                                 "&from=cw%40example.org&mode=starttls")
+    assert channels["email"] == (
+        "mailtos://alerts:p%40ss%2Fword@smtp.example.org:587?to=oncall%40example.org"
+        "&from=cw%40example.org&mode=starttls"
+    )
     assert channels["slack"] == "https://hooks.slack.com/services/T0/B0/XYZ"
     assert channels_from_env({**env, "SMTP_PORT": "465"})["email"].startswith("mailtos://")
     assert "mode=ssl" in channels_from_env({**env, "SMTP_PORT": "465"})["email"]
@@ -76,8 +89,12 @@ def test_cluster_ai_variables_become_channels():
 def test_outbox_retries_grow_and_old_messages_expire(tmp_path: Path):
     outbox = Outbox(tmp_path / "s.db")
     try:
-        [first, second] = outbox.add([Message("hook", "firing", "critical", "a", "b", ["i1"]),
-                                      Message("hook", "resolved", "resolved", "c", "d", ["i1"])])
+        [first, second] = outbox.add(
+            [
+                Message("hook", "firing", "critical", "a", "b", ["i1"]),
+                Message("hook", "resolved", "resolved", "c", "d", ["i1"]),
+            ]
+        )
         assert [r["id"] for r in outbox.pending()] == [first, second]
         assert outbox.failed(first, 0, "HTTP 500") == retry_delay(1) == 2.0
         assert retry_delay(3) == 8.0 and retry_delay(20) == 300.0

@@ -8,8 +8,10 @@ from clusterwatch.model import Observation, Status
 OK, WARN, CRIT, UNK = Status.OK, Status.WARNING, Status.CRITICAL, Status.UNKNOWN
 
 
-def obs(name: str, status: Status, check: str | None = None) -> Observation:
-    return Observation(name, "tcp", "t", status, f"{name} is {status.value}", check=check or name)
+def obs(name: str, status: Status, check: str | None = None, down: bool | None = None) -> Observation:
+    """A failure is "not serving" unless said otherwise (as a probe's connection failures are)."""
+    down = status in (CRIT, UNK) if down is None else down
+    return Observation(name, "tcp", "t", status, f"{name} is {status.value}", check=check or name, down=down)
 
 
 def feed(sm: StateMachine, name: str, statuses: list[Status], check: str | None = None, start: float = 0.0):
@@ -124,3 +126,13 @@ def test_no_incident_for_a_dependant_before_its_root_was_looked_at():
     feed(sm, "box", [CRIT], start=1)
     assert kinds(feed(sm, "svc", [CRIT], start=2)) == []  # now known: affected
     assert sm.entities["svc"].affected_by == "box"
+
+
+def test_a_degraded_root_does_not_hide_its_dependants_failures():
+    """A node that answers but has a full disk (or a Dask cluster short of workers) is not "down"."""
+    sm = machine(svc=Rules(fall=1, rise=1, roots=("box",)))
+    sm.process(obs("box", CRIT, down=False), 0)
+    sm.process(obs("box", CRIT, down=False), 1)
+    events = sm.process(obs("svc", CRIT), 2)
+    assert kinds(events) == ["state_change", "incident_opened"]
+    assert events[0].affected_by is None

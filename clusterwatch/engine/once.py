@@ -87,6 +87,7 @@ def _placeholder(item: CheckBase | Node, status: Status, message: str) -> Observ
         check=item.name,
         group=group,
         node=node,
+        down=True,
     )
 
 

@@ -109,9 +109,13 @@ class StateMachine:
 
     @staticmethod
     def _failing(state: EntityState) -> bool:
-        """Down, or failing right now: a root's first failures already explain its dependants'."""
+        """Not serving — down, or failing right now: a root's first failures already explain its
+        dependants'. A root that answers but is degraded (a node's full disk, a Dask cluster short
+        of workers) explains nothing: its dependants' failures are their own, and get healed."""
+        if state.last is None or not state.last.down:
+            return False
         bad = (Status.CRITICAL, Status.UNKNOWN)
-        return state.hard in bad or (state.last is not None and state.last.status in bad)
+        return state.hard in bad or state.last.status in bad
 
     def process(self, obs: Observation, now: float) -> list[Event]:
         check = obs.check or obs.name

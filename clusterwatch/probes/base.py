@@ -210,6 +210,7 @@ def down(
         check=check.name,
         group=group,
         node=check.node,
+        down=status is not Status.WARNING,
     )
 
 

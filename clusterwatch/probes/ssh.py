@@ -110,6 +110,7 @@ def _host_key_message(node: Node, options: dict[str, Any], port: int, reason: st
 
 
 def _down(node: Node, where: str, message: str, status: Status = Status.CRITICAL) -> Observation:
+    """The node could not be looked at: everything on it is in doubt."""
     return Observation(
         name=node.name,
         kind="ssh",
@@ -119,6 +120,7 @@ def _down(node: Node, where: str, message: str, status: Status = Status.CRITICAL
         check=node.name,
         group=Group.NODES,
         node=node.name,
+        down=True,
     )
 
 

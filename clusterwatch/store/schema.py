@@ -60,6 +60,10 @@ MIGRATIONS: list[str] = [
         incident TEXT PRIMARY KEY, entity TEXT NOT NULL, severity TEXT NOT NULL, notified REAL,
         repeated REAL, silenced REAL, healed_by TEXT);
     """,
+    # 3: whether an entity's last observation was "not serving" (a root that explains its dependants)
+    """
+    ALTER TABLE entities ADD COLUMN down INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -117,6 +117,7 @@ class Store:
                     state.fail_streak,
                     state.ok_streak,
                     ",".join(s.value for s in state.history),
+                    1 if last and last.down else 0,
                 ),
             )
         )
@@ -199,7 +200,7 @@ class Store:
         conn.execute(
             "INSERT OR REPLACE INTO entities (name, check_name, kind, node, status, hard, since, message, "
             "latency_ms, updated, incident, incident_started, flapping, affected_by, fail_streak, ok_streak, "
-            "history) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "history, down) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             row,
         )
 
