@@ -5,8 +5,10 @@ a Dask worker. Commands are argv lists, executed without a shell; over SSH each 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import xmlrpc.client
 from dataclasses import dataclass
@@ -65,9 +67,13 @@ async def _exec(argv: list[str], timeout: float) -> Outcome:
     try:
         async with asyncio.timeout(timeout):
             output, _ = await process.communicate()
-    except TimeoutError:
-        process.kill()
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        # Out of time (here or in the caller): the command and its children go, never left behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
         return Outcome(False, f"`{' '.join(argv)}` killed after {timeout:g}s")
     text = output.decode("utf-8", "replace").strip()[-500:]
     if process.returncode != 0:
