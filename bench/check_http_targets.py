@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,18 +16,7 @@ import time
 from pathlib import Path
 
 import yaml
-
-
-def free_ports(n: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
-    return ports
+from _targets import targets
 
 
 def main() -> None:
@@ -38,14 +26,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    ports = free_ports(args.ports)
-    server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("_targets.py")), *map(str, ports)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    with targets(args.ports) as ports:
         checks = [
             {"name": f"t{i}", "kind": "http", "url": f"http://127.0.0.1:{ports[i % len(ports)]}/health?i={i}"}
             for i in range(args.targets)
@@ -69,9 +50,6 @@ def main() -> None:
                 if result.returncode != 0:
                     print(result.stdout[-2000:], result.stderr[-2000:])
                     raise SystemExit(f"check exited {result.returncode}")
-    finally:
-        server.terminate()
-        server.wait(10)
     print(
         f"check over {args.targets} HTTP targets on {args.ports} loopback ports, {args.runs} runs, "
         f"{os.cpu_count()} cpus"

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_http_targets import free_ports
+from _targets import targets
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -47,13 +47,7 @@ def main() -> None:
     parser.add_argument("--ports", type=int, default=50)
     args = parser.parse_args()
 
-    ports = free_ports(args.ports)
-    server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("_targets.py")), *map(str, ports)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
+    with targets(args.ports) as ports, tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "state.db"
         config = {
             "interval": args.interval,
@@ -65,7 +59,6 @@ def main() -> None:
             ],
         }
         (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(config))
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         env = {**os.environ, "CLUSTERWATCH_STATS_EVERY": "10"}
         started = time.monotonic()
         daemon = subprocess.Popen(
@@ -83,8 +76,6 @@ def main() -> None:
         finally:
             daemon.send_signal(signal.SIGTERM)
             _, stderr = daemon.communicate(timeout=30)
-            server.terminate()
-            server.wait(10)
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     stats = [s for s in lines if s["message"].startswith("stats:")]
     ready = next((s["message"] for s in lines if s["message"].startswith("monitoring ")), "?")

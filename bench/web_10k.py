@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from check_http_targets import free_ports
+from _targets import free_ports, targets
 
 from clusterwatch.store.schema import migrate
 
@@ -71,14 +71,8 @@ def main() -> None:
     parser.add_argument("--checks", type=int, default=10000)
     parser.add_argument("--requests", type=int, default=40)
     args = parser.parse_args()
-    ports = free_ports(50)
     web_port = free_ports(1)[0]
-    server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("_targets.py")), *map(str, ports)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
+    with targets(50) as ports, tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "state.db"
         names = [f"t{i}" for i in range(args.checks)]
         prefill(db, names)
@@ -93,7 +87,6 @@ def main() -> None:
             ],
         }
         (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(config))
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         daemon = subprocess.Popen(
             [sys.executable, "-m", "clusterwatch", "run", "-c", str(Path(tmp) / "c.yaml")],
             stderr=subprocess.DEVNULL,
@@ -111,20 +104,14 @@ def main() -> None:
                     pass
                 time.sleep(1)
             time.sleep(2)
-            if os.environ.get("BENCH_DEBUG"):
-                print(urllib.request.urlopen(f"{base}/api/v1/status").read()[:300])
             overview, overview_size = timed(f"{base}/", args.requests)
             status, status_size = timed(f"{base}/api/v1/status", args.requests)
             delta, _ = timed(f"{base}/api/v1/status?since_version=999999999", args.requests)
             metrics, metrics_size = timed(f"{base}/metrics", max(5, args.requests // 4))
-            if os.environ.get("BENCH_DEBUG"):
-                print("metrics times", [round(t) for t in metrics])
             check_page, _ = timed(f"{base}/checks/t123", args.requests)
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
-            server.terminate()
-            server.wait(10)
     print(
         f"web at {args.checks} checks (monitor running them every 10 s meanwhile), {args.requests} requests each, "
         f"{os.cpu_count()} cpus"

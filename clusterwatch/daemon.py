@@ -38,15 +38,15 @@ LAG_ALERT = 2.0  # seconds of scheduling lag (p99 over a stats window) that coun
 STOP_BUDGET = 4.5  # SIGTERM to exit, seconds
 
 
-def _levels() -> dict[EventKind, int]:
-    return {
-        EventKind.INCIDENT_OPENED: logging.ERROR,
-        EventKind.REMEDIATION_EXHAUSTED: logging.ERROR,
-        EventKind.REMEDIATION_FAILED: logging.WARNING,
-        EventKind.REMEDIATION_STARTED: logging.WARNING,
-        EventKind.FLAPPING_STARTED: logging.WARNING,
-        EventKind.MONITOR_LAGGING: logging.WARNING,
-    }
+# How loud each kind of event is in the log; state changes depend on where they go.
+LEVELS = {
+    EventKind.INCIDENT_OPENED: logging.ERROR,
+    EventKind.REMEDIATION_EXHAUSTED: logging.ERROR,
+    EventKind.REMEDIATION_FAILED: logging.WARNING,
+    EventKind.REMEDIATION_STARTED: logging.WARNING,
+    EventKind.FLAPPING_STARTED: logging.WARNING,
+    EventKind.MONITOR_LAGGING: logging.WARNING,
+}
 
 
 class Monitor:
@@ -223,7 +223,7 @@ class Monitor:
     def emit(self, event: Event) -> None:
         event.message = self.loaded.redactor.text(event.message)
         event.details = self.loaded.redactor.data(event.details)
-        level = _levels().get(event.kind, logging.INFO)
+        level = LEVELS.get(event.kind, logging.INFO)
         if event.kind is EventKind.STATE_CHANGE:
             level = logging.INFO if event.new is Status.OK else logging.WARNING
             if event.affected_by:

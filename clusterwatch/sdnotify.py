@@ -40,6 +40,3 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
-
-    def reloading(self) -> None:
-        self.send("RELOADING=1")

@@ -108,3 +108,44 @@ def test_outbox_retries_grow_and_old_messages_expire(tmp_path: Path):
         assert status["last_error"] == "HTTP 500"
     finally:
         outbox.close()
+
+
+def test_a_failed_outbox_write_loses_no_notification(tmp_path: Path, monkeypatch):
+    import asyncio
+    import sqlite3
+
+    from clusterwatch.alerting.alerter import Alerter
+    from clusterwatch.engine.events import Event, EventKind
+    from clusterwatch.model import Status
+    from clusterwatch.redact import Redactor
+
+    outbox = Outbox(tmp_path / "s.db")
+    real_add = outbox.add
+
+    def full_disk(messages):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def scenario():
+        alerter = Alerter(options(group_wait=0), outbox, Redactor())
+        alerter.on_event(Event(EventKind.INCIDENT_OPENED, "api", "api", time.time(), "connection refused",
+                               new=Status.CRITICAL, incident="inc1"))
+        monkeypatch.setattr(outbox, "add", full_disk)
+        try:
+            await alerter.flush()
+        except sqlite3.OperationalError:
+            pass
+        else:
+            raise AssertionError("the failed write must surface")
+        assert alerter.incidents["inc1"].notified is None  # nobody was told
+        monkeypatch.setattr(outbox, "add", real_add)
+        assert await alerter.flush() == 3  # the same notification, to each of the 3 channels
+        assert alerter.incidents["inc1"].notified is not None
+        return [r["title"] for r in outbox.pending()]
+
+    try:
+        titles = asyncio.run(scenario())
+        states = outbox.alert_states()
+    finally:
+        outbox.close()
+    assert len(titles) == 3 and all(t.startswith("[CRITICAL] api") for t in titles)
+    assert [s["incident"] for s in states] == ["inc1"]

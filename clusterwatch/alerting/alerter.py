@@ -84,6 +84,8 @@ class Alerter:
         self._deliver_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._expired_logged: set[int] = set()
+        self._dropped: list[str] = []  # incidents whose alert state is to be deleted (written in flush)
+        self._dirty: dict[str, Incident] = {}  # incidents whose alert state changed (written in flush)
         self.configure(options, env_channels or {})
 
     def configure(self, options: AlertOptions, env_channels: dict[str, str]) -> None:
@@ -112,7 +114,7 @@ class Alerter:
             if incident.notified is None:
                 self._queue("firing", incident, time.time() + self.options.group_wait)
         for stale in told:
-            self.outbox.drop_state(stale)
+            self._dropped.append(stale)
 
     def on_event(self, event: Event) -> None:
         now = event.at
@@ -163,7 +165,7 @@ class Alerter:
                 self._queue("healed", incident, now + settle)  # fixed before anyone was told: said once
             elif pending_firing:
                 log.info("%s recovered within group_wait: nothing sent", incident.entity)
-            self.outbox.drop_state(incident.id)
+            self._dropped.append(incident.id)
         elif kind is EventKind.FLAPPING_STARTED:
             labels = {
                 "check": event.check,
@@ -219,13 +221,23 @@ class Alerter:
             self.silences = await asyncio.to_thread(self.outbox.silences)
             self._silences_at = now
         self._repeats(now)
-        if not any(everything or n.due <= now for n in self.notes):
-            return 0
-        # As Alertmanager does: once the first of a group is due, everything waiting goes with it.
-        due, self.notes = self.notes, []
+        sent = 0
+        if any(everything or n.due <= now for n in self.notes):
+            # As Alertmanager does: once the first of a group is due, everything waiting goes with it.
+            due, self.notes = self.notes, []
+            try:
+                sent = await self._send_group(due, now)
+            except BaseException:
+                # Nothing reached the outbox: every note waits for the next flush, none is lost.
+                self.notes = due + [n for n in self.notes if all(n is not d for d in due)]
+                raise
+        await self._write_states()
+        return sent
+
+    async def _send_group(self, due: list[Note], now: float) -> int:
         critical_checks = {i.check for i in self.incidents.values() if i.severity == "critical"}
         by_channel: dict[tuple[str, str], list[tuple[Note, str, str]]] = defaultdict(list)
-        told: list[Incident] = []
+        told: list[Note] = []
         for note in due:
             if (
                 note.severity == "warning"
@@ -245,17 +257,14 @@ class Alerter:
                     note.incident.silenced = now
                     note.due = now + SILENCE_REFRESH  # sent when the silence ends, if still firing
                     self.notes.append(note)
-                    self._persist(note.incident)
+                    self._dirty[note.incident.id] = note.incident
                 continue
             title, body = self._text(note)
             family = "problems" if note.kind in PROBLEMS else "recoveries"
             for channel in channels_for(self.options, note.labels, note.severity):
                 by_channel[(channel, family)].append((note, title, body))
             if note.incident is not None and note.kind in ("firing", "escalated", "repeat"):
-                note.incident.notified = note.incident.notified or now
-                if note.kind == "repeat":
-                    note.incident.repeated = now
-                told.append(note.incident)
+                told.append(note)
         batch = []
         for (channel, _family), parts in by_channel.items():
             title, body = messages.grouped([(n.severity, t, b) for n, t, b in parts])
@@ -277,21 +286,36 @@ class Alerter:
         if batch:
             await asyncio.to_thread(self.outbox.add, batch)  # durable before any send
             self._deliver_wake.set()
-        for incident in told:
+        for note in told:  # only once the outbox holds them: a failed write tells nobody anything
+            incident = note.incident
+            assert incident is not None
+            incident.notified = incident.notified or now
+            if note.kind == "repeat":
+                incident.repeated = now
             if incident.id in self.incidents:
-                self._persist(incident)
+                self._dirty[incident.id] = incident
         return len(batch)
 
-    def _persist(self, incident: Incident) -> None:
-        self.outbox.save_state(
-            incident.id,
-            incident.entity,
-            incident.severity,
-            incident.notified,
-            incident.repeated,
-            incident.silenced,
-            incident.healed_by,
-        )
+    async def _write_states(self) -> None:
+        """What was told about each incident, for a restart to resume (written off the event loop)."""
+        if self._dirty or self._dropped:
+            dirty, dropped = list(self._dirty.values()), self._dropped
+            self._dirty, self._dropped = {}, []
+            await asyncio.to_thread(self._save, dirty, dropped)
+
+    def _save(self, dirty: list[Incident], dropped: list[str]) -> None:
+        for incident in dirty:
+            self.outbox.save_state(
+                incident.id,
+                incident.entity,
+                incident.severity,
+                incident.notified,
+                incident.repeated,
+                incident.silenced,
+                incident.healed_by,
+            )
+        for incident_id in dropped:
+            self.outbox.drop_state(incident_id)
 
     def _repeats(self, now: float) -> None:
         waiting = {id(n.incident) for n in self.notes if n.incident is not None}
@@ -406,3 +430,5 @@ class Alerter:
             await self.flush(everything=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.deliver(), 30)
+        else:
+            await self._write_states()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from clusterwatch.config.schema import AlertOptions, MaintenanceWindow, Route
+from clusterwatch.config.schema import DAYS, AlertOptions, MaintenanceWindow, Route
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
@@ -61,13 +61,13 @@ class Silence:
 
 def in_window(window: MaintenanceWindow, when: datetime) -> bool:
     """Local time; a window whose end is before its start runs over midnight."""
-    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[when.weekday()]
+    day = DAYS[when.weekday()]
     minute = when.hour * 60 + when.minute
     start = int(window.start[:2]) * 60 + int(window.start[3:])
     end = int(window.end[:2]) * 60 + int(window.end[3:])
     if start <= end:
         return day in window.days and start <= minute < end
-    yesterday = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(when.weekday() - 1) % 7]
+    yesterday = DAYS[(when.weekday() - 1) % 7]
     return (day in window.days and minute >= start) or (yesterday in window.days and minute < end)
 
 

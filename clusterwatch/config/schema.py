@@ -406,14 +406,14 @@ class Route(Strict):
     continue_: bool = Field(False, alias="continue")  # also try the routes after this one
 
 
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class MaintenanceWindow(Strict):
     """Weekly times when matching notifications are held back (events are still recorded)."""
 
     match: dict[Literal["check", "entity", "kind", "node", "severity"], str] = {}
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(_DAYS)
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = list(DAYS)
     start: Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
     end: Annotated[str, Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")]
     reason: str = "maintenance window"

@@ -35,18 +35,3 @@ class Event:
     incident: str | None = None
     affected_by: str | None = None  # the failing root this entity depends on
     details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind.value,
-            "entity": self.entity,
-            "check": self.check,
-            "at": self.at,
-            "message": self.message,
-            "node": self.node,
-            "old": self.old and self.old.value,
-            "new": self.new and self.new.value,
-            "incident": self.incident,
-            "affected_by": self.affected_by,
-            "details": self.details,
-        }

@@ -35,6 +35,8 @@ async def perform(policy: RestartPolicy, check: CheckBase, config: Config) -> Ou
         return Outcome(False, str(exc))
     except OSError as exc:
         return Outcome(False, f"{action}: {exc.strerror or exc}")
+    except Exception as exc:  # e.g. asyncssh's auth or host-key errors: recorded, never raised
+        return Outcome(False, f"{action}: {type(exc).__name__}: {exc}")
 
 
 def _node(config: Config, name: str | None) -> Node | None:

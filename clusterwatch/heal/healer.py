@@ -116,7 +116,7 @@ class Healer:
             budget.recovered_at = None
         if budget.exhausted:
             return
-        task = asyncio.create_task(self._remediate(check, policy, entity, reason))
+        task = asyncio.create_task(self._guarded(check, policy, entity, reason))
         self.busy[target] = task
         task.add_done_callback(lambda _t, target=target: self.busy.pop(target, None))
 
@@ -142,6 +142,14 @@ class Healer:
         self.budgets[target] = Budget()
 
     # --- one remediation episode ----------------------------------------------------------------
+
+    async def _guarded(self, check: CheckBase, policy: RestartPolicy, entity: str, reason: str) -> None:
+        try:
+            await self._remediate(check, policy, entity, reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the healer's own bug: logged, and the target is free for the next try
+            log.exception("remediation of %s for %s failed unexpectedly", policy.target, entity)
 
     async def _remediate(self, check: CheckBase, policy: RestartPolicy, entity: str, reason: str) -> None:
         target = policy.target

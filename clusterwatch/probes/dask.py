@@ -309,6 +309,6 @@ def _parse_metrics(answer: HttpAnswer | Unreachable) -> dict[str, float] | None:
                 else:
                     continue
                 out[key] = out.get(key, 0.0) + float(sample.value)
-    except (ValueError, TypeError):
+    except Exception:  # whatever the parser makes of a garbled page: no metrics, not a probe error
         return None
     return out if samples else None

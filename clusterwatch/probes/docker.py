@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import time
@@ -43,7 +44,7 @@ class Engine:
                         raise Unreachable(f"Docker answer to {path} over {MAX_BODY} bytes")
                     if resp.content_type == "application/json" and body:
                         try:
-                            return resp.status, await asyncio.to_thread(_loads, body)
+                            return resp.status, await asyncio.to_thread(json.loads, body)
                         except ValueError:
                             raise Unreachable(f"Docker answered {path} with invalid JSON") from None
                     return resp.status, body.decode("utf-8", "replace")
@@ -53,12 +54,6 @@ class Engine:
             raise Unreachable(describe_os_error(exc.os_error, f"Docker socket {self.socket}")) from None
         except aiohttp.ClientError as exc:
             raise Unreachable(f"Docker socket {self.socket}: {exc}") from None
-
-
-def _loads(body: bytes) -> Any:
-    import json
-
-    return json.loads(body)
 
 
 def match_containers(wanted: str, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -111,6 +111,10 @@ def _host_key_message(node: Node, options: dict[str, Any], port: int, reason: st
 
 def _down(node: Node, where: str, message: str, status: Status = Status.CRITICAL) -> Observation:
     """The node could not be looked at: everything on it is in doubt."""
+    return _observation(node, where, status, message, down=True)
+
+
+def _observation(node: Node, where: str, status: Status, message: str, **extra: Any) -> Observation:
     return Observation(
         name=node.name,
         kind="ssh",
@@ -120,7 +124,7 @@ def _down(node: Node, where: str, message: str, status: Status = Status.CRITICAL
         check=node.name,
         group=Group.NODES,
         node=node.name,
-        down=True,
+        **extra,
     )
 
 
@@ -206,18 +210,8 @@ def judge(node: Node, config: Config, report: dict[str, Any], where: str, latenc
     status = Status.worst([s for s, _ in graded])
     bad = [text for s, text in graded if s is not Status.OK]
     message = "; ".join(bad) if bad else ", ".join(text for _, text in graded)
-    return Observation(
-        name=node.name,
-        kind="ssh",
-        target=where,
-        status=status,
-        message=message,
-        latency_ms=latency_ms,
-        metrics=metrics,
-        check=node.name,
-        group=Group.NODES,
-        node=node.name,
-        details={"termux": node.is_termux},
+    return _observation(
+        node, where, status, message, latency_ms=latency_ms, metrics=metrics, details={"termux": node.is_termux}
     )
 
 

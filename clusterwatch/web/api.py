@@ -3,6 +3,7 @@ silences. Reads are cheap (live state in memory, history paginated by cursor); w
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import time
@@ -233,7 +234,7 @@ def silence_json(s: Silence) -> dict[str, Any]:
 async def silences(request: web.Request) -> web.Response:
     m = monitor_of(request)
     assert m.outbox is not None
-    found = await _in_thread(m.outbox.silences)
+    found = await asyncio.to_thread(m.outbox.silences)
     return web.json_response({"items": [silence_json(s) for s in found]}, dumps=_dumps)
 
 
@@ -264,26 +265,20 @@ async def create_silence(request: web.Request) -> web.Response:
     if not 0 < seconds <= 366 * 86400:
         raise BadRequest("duration must be between 1s and 366d")
     silence = Silence.new(matchers, seconds, reason.strip()[:500], request.get("actor", "api"))
-    await _in_thread(m.outbox.add_silence, silence)
+    await asyncio.to_thread(m.outbox.add_silence, silence)
     return web.json_response(silence_json(silence), status=201, dumps=_dumps)
 
 
 async def delete_silence(request: web.Request) -> web.Response:
     m = monitor_of(request)
     assert m.outbox is not None
-    if not await _in_thread(m.outbox.remove_silence, request.match_info["id"]):
+    if not await asyncio.to_thread(m.outbox.remove_silence, request.match_info["id"]):
         raise web.HTTPNotFound(text=json.dumps({"error": "no such silence"}), content_type="application/json")
     return web.Response(status=204)
 
 
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(spec())
-
-
-async def _in_thread(fn: Any, *args: Any) -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)
 
 
 def routes(app: web.Application) -> None:
