@@ -133,7 +133,7 @@ async def checks(request: web.Request) -> web.Response:
         items.append(
             {
                 "name": name,
-                "kind": "ssh" if name in {n.name for n in m.config.nodes} else getattr(item, "kind", ""),
+                "kind": getattr(item, "kind", "ssh"),  # a node (SSH) has no kind of its own
                 "node": getattr(item, "node", None),
                 "interval": m.interval(item),
                 "depends_on": list(item.depends_on),
