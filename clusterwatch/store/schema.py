@@ -64,6 +64,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE entities ADD COLUMN down INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: the healer's durable state: attempts are written before they run (outcome 'running' while in
+    # flight), and each target's budget: since when attempts count, whether it gave up, healthy since
+    """
+    CREATE INDEX actions_target ON actions (target, started);
+    CREATE TABLE heal_budgets (
+        target TEXT PRIMARY KEY, counts_from REAL NOT NULL DEFAULT 0, exhausted REAL, recovered_at REAL);
+    """,
 ]
 
 
