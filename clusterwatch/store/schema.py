@@ -71,6 +71,35 @@ MIGRATIONS: list[str] = [
     CREATE TABLE heal_budgets (
         target TEXT PRIMARY KEY, counts_from REAL NOT NULL DEFAULT 0, exhausted REAL, recovered_at REAL);
     """,
+    # 5: uptime by time: seconds ok / seconds known per rollup bucket (NULL in rows written before: those
+    # fall back to counts). Incidents keep their severity: `status` is the current one and is no longer
+    # overwritten by 'ok' at recovery; `worst` the worst seen. Both are recovered from the events of
+    # incidents recorded before this schema.
+    """
+    ALTER TABLE rollup_minute ADD COLUMN seconds_ok REAL;
+    ALTER TABLE rollup_minute ADD COLUMN seconds_known REAL;
+    ALTER TABLE rollup_hour ADD COLUMN seconds_ok REAL;
+    ALTER TABLE rollup_hour ADD COLUMN seconds_known REAL;
+    ALTER TABLE incidents ADD COLUMN worst TEXT;
+    CREATE TEMP TABLE severity_last AS
+        SELECT incident, new AS severity, MAX(id) FROM events
+        WHERE incident IS NOT NULL AND new IN ('critical', 'unknown', 'warning') GROUP BY incident;
+    CREATE TEMP TABLE severity_worst AS
+        SELECT incident, new AS severity,
+            MIN(CASE new WHEN 'critical' THEN 0 WHEN 'unknown' THEN 1 ELSE 2 END) AS rank
+        FROM events WHERE incident IS NOT NULL AND new IN ('critical', 'unknown', 'warning') GROUP BY incident;
+    CREATE INDEX temp.severity_last_incident ON severity_last (incident);
+    CREATE INDEX temp.severity_worst_incident ON severity_worst (incident);
+    UPDATE incidents SET status = COALESCE(
+        (SELECT severity FROM severity_last WHERE incident = incidents.id), 'unknown') WHERE status = 'ok';
+    UPDATE incidents SET worst = CASE
+        WHEN (SELECT rank FROM severity_worst WHERE incident = incidents.id)
+            < CASE status WHEN 'critical' THEN 0 WHEN 'unknown' THEN 1 ELSE 2 END
+        THEN (SELECT severity FROM severity_worst WHERE incident = incidents.id)
+        ELSE status END;
+    DROP TABLE temp.severity_last;
+    DROP TABLE temp.severity_worst;
+    """,
 ]
 
 
