@@ -122,7 +122,7 @@ def test_a_failed_outbox_write_loses_no_notification(tmp_path: Path, monkeypatch
     outbox = Outbox(tmp_path / "s.db")
     real_add = outbox.add
 
-    def full_disk(messages):
+    def full_disk(messages, **_):
         raise sqlite3.OperationalError("database or disk is full")
 
     async def scenario():

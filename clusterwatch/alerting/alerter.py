@@ -14,26 +14,31 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import aiohttp
 
 from clusterwatch.alerting import messages
 from clusterwatch.alerting.channels import Channels
 from clusterwatch.alerting.messages import Incident
-from clusterwatch.alerting.outbox import Message, Outbox
 from clusterwatch.alerting.routing import Silence, channels_for, held_by
 from clusterwatch.config.schema import AlertOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Status
 from clusterwatch.redact import Redactor
+from clusterwatch.store.outbox import Message, Outbox
 
 log = logging.getLogger("clusterwatch.alerts")
 TICK = 0.5
 SILENCE_REFRESH = 2.0
 PROBLEMS = {"firing", "escalated", "repeat", "flapping", "monitor"}
+TELLS_THE_END = {"resolved", "healed"}  # once one of these is in the outbox, the incident's state goes
+SENDERS = 4  # Apprise calls at once (one per channel at most)
+T = TypeVar("T")
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
@@ -70,8 +75,13 @@ class Alerter:
         env_channels: dict[str, str] | None = None,
         kind_of: Callable[[str], str] = lambda _: "",
         root_down: Callable[[str, str], str | None] = lambda _check, _entity: None,
+        healthy: Callable[[], bool] = lambda: True,
     ) -> None:
         self.outbox = outbox
+        self.healthy = healthy
+        # Blocking work in executors of its own: SQLite in one thread, Apprise's sends in a few.
+        self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-outbox")
+        self._send_executor = ThreadPoolExecutor(SENDERS, thread_name_prefix="clusterwatch-send")
         self.root_down = root_down
         self.redactor = redactor
         self.kind_of = kind_of
@@ -82,7 +92,6 @@ class Alerter:
         self._silences_at = 0.0
         self._wake = asyncio.Event()
         self._deliver_wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
         self._expired_logged: set[int] = set()
         self._dropped: list[str] = []  # incidents whose alert state is to be deleted (written in flush)
         self._dirty: dict[str, Incident] = {}  # incidents whose alert state changed (written in flush)
@@ -99,11 +108,18 @@ class Alerter:
     def enabled(self) -> bool:
         return bool(self.channels.urls)
 
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db_executor, partial(fn, *args, **kwargs))
+
     # --- events in --------------------------------------------------------------------------------
 
-    def resume(self, open_incidents: list[tuple[str, str, str, str | None, str, Status | None, float, str]]) -> None:
-        """After a restart: what was told about which open incident (so resolved notices still go out)."""
-        told = {row["incident"]: row for row in self.outbox.alert_states()}
+    async def resume(
+        self, open_incidents: list[tuple[str, str, str, str | None, str, Status | None, float, str]]
+    ) -> None:
+        """After a restart, from stored state: what was told about which incident. An open one not yet
+        told fires; one told and closed while the monitor was away gets its resolved notice."""
+        told = {row["incident"]: row for row in await self._db(self.outbox.alert_states)}
+        now = time.time()
         for incident_id, entity, check, node, kind, status, opened, message in open_incidents:
             row = told.pop(incident_id, None)
             incident = Incident(incident_id, entity, check, node, kind, severity_of(status), opened, message)
@@ -112,9 +128,29 @@ class Alerter:
                 incident.silenced, incident.healed_by = row["silenced"], row["healed_by"]
             self.incidents[incident_id] = incident
             if incident.notified is None:
-                self._queue("firing", incident, time.time() + self.options.group_wait)
-        for stale in told:
-            self._dropped.append(stale)
+                self._queue("firing", incident, now + self.options.group_wait)
+        closed = {r["id"]: r for r in await self._db(self.outbox.closed_incidents, list(told))}
+        for incident_id, row in told.items():
+            gone = closed.get(incident_id)
+            if row["notified"] is None or gone is None:
+                self._dropped.append(incident_id)  # nobody was told, or it is not known: nothing to say
+                continue
+            incident = Incident(
+                incident_id,
+                gone["entity"],
+                gone["check_name"],
+                gone["node"],
+                self.kind_of(gone["entity"]),
+                row["severity"],
+                gone["opened"],
+                gone["message"],
+                healed_by=row["healed_by"],
+                notified=row["notified"],
+                closed=gone["closed"],
+                closing_message=gone["last_message"] or "",
+            )
+            self.closed[incident_id] = incident
+            self._queue("resolved", incident, now)
 
     def on_event(self, event: Event) -> None:
         now = event.at
@@ -159,13 +195,15 @@ class Alerter:
                 self.closed.pop(next(iter(self.closed)))
             # The healer's verdict arrives just after the recovery it caused: give it a moment.
             settle = min(2.0, self.options.group_wait)
+            # Its stored state goes with the notice that ends it, in one transaction (see _send_group).
             if incident.notified is not None:
                 self._queue("resolved", incident, now + (settle if incident.trying else 0.0))
             elif incident.trying:
                 self._queue("healed", incident, now + settle)  # fixed before anyone was told: said once
-            elif pending_firing:
-                log.info("%s recovered within group_wait: nothing sent", incident.entity)
-            self._dropped.append(incident.id)
+            else:
+                if pending_firing:
+                    log.info("%s recovered within group_wait: nothing sent", incident.entity)
+                self._dropped.append(incident.id)
         elif kind is EventKind.FLAPPING_STARTED:
             labels = {
                 "check": event.check,
@@ -218,7 +256,7 @@ class Alerter:
     async def flush(self, *, everything: bool = False) -> int:
         now = time.time()
         if now - self._silences_at > SILENCE_REFRESH:
-            self.silences = await asyncio.to_thread(self.outbox.silences)
+            self.silences = await self._db(self.outbox.silences)
             self._silences_at = now
         self._repeats(now)
         sent = 0
@@ -238,7 +276,10 @@ class Alerter:
         critical_checks = {i.check for i in self.incidents.values() if i.severity == "critical"}
         by_channel: dict[tuple[str, str], list[tuple[Note, str, str]]] = defaultdict(list)
         told: list[Note] = []
+        done: list[str] = []  # incidents whose last word is in this batch (or held back for good)
         for note in due:
+            if note.incident is not None and note.kind in TELLS_THE_END:
+                done.append(note.incident.id)
             if (
                 note.severity == "warning"
                 and note.labels["check"] in critical_checks
@@ -283,8 +324,26 @@ class Alerter:
                     incidents,
                 )
             )
-        if batch:
-            await asyncio.to_thread(self.outbox.add, batch)  # durable before any send
+        rows = []
+        for note in told:
+            incident = note.incident
+            assert incident is not None
+            if incident.id in self.incidents:
+                repeated = now if note.kind == "repeat" else incident.repeated
+                rows.append(
+                    (
+                        incident.id,
+                        incident.entity,
+                        incident.severity,
+                        incident.notified or now,
+                        repeated,
+                        incident.silenced,
+                        incident.healed_by,
+                    )
+                )
+        if batch or rows or done:
+            # The notifications and what they tell, in one transaction: durable before any send.
+            await self._db(self.outbox.add, batch, told=rows, done=done)
             self._deliver_wake.set()
         for note in told:  # only once the outbox holds them: a failed write tells nobody anything
             incident = note.incident
@@ -292,8 +351,7 @@ class Alerter:
             incident.notified = incident.notified or now
             if note.kind == "repeat":
                 incident.repeated = now
-            if incident.id in self.incidents:
-                self._dirty[incident.id] = incident
+            self._dirty.pop(incident.id, None)
         return len(batch)
 
     async def _write_states(self) -> None:
@@ -301,21 +359,18 @@ class Alerter:
         if self._dirty or self._dropped:
             dirty, dropped = list(self._dirty.values()), self._dropped
             self._dirty, self._dropped = {}, []
-            await asyncio.to_thread(self._save, dirty, dropped)
-
-    def _save(self, dirty: list[Incident], dropped: list[str]) -> None:
-        for incident in dirty:
-            self.outbox.save_state(
-                incident.id,
-                incident.entity,
-                incident.severity,
-                incident.notified,
-                incident.repeated,
-                incident.silenced,
-                incident.healed_by,
-            )
-        for incident_id in dropped:
-            self.outbox.drop_state(incident_id)
+            rows = [
+                (i.id, i.entity, i.severity, i.notified, i.repeated, i.silenced, i.healed_by)
+                for i in dirty
+                if i.id in self.incidents
+            ]
+            try:
+                await self._db(self.outbox.save_states, rows, dropped)
+            except BaseException:
+                # Kept for the next flush: a failed write loses nothing.
+                self._dirty = {i.id: i for i in dirty} | self._dirty
+                self._dropped = dropped + self._dropped
+                raise
 
     def _repeats(self, now: float) -> None:
         waiting = {id(n.incident) for n in self.notes if n.incident is not None}
@@ -345,7 +400,7 @@ class Alerter:
 
     async def deliver(self) -> int:
         """Each channel in order: its oldest undelivered notification first; a failure waits its turn."""
-        for row in await asyncio.to_thread(self.outbox.expire, self.options.max_age):
+        for row in await self._db(self.outbox.expire, self.options.max_age):
             if row["id"] not in self._expired_logged:
                 self._expired_logged.add(row["id"])
                 log.error(
@@ -355,7 +410,7 @@ class Alerter:
                     row["title"],
                     row["last_error"],
                 )
-        rows = await asyncio.to_thread(self.outbox.pending)
+        rows = await self._db(self.outbox.pending)
         queues: dict[str, list[Any]] = defaultdict(list)
         for row in rows:
             queues[row["channel"]].append(row)
@@ -367,12 +422,14 @@ class Alerter:
         for row in rows:
             if row["next_attempt"] > time.time():
                 break  # order is kept: nothing overtakes a notification waiting to be retried
-            ok, error = await asyncio.to_thread(self.channels.send, channel, row["title"], row["body"], row["severity"])
+            ok, error = await asyncio.get_running_loop().run_in_executor(
+                self._send_executor, partial(self.channels.send, channel, row["title"], row["body"], row["severity"])
+            )
             if ok:
-                await asyncio.to_thread(self.outbox.delivered, row["id"])
+                await self._db(self.outbox.delivered, row["id"])
                 sent += 1
                 continue
-            delay = await asyncio.to_thread(self.outbox.failed, row["id"], row["attempts"], error)
+            delay = await self._db(self.outbox.failed, row["id"], row["attempts"], error)
             log.warning(
                 "alert to %s not delivered (try %d), next try in %s: %s",
                 channel,
@@ -385,10 +442,12 @@ class Alerter:
 
     # --- life cycle ----------------------------------------------------------------------------------
 
-    def start(self, session: aiohttp.ClientSession) -> None:
-        self._tasks = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._deliver_loop())]
+    def loops(self, session: aiohttp.ClientSession) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The alerter's background work, for the monitor to run and supervise."""
+        loops = [("alert-flush", self._flush_loop()), ("alert-delivery", self._deliver_loop())]
         if self.options.heartbeat is not None:
-            self._tasks.append(asyncio.create_task(self._heartbeat(session)))
+            loops.append(("heartbeat", self._heartbeat(session)))
+        return loops
 
     async def _flush_loop(self) -> None:
         while True:
@@ -414,6 +473,10 @@ class Alerter:
         beat = self.options.heartbeat
         assert beat is not None
         while True:
+            if not self.healthy():
+                log.warning("heartbeat held back: the monitor is not healthy")
+                await asyncio.sleep(beat.every)
+                continue
             try:
                 async with asyncio.timeout(beat.timeout), session.get(beat.url) as resp:
                     if resp.status >= 400:
@@ -423,12 +486,14 @@ class Alerter:
             await asyncio.sleep(beat.every)
 
     async def stop(self, *, drain: bool = False) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if drain:  # --once: send what is due now; the rest waits in the outbox for the next run
-            await self.flush(everything=True)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.deliver(), 30)
-        else:
-            await self._write_states()
+        """The loops are stopped by their owner; this writes what is left."""
+        try:
+            if drain:  # --once: send what is due now; the rest waits in the outbox for the next run
+                await self.flush(everything=True)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.deliver(), 30)
+            else:
+                await self._write_states()
+        finally:
+            self._send_executor.shutdown(wait=False)
+            self._db_executor.shutdown(wait=True)

@@ -1,0 +1,132 @@
+"""The outbox and what it tells, under failing writes and restarts: no wedge, no loss, no double."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from clusterwatch.alerting.alerter import Alerter
+from clusterwatch.config.schema import AlertOptions
+from clusterwatch.engine.events import Event, EventKind
+from clusterwatch.model import Status
+from clusterwatch.redact import Redactor
+from clusterwatch.store.outbox import Message, Outbox
+from clusterwatch.store.sqlite import connect
+
+
+def options(**extra) -> AlertOptions:
+    return AlertOptions.model_validate({"channels": {"ops": "json://127.0.0.1:9/"}, "group_wait": "0s", **extra})
+
+
+def opened(incident: str, entity: str = "api") -> Event:
+    return Event(EventKind.INCIDENT_OPENED, entity, entity, time.time(), "connection refused",
+                 new=Status.CRITICAL, incident=incident)
+
+
+def closed(incident: str, entity: str = "api") -> Event:
+    return Event(EventKind.INCIDENT_CLOSED, entity, entity, time.time(), "serving again",
+                 new=Status.OK, incident=incident)
+
+
+def trigger(db: Path, table: str) -> None:
+    """A write that fails inside SQLite itself, as a full disk or a broken schema would."""
+    conn = connect(db)
+    conn.execute(f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'no'); END")
+    conn.close()
+
+
+def untrigger(db: Path, table: str) -> None:
+    conn = connect(db)
+    conn.execute(f"DROP TRIGGER fail_{table}")
+    conn.close()
+
+
+def test_a_failing_insert_rolls_back_and_never_wedges(tmp_path: Path):
+    db = tmp_path / "s.db"
+    outbox = Outbox(db)
+    try:
+        trigger(db, "outbox")
+        with pytest.raises(sqlite3.IntegrityError):
+            outbox.add([Message("ops", "firing", "critical", "t", "b", ["i1"])], told=[("i1", "api", "critical",
+                                                                                      1.0, None, None, None)])
+        # Nothing of that transaction is there: not the message, not the state that said it was told.
+        assert outbox.pending() == [] and outbox.alert_states() == []
+        # The connection is not left inside a transaction: the next writes work at once.
+        outbox.save_states([("i2", "db", "warning", None, None, 5.0, None)])
+        assert [r["incident"] for r in outbox.alert_states()] == ["i2"]
+        untrigger(db, "outbox")
+        [row_id] = outbox.add([Message("ops", "firing", "critical", "t", "b", ["i1"])])
+        assert [r["id"] for r in outbox.pending()] == [row_id]
+    finally:
+        outbox.close()
+
+
+def test_firing_and_its_told_state_are_one_commit(tmp_path: Path):
+    """A failed alert_state write takes the notifications with it: after a crash nobody is told twice."""
+    db = tmp_path / "s.db"
+    outbox = Outbox(db)
+
+    async def scenario() -> None:
+        alerter = Alerter(options(), outbox, Redactor())
+        alerter.on_event(opened("inc1"))
+        trigger(db, "alert_state")
+        with pytest.raises(sqlite3.IntegrityError):
+            await alerter.flush()
+        assert outbox.pending() == [], "a notification was committed without the state that says it was sent"
+        assert alerter.incidents["inc1"].notified is None
+        untrigger(db, "alert_state")
+        assert await alerter.flush() == 1
+        assert alerter.incidents["inc1"].notified is not None
+        await alerter.stop()
+
+    try:
+        asyncio.run(scenario())
+        assert len(outbox.pending()) == 1
+        [state] = outbox.alert_states()
+        assert state["incident"] == "inc1" and state["notified"] is not None
+    finally:
+        outbox.close()
+
+
+def test_resolved_notice_survives_a_crash_between_close_and_send(tmp_path: Path):
+    """The monitor dies after the incident closed and before the resolved notice reached the outbox:
+    the next monitor finds "told, and closed" in the store and says it is resolved, once."""
+    db = tmp_path / "s.db"
+    outbox = Outbox(db)
+
+    async def first_life() -> None:
+        alerter = Alerter(options(), outbox, Redactor())
+        alerter.on_event(opened("inc1"))
+        await alerter.flush()  # firing is in the outbox, and so is "inc1 was told"
+        alerter.on_event(closed("inc1"))  # ... and the monitor is killed before the next flush
+        await alerter.stop()
+
+    async def second_life() -> list[str]:
+        alerter = Alerter(options(), outbox, Redactor())
+        await alerter.resume([])  # nothing open any more
+        await alerter.flush()
+        await alerter.flush()  # and never a second time
+        await alerter.stop()
+        return [r["title"] for r in outbox.pending()]
+
+    try:
+        asyncio.run(first_life())
+        assert outbox.alert_states(), "the told state must outlive the in-memory note"
+        # The store closed the incident (the engine's writer does that on incident_closed).
+        conn = connect(db)
+        now = time.time()
+        conn.execute(
+            "INSERT INTO incidents (id, entity, check_name, node, opened, closed, status, message, last_message) "
+            "VALUES ('inc1', 'api', 'api', NULL, ?, ?, 'critical', 'connection refused', 'serving again')",
+            (now - 60, now),
+        )
+        conn.close()
+        titles = asyncio.run(second_life())
+        assert len(titles) == 2 and titles[0].startswith("[CRITICAL] api") and titles[1].startswith("[RESOLVED] api")
+        assert outbox.alert_states() == [], "the incident's state goes in the same commit as its resolved notice"
+    finally:
+        outbox.close()
