@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from clusterwatch.engine.once import Round
-from clusterwatch.model import Group, Observation, Status
+from clusterwatch.model import Group, Observation, Status, json_safe
 
 STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "bold red", Status.UNKNOWN: "magenta"}
 TITLES = [
@@ -48,7 +48,16 @@ def to_json(result: Round, source: str) -> dict[str, Any]:
 
 
 def print_json(data: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    out.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+    """Always valid JSON: a non-finite number anywhere becomes null, whatever a service answered."""
+    out.write(dumps(data) + "\n")
+
+
+def dumps(data: dict[str, Any]) -> str:
+    try:
+        return json.dumps(json_safe(data), indent=2, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:  # json_safe should make this unreachable
+        fallback = {"status": Status.UNKNOWN.value, "error": f"output could not be encoded: {exc}", "checks": []}
+        return json.dumps(json_safe(fallback), indent=2)
 
 
 def console(out: TextIO = sys.stdout) -> Console:
@@ -71,8 +80,12 @@ def print_table(result: Round, source: str, out: TextIO = sys.stdout) -> None:
         table.add_column("latency", justify="right", no_wrap=True)
         for obs in worst_first(rows):
             latency = "" if obs.latency_ms is None else f"{obs.latency_ms:.0f} ms"
-            table.add_row(
-                Text(obs.status.value.upper(), style=STYLE[obs.status]), obs.name, obs.kind, obs.message, latency
+            table.add_row(  # Text, not str: a service's words are shown as they are, never read as markup
+                Text(obs.status.value.upper(), style=STYLE[obs.status]),
+                Text(obs.name),
+                Text(obs.kind),
+                Text(obs.message),
+                Text(latency),
             )
         con.print(table)
     counts = summary(result.observations)
