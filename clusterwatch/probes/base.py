@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import re
 import ssl
 import time
@@ -16,6 +15,7 @@ import aiohttp
 
 from clusterwatch.config.schema import CheckBase, Config
 from clusterwatch.model import Group, Observation, Status
+from clusterwatch.probes.values import loads
 
 _NOT_RUNNING = re.compile(r"connection refused|does not exist|no route|cannot resolve")
 
@@ -46,12 +46,12 @@ class HttpAnswer:
     latency_ms: float
 
     def json(self) -> Any:
-        """The body as JSON, or Unreachable with a readable reason."""
+        """The body as JSON with finite numbers only (see `values.loads`), or Unreachable with a readable reason."""
         try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+            return loads(self.body)
+        except ValueError as exc:
             snippet = self.body[:60].decode("utf-8", "replace").replace("\n", " ")
-            raise Unreachable(f"answer is not JSON (starts with {snippet!r})") from None
+            raise Unreachable(f"answer is not JSON ({exc}; starts with {snippet!r})") from None
 
     @property
     def text(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import itertools
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from clusterwatch.probes.base import (
     observation,
     tcp_connect,
 )
+from clusterwatch.probes.values import finite, label
 
 HINT = "is `dask scheduler` running?"
 _COUNTS = {
@@ -37,6 +39,17 @@ _COUNTS = {
     "tasks": "tasks_total",
     "clients": "clients",
 }
+# The samples read from /metrics; every other line of the page is skipped before parsing, so a
+# page of megabytes costs a string scan, not seconds of the Prometheus parser on the event loop.
+_SAMPLES = (
+    "dask_scheduler_workers",
+    "dask_scheduler_tasks",
+    "dask_scheduler_clients",
+    "dask_scheduler_tick_duration_maximum_seconds",
+)
+_MAX_SAMPLE_LINES, _MAX_LINE = 1000, 1000  # a real scheduler writes a few dozen such lines of under 200 characters
+_MAX_TASK_STATES = 20
+_MAX_WORKERS = 5000  # entities from one answer: more is an answer built to swamp the monitor
 
 
 async def probe(check: DaskCheck, ctx: ProbeContext) -> list[Observation]:
@@ -91,10 +104,13 @@ async def probe(check: DaskCheck, ctx: ProbeContext) -> list[Observation]:
         ]
 
     now = _reference_time(identity, info)
-    workers = info.get("workers") or {}
-    worker_obs = [_worker(check, addr, w, now) for addr, w in workers.items() if isinstance(w, dict)]
-    missing = _missing(check, workers)
-    scheduler = _scheduler(check, info, health, counts, metrics, len(worker_obs), port_ms)
+    workers = info.get("workers") if isinstance(info.get("workers"), dict) else {}
+    listed = [(addr, w) for addr, w in workers.items() if isinstance(w, dict)]
+    worker_obs = [_worker(check, addr, w, now) for addr, w in listed[:_MAX_WORKERS]]
+    missing = _missing(check, dict(listed[:_MAX_WORKERS]))
+    scheduler = _scheduler(check, info, health, counts, metrics, len(listed), port_ms)
+    if len(listed) > _MAX_WORKERS:
+        scheduler.message += f"; only the first {_MAX_WORKERS} workers are shown one by one"
     return [scheduler, *worker_obs, *missing]
 
 
@@ -106,22 +122,22 @@ def _reference_time(answer: HttpAnswer, info: dict[str, Any]) -> float:
     candidates = [time.time()]
     date = answer.headers.get("Date")
     if date:
-        with contextlib.suppress(TypeError, ValueError):
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
             candidates = [email.utils.parsedate_to_datetime(date).timestamp() + 0.5]
-    seen = [w.get("last_seen") for w in (info.get("workers") or {}).values() if isinstance(w, dict)]
-    seen = [float(s) for s in seen if isinstance(s, int | float)]
-    return max([*candidates, *seen])
+    workers = info.get("workers") if isinstance(info.get("workers"), dict) else {}
+    seen = [finite(w.get("last_seen")) for w in itertools.islice(workers.values(), _MAX_WORKERS) if isinstance(w, dict)]
+    return max([*candidates, *(s for s in seen if s is not None)])
 
 
 def _worker(check: DaskCheck, address: str, w: dict[str, Any], now: float) -> Observation:
-    name = str(w.get("name", address))
+    name = label(w.get("name", address))
     m = w.get("metrics") if isinstance(w.get("metrics"), dict) else {}
     metrics: dict[str, float] = {}
     problems: list[tuple[Status, str]] = []
 
-    last_seen = w.get("last_seen")
-    if isinstance(last_seen, int | float):
-        age = max(0.0, now - float(last_seen))
+    last_seen = finite(w.get("last_seen"))
+    if last_seen is not None:
+        age = max(0.0, now - last_seen)
         metrics["heartbeat_age_seconds"] = round(age, 2)
         if age >= check.heartbeat_critical:
             problems.append(
@@ -130,18 +146,18 @@ def _worker(check: DaskCheck, address: str, w: dict[str, Any], now: float) -> Ob
         elif age >= check.heartbeat_warning:
             problems.append((Status.WARNING, f"heartbeat {age:.1f}s late"))
 
-    state = str(w.get("status", "running"))
+    state = label(w.get("status", "running"), 40)
     if state == "paused":
         problems.append((Status.WARNING, "paused by Dask: memory above its pause threshold"))
     elif state not in ("running", "init"):
         problems.append((Status.WARNING, f"worker status is {state!r}"))
 
-    memory, limit = m.get("memory"), w.get("memory_limit")
-    if isinstance(memory, int | float):
-        metrics["memory_bytes"] = float(memory)
-    if isinstance(limit, int | float) and limit > 0:
-        metrics["memory_limit_bytes"] = float(limit)
-        if isinstance(memory, int | float):
+    memory, limit = finite(m.get("memory")), finite(w.get("memory_limit"))
+    if memory is not None:
+        metrics["memory_bytes"] = memory
+    if limit is not None and limit > 0:
+        metrics["memory_limit_bytes"] = limit
+        if memory is not None:
             percent = 100.0 * memory / limit
             metrics["memory_percent"] = round(percent, 1)
             if percent >= check.memory_critical:
@@ -153,39 +169,46 @@ def _worker(check: DaskCheck, address: str, w: dict[str, Any], now: float) -> Ob
         ("num_fds", "open_fds"),
         ("event_loop_interval", "event_loop_interval_seconds"),
     ):
-        if isinstance(m.get(key), int | float):
-            metrics[metric] = float(m[key])
-    if isinstance(w.get("nthreads"), int):
-        metrics["threads"] = float(w["nthreads"])
+        value = finite(m.get(key))
+        if value is not None:
+            metrics[metric] = value
+    threads = finite(w.get("nthreads"))
+    if threads is not None:
+        metrics["threads"] = threads
     tasks = m.get("task_counts")
     if isinstance(tasks, dict):
-        for state_name, count in tasks.items():
-            if isinstance(count, int | float):
-                metrics[f"tasks_{state_name}"] = float(count)
+        for state_name, count in list(tasks.items())[:_MAX_TASK_STATES]:
+            if finite(count) is not None:
+                metrics[f"tasks_{label(state_name, 40)}"] = finite(count)  # type: ignore[assignment]
 
     status = Status.worst([s for s, _ in problems]) if problems else Status.OK
     if problems:
         message = "; ".join(text for _, text in sorted(problems, key=lambda p: -p[0].severity))
     else:
         mem = f", memory {metrics['memory_percent']:.0f}%" if "memory_percent" in metrics else ""
-        message = f"running, {w.get('nthreads', '?')} thread(s){mem}"
+        message = f"running, {'?' if threads is None else f'{threads:.0f}'} thread(s){mem}"
     return observation(
         check,
         status,
         message,
         name=f"{check.name}/{name}",
-        target=address,
+        target=label(address, 200),
         group=Group.WORKERS,
         metrics=metrics,
-        details={"host": w.get("host"), "status": state, "nanny": w.get("nanny")},
+        details={"host": _text(w.get("host")), "status": state, "nanny": _text(w.get("nanny"))},
     )
 
 
+def _text(value: object) -> str | None:
+    """A short string the scheduler reported (a host, an id), or None."""
+    return None if value is None else label(value, 200)
+
+
 def _matches(expected: ExpectedWorker, address: str, w: dict[str, Any]) -> bool:
-    if str(w.get("name")) == expected.name:
+    if label(w.get("name")) == expected.name:
         return True
     if expected.host:
-        host = str(w.get("host") or address.split("://", 1)[-1].rsplit(":", 1)[0])
+        host = label(w.get("host") or address.split("://", 1)[-1].rsplit(":", 1)[0])
         return host == expected.host
     return False
 
@@ -235,15 +258,16 @@ def _scheduler(
 ) -> Observation:
     problems: list[tuple[Status, str]] = []
     metrics: dict[str, float] = {"workers": float(n_workers)}
-    details: dict[str, Any] = {"id": info.get("id"), "address": info.get("address")}
+    details: dict[str, Any] = {"id": _text(info.get("id")), "address": _text(info.get("address"))}
 
     if isinstance(health, Unreachable) or health.status != 200 or health.text.strip() != "ok":
         said = health if isinstance(health, Unreachable) else f"HTTP {health.status} {health.text[:40]!r}"
         problems.append((Status.CRITICAL, f"/health did not say ok ({said})"))
 
     for key in ("total_threads", "total_memory"):
-        if isinstance(info.get(key), int | float):
-            metrics[key] = float(info[key])
+        value = finite(info.get(key))
+        if value is not None:
+            metrics[key] = value
 
     if n_workers < check.min_workers:
         problems.append((Status.CRITICAL, f"{n_workers} worker(s) connected, at least {check.min_workers} needed"))
@@ -251,11 +275,13 @@ def _scheduler(
     if isinstance(counts, HttpAnswer) and counts.status == 200:
         try:
             data = counts.json()
+        except Unreachable:
+            data = None  # the counts are a nicety: the scheduler's health is /health and identity.json
+        if isinstance(data, dict):
             for key, metric in _COUNTS.items():
-                if isinstance(data.get(key), int | float):
-                    metrics[metric] = float(data[key])
-        except (Unreachable, AttributeError):
-            pass
+                value = finite(data.get(key))
+                if value is not None:
+                    metrics[metric] = value
 
     families = _parse_metrics(metrics_answer)
     if families is None:
@@ -289,16 +315,17 @@ def _parse_metrics(answer: HttpAnswer | Unreachable) -> dict[str, float] | None:
     """Dask's Prometheus text, or None when the endpoint holds no samples (only a comment)."""
     if isinstance(answer, Unreachable) or answer.status != 200:
         return None
+    lines = answer.text.splitlines()
+    if not any(line.strip() and not line.startswith("#") for line in lines):
+        return None
+    wanted = [line for line in lines if line.startswith(_SAMPLES) and len(line) <= _MAX_LINE][:_MAX_SAMPLE_LINES]
     out: dict[str, float] = {}
-    samples = 0
     try:
-        for family in text_string_to_metric_families(answer.text):
+        for family in text_string_to_metric_families("\n".join(wanted) + "\n"):
             for sample in family.samples:
-                samples += 1
-                if sample.name == "dask_scheduler_workers":
-                    key = f"workers_{sample.labels.get('state', 'unknown')}"
-                elif sample.name == "dask_scheduler_tasks":
-                    key = f"tasks_{sample.labels.get('state', 'unknown')}"
+                if sample.name in ("dask_scheduler_workers", "dask_scheduler_tasks"):
+                    what = label(sample.labels.get("state", "unknown"), 40)
+                    key = f"{sample.name.removeprefix('dask_scheduler_')}_{what}"
                 elif sample.name in (
                     "dask_scheduler_clients",
                     "dask_scheduler_tick_duration_maximum_seconds",
@@ -308,7 +335,10 @@ def _parse_metrics(answer: HttpAnswer | Unreachable) -> dict[str, float] | None:
                     key = sample.name.removeprefix("dask_scheduler_")
                 else:
                     continue
-                out[key] = out.get(key, 0.0) + float(sample.value)
+                value = finite(sample.value)
+                total = None if value is None else finite(out.get(key, 0.0) + value)
+                if total is not None and (key in out or len(out) < 100):
+                    out[key] = total
     except Exception:  # whatever the parser makes of a garbled page: no metrics, not a probe error
         return None
-    return out if samples else None
+    return out

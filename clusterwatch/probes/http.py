@@ -10,6 +10,7 @@ from typing import Any
 from clusterwatch.config.schema import HttpCheck
 from clusterwatch.model import Observation, Status
 from clusterwatch.probes.base import ProbeContext, Unreachable, down, fetch, observation, peer_certificate
+from clusterwatch.probes.values import short
 
 _MISSING = object()
 
@@ -53,8 +54,8 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> list[Observation]:
 
     metrics: dict[str, float] = {"http_status": answer.status, "body_bytes": len(answer.body)}
     der = await _certificate(check.url, timeout) if https else None
-    if der:
-        days = _days_left(der)
+    days = _days_left(der) if der else None
+    if days is not None:
         metrics["cert_days_left"] = round(days, 1)
         if days < 0:
             problems.append((Status.CRITICAL, f"TLS certificate expired {-days:.0f} day(s) ago"))
@@ -84,7 +85,7 @@ def _json_problems(answer: Any, expect: dict[str, Any]) -> list[tuple[Status, st
         if got is _MISSING:
             problems.append((Status.CRITICAL, f"JSON field {path} is missing"))
         elif got != wanted:
-            problems.append((Status.CRITICAL, f"JSON field {path} is {got!r}, expected {wanted!r}"))
+            problems.append((Status.CRITICAL, f"JSON field {path} is {short(got)}, expected {short(wanted)}"))
     return problems
 
 
@@ -119,8 +120,12 @@ async def _certificate(url: str, timeout: float) -> bytes | None:
     return await peer_certificate(parts.hostname or "", parts.port or 443, timeout)
 
 
-def _days_left(der: bytes) -> float:
+def _days_left(der: bytes) -> float | None:
+    """Days until the certificate expires; None for one the library cannot read (its expiry is then unknown)."""
     from cryptography import x509
 
-    cert = x509.load_der_x509_certificate(der)
-    return (cert.not_valid_after_utc.timestamp() - time.time()) / 86400
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return (cert.not_valid_after_utc.timestamp() - time.time()) / 86400
+    except (ValueError, OverflowError):
+        return None

@@ -8,8 +8,10 @@ from typing import Any
 from clusterwatch.config.schema import OllamaCheck
 from clusterwatch.model import Group, Observation, Status
 from clusterwatch.probes.base import HttpAnswer, ProbeContext, Unreachable, down, fetch, human_bytes, observation
+from clusterwatch.probes.values import finite, label
 
 HINT = "is `ollama serve` running?"
+_MAX_MODELS = 1000  # a real server lists a few dozen
 
 
 def model_matches(wanted: str, name: str) -> bool:
@@ -27,7 +29,7 @@ async def probe(check: OllamaCheck, ctx: ProbeContext) -> list[Observation]:
         problem = _http_problem(version)
         if problem:
             return [down(check, base, problem[1], status=problem[0], latency_ms=version.latency_ms)]
-        server_version = version.json().get("version", "?")
+        server_version = label(version.json().get("version", "?"), 40)
         tags, ps = await asyncio.gather(
             fetch(ctx.http, f"{base}/api/tags", timeout=timeout, max_body=check.max_body),
             fetch(ctx.http, f"{base}/api/ps", timeout=timeout, max_body=check.max_body),
@@ -39,21 +41,19 @@ async def probe(check: OllamaCheck, ctx: ProbeContext) -> list[Observation]:
         if problem:
             return [down(check, base, problem[1], status=problem[0], latency_ms=version.latency_ms)]
         available = _models(tags.json())
-        loaded = _models(ps.json()) if isinstance(ps, HttpAnswer) and ps.status == 200 else []
+        loaded = _loaded(ps)
     except Unreachable as exc:
         return [down(check, base, str(exc), HINT)]
-    except AttributeError:
-        return [down(check, base, "unexpected answer shape from Ollama (not an Ollama server?)")]
 
-    vram = sum(float(m.get("size_vram") or 0) for m in loaded)
-    ram = sum(max(0.0, float(m.get("size") or 0) - float(m.get("size_vram") or 0)) for m in loaded)
+    vram = _sum(_bytes(m, "size_vram") for m in loaded)
+    ram = _sum(max(0.0, _bytes(m, "size") - _bytes(m, "size_vram")) for m in loaded)
     metrics = {
         "models_available": len(available),
         "models_loaded": len(loaded),
         "vram_bytes": vram,
         "loaded_ram_bytes": ram,
     }
-    names = [str(m.get("name") or m.get("model")) for m in available]
+    names = [_name(m) for m in available]
     message = f"Ollama {server_version}: {len(available)} model(s), {len(loaded)} loaded"
     if loaded:
         message += f" ({human_bytes(vram)} VRAM)"
@@ -65,7 +65,7 @@ async def probe(check: OllamaCheck, ctx: ProbeContext) -> list[Observation]:
             target=base,
             latency_ms=version.latency_ms,
             metrics=metrics,
-            details={"version": server_version, "models": names[:50], "loaded": [m.get("name") for m in loaded][:20]},
+            details={"version": server_version, "models": names[:50], "loaded": [_name(m) for m in loaded[:20]]},
         )
     ]
     for wanted in check.expect_models:
@@ -95,14 +95,39 @@ def _http_problem(answer: HttpAnswer, path: str = "/api/version") -> tuple[Statu
 
 def _models(data: Any) -> list[dict[str, Any]]:
     models = data.get("models") if isinstance(data, dict) else None
-    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+    return [m for m in models[:_MAX_MODELS] if isinstance(m, dict)] if isinstance(models, list) else []
+
+
+def _loaded(ps: HttpAnswer | BaseException) -> list[dict[str, Any]]:
+    """What is in memory: a nicety, so an /api/ps that fails or answers garbage is "none known", not down."""
+    if not isinstance(ps, HttpAnswer) or ps.status != 200:
+        return []
+    try:
+        return _models(ps.json())
+    except Unreachable:
+        return []
+
+
+def _name(model: dict[str, Any]) -> str:
+    return label(model.get("name") or model.get("model"), 200)
+
+
+def _bytes(model: dict[str, Any], key: str) -> float:
+    """A size Ollama reported, in bytes; 0 when it is missing, not a number, or not finite."""
+    value = finite(model.get(key))
+    return value if value is not None and value > 0 else 0.0
+
+
+def _sum(values: Any) -> float:
+    """A total that stays finite however large the sizes an answer claims."""
+    return finite(sum(values)) or 0.0
 
 
 def _model(
     check: OllamaCheck, base: str, wanted: str, available: list[dict[str, Any]], loaded: list[dict[str, Any]]
 ) -> Observation:
     name = f"{check.name}/{wanted}"
-    found = next((m for m in available if model_matches(wanted, str(m.get("name") or m.get("model")))), None)
+    found = next((m for m in available if model_matches(wanted, _name(m))), None)
     if not found:
         return observation(
             check,
@@ -112,10 +137,11 @@ def _model(
             target=base,
             group=Group.MODELS,
         )
-    model_name = str(found.get("name") or found.get("model"))
-    in_memory = next((m for m in loaded if (m.get("name") or m.get("model")) == model_name), None)
-    details = found.get("details") if isinstance(found.get("details"), dict) else {}
-    size = float(found.get("size") or 0)
+    model_name = _name(found)
+    in_memory = next((m for m in loaded if _name(m) == model_name), None)
+    raw = found.get("details") if isinstance(found.get("details"), dict) else {}
+    details = {k: label(raw[k], 40) for k in ("family", "parameter_size", "quantization_level") if raw.get(k)}
+    size = _bytes(found, "size")
     metrics = {"size_bytes": size, "loaded": 1.0 if in_memory else 0.0}
     text = f"{model_name} present ({human_bytes(size)}"
     if details.get("parameter_size"):
@@ -124,7 +150,7 @@ def _model(
         text += f", {details['quantization_level']}"
     text += ")"
     if in_memory:
-        vram = float(in_memory.get("size_vram") or 0)
+        vram = _bytes(in_memory, "size_vram")
         metrics["vram_bytes"] = vram
         text += f", loaded ({human_bytes(vram)} in VRAM)"
     else:
@@ -187,8 +213,9 @@ async def _generate(check: OllamaCheck, ctx: ProbeContext, base: str) -> Observa
         )
     metrics = {"generate_seconds": answer.latency_ms / 1000}
     for key in ("total_duration", "load_duration", "eval_duration", "prompt_eval_duration"):
-        if isinstance(data.get(key), int | float):
-            metrics[f"{key}_seconds"] = data[key] / 1e9
+        nanoseconds = finite(data.get(key))
+        if nanoseconds is not None:
+            metrics[f"{key}_seconds"] = nanoseconds / 1e9
     seconds = answer.latency_ms / 1000
     status = Status.WARNING if seconds >= spec.latency_warning else Status.OK
     message = f"{spec.model} answered in {seconds:.2f}s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from clusterwatch.config.schema import OpenWebUICheck
 from clusterwatch.model import Observation, Status
 from clusterwatch.probes.base import ProbeContext, Unreachable, down, fetch, not_running, observation
+from clusterwatch.probes.values import label, short
 
 HINT = "is Open WebUI running? (`docker start open-webui`)"
 
@@ -34,7 +35,7 @@ async def probe(check: OpenWebUICheck, ctx: ProbeContext) -> list[Observation]:
         return [down(check, base, f"/health: {exc}", latency_ms=health.latency_ms)]
     if not isinstance(body, dict) or body.get("status") is not True:
         return [
-            down(check, base, f'/health said {str(body)[:80]}, not {{"status": true}}', latency_ms=health.latency_ms)
+            down(check, base, f'/health said {short(body)}, not {{"status": true}}', latency_ms=health.latency_ms)
         ]
 
     details: dict[str, object] = {}
@@ -54,7 +55,7 @@ async def probe(check: OpenWebUICheck, ctx: ProbeContext) -> list[Observation]:
         version = await fetch(ctx.http, f"{base}/api/version", timeout=timeout, max_body=64 * 1024)
         data = version.json() if version.status == 200 else {}
         if isinstance(data, dict) and isinstance(data.get("version"), str):
-            details["version"] = data["version"][:40]
+            details["version"] = label(data["version"], 40)
     except Unreachable:
         pass  # the version is a nicety, not health
     text = "healthy"

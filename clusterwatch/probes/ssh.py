@@ -7,14 +7,15 @@ put into the remote command.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import re
 import time
 from typing import Any
 
 from clusterwatch.config.schema import Config, Node, Thresholds
 from clusterwatch.model import Group, Observation, Status
 from clusterwatch.probes.base import describe_os_error, human_bytes, level_status
+from clusterwatch.probes.values import finite, loads
 from clusterwatch.sshclient import asyncssh_module, connect_options
 
 # `[d]ask` keeps pgrep from matching the shell that runs this very script.
@@ -128,14 +129,24 @@ def _observation(node: Node, where: str, status: Status, message: str, **extra: 
     )
 
 
+_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only ("²".isdigit() is True) and within a float's range
+_MAX_REPORT_LINES, _MAX_DF_LINES = 1000, 64
+
+
+def _count(text: object) -> int | None:
+    """A whole number the node printed (kB, jiffies, cores), or None for anything else."""
+    return int(text) if isinstance(text, str) and _COUNT.fullmatch(text) else None
+
+
 def parse_report(text: str) -> dict[str, Any]:
     report: dict[str, Any] = {"df": []}
-    for line in text.splitlines():
+    for line in text.splitlines()[:_MAX_REPORT_LINES]:
         key, sep, value = line.partition("=")
         if not sep:
             continue
         if key == "df":
-            report["df"].append(value)
+            if len(report["df"]) < _MAX_DF_LINES:
+                report["df"].append(value)
         else:
             report[key] = value.strip()
     return report
@@ -143,7 +154,7 @@ def parse_report(text: str) -> dict[str, Any]:
 
 def _cpu_percent(first: str, second: str) -> float | None:
     def numbers(line: str) -> list[int]:
-        return [int(x) for x in line.split()[1:] if x.isdigit()]
+        return [n for n in map(_count, line.split()[1:]) if n is not None]
 
     a, b = numbers(first), numbers(second)
     if len(a) < 4 or len(a) != len(b):
@@ -157,30 +168,31 @@ def judge(node: Node, config: Config, report: dict[str, Any], where: str, latenc
     limits: Thresholds = node.thresholds or config.node_thresholds
     metrics: dict[str, float] = {}
     graded: list[tuple[Status, str]] = []
-    cores = int(report["nproc"]) if str(report.get("nproc", "")).isdigit() else 1
+    cores = max(1, _count(report.get("nproc")) or 1)
     metrics["cpus"] = cores
 
     cpu = _cpu_percent(report.get("stat1", ""), report.get("stat2", "")) if "stat1" in report else None
     if cpu is not None:
         metrics["cpu_percent"] = cpu
         graded.append((level_status(cpu, limits.cpu.warning, limits.cpu.critical), f"cpu {cpu:.0f}%"))
-    total, avail = report.get("MemTotal"), report.get("MemAvailable")
-    if total and avail and total.isdigit() and avail.isdigit() and int(total) > 0:
-        percent = 100.0 * (int(total) - int(avail)) / int(total)
-        metrics.update(memory_percent=round(percent, 1), memory_total_bytes=int(total) * 1024)
+    total, avail = _count(report.get("MemTotal")), _count(report.get("MemAvailable"))
+    if total and avail is not None:
+        percent = 100.0 * (total - avail) / total
+        metrics.update(memory_percent=round(percent, 1), memory_total_bytes=total * 1024)
         graded.append(
             (
                 level_status(percent, limits.memory.warning, limits.memory.critical),
-                f"memory {percent:.0f}% of {human_bytes(int(total) * 1024)}",
+                f"memory {percent:.0f}% of {human_bytes(total * 1024)}",
             )
         )
     seen_mounts = set()
     for line in report["df"]:
         parts = line.split()
-        if len(parts) != 4 or parts[0] in seen_mounts or not all(p.isdigit() for p in parts[1:]):
+        sizes = [_count(p) for p in parts[1:]]
+        if len(parts) != 4 or parts[0] in seen_mounts or None in sizes:
             continue
         seen_mounts.add(parts[0])
-        _size, used, free = (int(p) * 1024 for p in parts[1:])
+        _size, used, free = (n * 1024 for n in sizes)  # type: ignore[operator]
         percent = 100.0 * used / (used + free) if used + free else 0.0
         key = "disk_percent" if parts[0] == "/" else f"disk_percent:{parts[0]}"
         metrics[key] = round(percent, 1)
@@ -188,12 +200,10 @@ def judge(node: Node, config: Config, report: dict[str, Any], where: str, latenc
             (level_status(percent, limits.disk.warning, limits.disk.critical), f"disk {parts[0]} {percent:.0f}%")
         )
     if report.get("loadavg"):
-        try:
-            load1 = float(report["loadavg"].split()[0])
+        load1 = finite(_float(report["loadavg"].split()[:1]))
+        if load1 is not None:
             metrics["load1"] = load1
             graded.append((level_status(load1 / cores, limits.load.warning, limits.load.critical), f"load {load1:.2f}"))
-        except (ValueError, IndexError):
-            pass
     if "dask_worker" in report:
         running = report["dask_worker"] == "1"
         metrics["dask_worker_running"] = 1.0 if running else 0.0
@@ -215,14 +225,24 @@ def judge(node: Node, config: Config, report: dict[str, Any], where: str, latenc
     )
 
 
+def _float(words: list[str]) -> float | None:
+    try:
+        return float(words[0]) if words else None
+    except ValueError:
+        return None
+
+
 def _battery(node: Node, raw: str, metrics: dict[str, float]) -> tuple[Status, str]:
     try:
-        data = json.loads(raw)
-        percent = float(data["percentage"])
-    except (ValueError, KeyError, TypeError):
+        data = loads(raw)
+    except ValueError:
+        data = None
+    percent = finite(data.get("percentage")) if isinstance(data, dict) else None
+    if data is None or percent is None:
         return Status.UNKNOWN, "battery unreadable"
     metrics["battery_percent"] = percent
-    charging = str(data.get("status", "")).upper() in ("CHARGING", "FULL")
+    state = data.get("status")
+    charging = isinstance(state, str) and state.upper() in ("CHARGING", "FULL")
     status = level_status(percent, node.battery_warning, node.battery_critical, below=True)
     if charging and status is Status.CRITICAL:
         status = Status.WARNING
