@@ -36,7 +36,7 @@ class GpuSurvey:
 
 
 def survey(nvml: Any = None) -> GpuSurvey:
-    """Blocking: run it in a thread. `nvml` is the pynvml module (injectable for tests)."""
+    """Blocking (a wedged driver can hang it): run it in `blocking.nvml`. `nvml` is pynvml (injectable for tests)."""
     if nvml is None:
         try:
             import pynvml as nvml
@@ -94,4 +94,4 @@ def _optional(read: Any) -> Any:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

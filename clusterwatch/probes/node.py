@@ -10,7 +10,7 @@ import psutil
 
 from clusterwatch.config.schema import NodeCheck, Thresholds
 from clusterwatch.model import Group, Observation, Status
-from clusterwatch.probes import gpu
+from clusterwatch.probes import blocking, gpu
 from clusterwatch.probes.base import ProbeContext, human_bytes, level_status, observation
 
 _PSEUDO_FS = {
@@ -37,8 +37,25 @@ _PSEUDO_FS = {
 async def probe(check: NodeCheck, ctx: ProbeContext) -> list[Observation]:
     limits = check.thresholds or ctx.config.thresholds
     host = socket.gethostname()
-    survey_task = asyncio.create_task(asyncio.to_thread(gpu.survey)) if check.gpus else None
+    # statvfs and NVML can block for good (a hung NFS mount, a wedged driver): their own threads, bounded.
+    timeout = ctx.timeout_for(check)
+    survey_task = asyncio.create_task(_survey(timeout)) if check.gpus else None
+    disks_task = asyncio.create_task(_disks(check, limits, host, timeout))
+    try:
+        return await _observe(check, limits, host, disks_task, survey_task)
+    finally:
+        for task in (disks_task, survey_task):
+            if task is not None and not task.done():
+                task.cancel()
 
+
+async def _observe(
+    check: NodeCheck,
+    limits: Thresholds,
+    host: str,
+    disks_task: asyncio.Task[list[Observation]],
+    survey_task: asyncio.Task[gpu.GpuSurvey] | None,
+) -> list[Observation]:
     psutil.cpu_percent(None)
     await asyncio.sleep(check.cpu_sample)
     cpu = psutil.cpu_percent(None)
@@ -63,7 +80,7 @@ async def probe(check: NodeCheck, ctx: ProbeContext) -> list[Observation]:
     ]
     status, message = _judge(checks)
     observed = [observation(check, status, message, target=host, group=Group.SYSTEM, metrics=metrics)]
-    observed.extend(_disks(check, limits, host))
+    observed.extend(await disks_task)
     if survey_task is not None:
         observed.extend(_gpus(check, limits, host, await survey_task, observed[0]))
     return observed
@@ -79,24 +96,29 @@ def _judge(checks: list[tuple[str, float, object, str]]) -> tuple[Status, str]:
     return status, "; ".join(bad) if bad else ", ".join(text for _, text in graded)
 
 
-def _disks(check: NodeCheck, limits: Thresholds, host: str) -> list[Observation]:
+async def _survey(timeout: float) -> gpu.GpuSurvey:
+    try:
+        return await blocking.nvml.run("nvml", timeout, gpu.survey)
+    except blocking.Blocked as exc:
+        return gpu.GpuSurvey(False, "", error=f"NVML: {exc} (driver hung?)")
+
+
+async def _disks(check: NodeCheck, limits: Thresholds, host: str, timeout: float) -> list[Observation]:
     mounts = check.disks or _local_mounts()
+    usages = await asyncio.gather(
+        *(blocking.disks.run(mount, timeout, psutil.disk_usage, mount) for mount in mounts), return_exceptions=True
+    )
     observed = []
-    for mount in mounts:
+    for mount, usage in zip(mounts, usages, strict=True):
         name = f"{check.name}/disk:{mount}"
-        try:
-            usage = psutil.disk_usage(mount)
-        except OSError as exc:
-            observed.append(
-                observation(
-                    check,
-                    Status.UNKNOWN,
-                    f"cannot read disk {mount}: {exc.strerror}",
-                    name=name,
-                    target=host,
-                    group=Group.SYSTEM,
-                )
-            )
+        if isinstance(usage, BaseException):
+            if isinstance(usage, blocking.Blocked):
+                why = f"disk {mount}: {usage} — a hung mount (NFS, CIFS, FUSE)?"
+            elif isinstance(usage, OSError):
+                why = f"cannot read disk {mount}: {usage.strerror or usage}"
+            else:
+                raise usage
+            observed.append(observation(check, Status.UNKNOWN, why, name=name, target=host, group=Group.SYSTEM))
             continue
         status = level_status(usage.percent, limits.disk.warning, limits.disk.critical)
         message = f"disk {mount} {usage.percent:.0f}% used, {human_bytes(usage.free)} free"
