@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from clusterwatch.config.schema import CheckBase, Config, Node, OllamaCheck
-from clusterwatch.model import Group, Observation, Status
+from clusterwatch.model import Group, Observation, Status, one_line
 from clusterwatch.probes import GROUPS, probe_for
 from clusterwatch.probes.base import ProbeContext, new_http_session
 from clusterwatch.probes.ssh import probe_node
@@ -64,12 +64,23 @@ async def run_probe(item: CheckBase | Node, ctx: ProbeContext) -> list[Observati
             return await probe_for(kind)(item, ctx)
     except TimeoutError:
         return [_placeholder(item, Status.CRITICAL, f"no answer within {limit:g}s")]
-    except Exception as exc:  # a probe's own bug must not take the round down
-        log.exception("probe %s (%s) failed", item.name, kind)
-        return [_placeholder(item, Status.UNKNOWN, f"probe error: {type(exc).__name__}: {exc}")]
+    except Exception as exc:  # a probe's own bug must not take the round down, nor print a traceback
+        return [_probe_bug(item, kind, exc)]
 
 
-def _placeholder(item: CheckBase | Node, status: Status, message: str) -> Observation:
+def _probe_bug(item: CheckBase | Node, kind: str, exc: Exception) -> Observation:
+    """What a probe that raised says: `unknown` (the service may be fine), one log line, the traceback at debug."""
+    try:
+        said = str(exc)
+    except Exception:  # an exception whose own __str__ fails
+        said = ""
+    reason = one_line(f"{type(exc).__name__}: {said}" if said else type(exc).__name__, 300)
+    log.warning("probe %s (%s) failed: probe bug: %s", item.name, kind, reason)
+    log.debug("probe %s (%s) traceback", item.name, kind, exc_info=exc)
+    return _placeholder(item, Status.UNKNOWN, f"probe bug: {reason}", down=False)
+
+
+def _placeholder(item: CheckBase | Node, status: Status, message: str, *, down: bool = True) -> Observation:
     kind = _kind(item)
     group = Group.NODES if kind == "ssh" else Group.SYSTEM if kind == "node" else Group.SERVICES
     target = (
@@ -87,7 +98,7 @@ def _placeholder(item: CheckBase | Node, status: Status, message: str) -> Observ
         check=item.name,
         group=group,
         node=node,
-        down=True,
+        down=down,
     )
 
 
