@@ -157,8 +157,8 @@ def _worker(check: DaskCheck, address: str, w: dict[str, Any], now: float) -> Ob
         metrics["memory_bytes"] = memory
     if limit is not None and limit > 0:
         metrics["memory_limit_bytes"] = limit
-        if memory is not None:
-            percent = 100.0 * memory / limit
+        percent = None if memory is None else finite(100.0 * (memory / limit))
+        if percent is not None:
             metrics["memory_percent"] = round(percent, 1)
             if percent >= check.memory_critical:
                 problems.append((Status.CRITICAL, f"memory {percent:.0f}% of its {human_bytes(limit)} limit"))
@@ -320,6 +320,7 @@ def _parse_metrics(answer: HttpAnswer | Unreachable) -> dict[str, float] | None:
         return None
     wanted = [line for line in lines if line.startswith(_SAMPLES) and len(line) <= _MAX_LINE][:_MAX_SAMPLE_LINES]
     out: dict[str, float] = {}
+    unusable: set[str] = set()  # a NaN or infinite part makes the whole figure unknown, not a partial sum
     try:
         for family in text_string_to_metric_families("\n".join(wanted) + "\n"):
             for sample in family.samples:
@@ -337,8 +338,10 @@ def _parse_metrics(answer: HttpAnswer | Unreachable) -> dict[str, float] | None:
                     continue
                 value = finite(sample.value)
                 total = None if value is None else finite(out.get(key, 0.0) + value)
-                if total is not None and (key in out or len(out) < 100):
+                if total is None:
+                    unusable.add(key)
+                elif key in out or len(out) < 100:
                     out[key] = total
     except Exception:  # whatever the parser makes of a garbled page: no metrics, not a probe error
         return None
-    return out
+    return {key: value for key, value in out.items() if key not in unusable}

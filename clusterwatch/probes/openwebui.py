@@ -34,9 +34,7 @@ async def probe(check: OpenWebUICheck, ctx: ProbeContext) -> list[Observation]:
     except Unreachable as exc:
         return [down(check, base, f"/health: {exc}", latency_ms=health.latency_ms)]
     if not isinstance(body, dict) or body.get("status") is not True:
-        return [
-            down(check, base, f'/health said {short(body)}, not {{"status": true}}', latency_ms=health.latency_ms)
-        ]
+        return [down(check, base, f'/health said {short(body)}, not {{"status": true}}', latency_ms=health.latency_ms)]
 
     details: dict[str, object] = {}
     if check.check_db:
