@@ -1,20 +1,23 @@
 """History in SQLite, WAL mode: batched writes in a thread of their own, off the event loop.
 
-Survives `kill -9` at any moment: every batch is one transaction, and WAL with
-synchronous=NORMAL keeps every committed batch across a crash of the process.
+Survives `kill -9` at any moment: every batch is one transaction that carries its raw observations
+and the rollup rows they change, and WAL with synchronous=NORMAL keeps every committed batch across
+a crash of the process. A failed transaction is rolled back (the connection is never left inside
+one), retried with backoff, and then split so that one bad item cannot cost the rest of its batch;
+a database that is busy, full or failing is retried for as long as it takes, while the bounded
+queue in front of the writer drops (and counts) what does not fit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,44 +25,57 @@ from clusterwatch.config.schema import StoreOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState
 from clusterwatch.model import Observation, Status
+from clusterwatch.store.rollups import DEFAULT_EXPECTED_EVERY, Rollups
 from clusterwatch.store.schema import migrate
 
 log = logging.getLogger("clusterwatch.store")
 _STOP = object()
 BATCH = 5000
+QUEUE_MAX = 100_000  # items waiting for the writer; beyond this they are dropped and counted
+RETRIES = 3  # further attempts of a failed batch before it is split to find the bad item
+RETRY_DELAY = 0.05  # seconds before the first retry; doubles each time
+RETRY_DELAY_MAX = 5.0
 RETENTION_EVERY = 600.0
+BUSY_TIMEOUT_S = 10.0
+# A database-wide trouble, not one item's: worth waiting out rather than splitting the batch over.
+_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+_RANK = "CASE {} WHEN 'critical' THEN 0 WHEN 'unknown' THEN 1 WHEN 'warning' THEN 2 ELSE 3 END"
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     else:
-        conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     conn.row_factory = sqlite3.Row
     return conn
 
 
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = max(0, math.ceil(q * len(sorted_values)) - 1)
-    return sorted_values[index]
+def _transient(error: BaseException) -> bool:
+    name = getattr(error, "sqlite_errorname", "") or ""
+    return isinstance(error, sqlite3.OperationalError) and name.startswith(_TRANSIENT)
 
 
 class Store:
-    def __init__(self, options: StoreOptions) -> None:
+    def __init__(self, options: StoreOptions, *, clock: Callable[[], float] = time.time) -> None:
         self.options = options
         self.path = Path(os.path.expanduser(options.path))
+        self.clock = clock
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._reader: sqlite3.Connection | None = None
-        self._buckets: dict[tuple[str, int], list[Any]] = defaultdict(lambda: [0, 0, []])
+        self._conn: sqlite3.Connection | None = None
+        self._rollups = Rollups()
         self._last_retention = time.monotonic()
-        self.written = 0
-        self.failures = 0
+        self._last_commit = time.monotonic()
+        self.written = 0  # items committed
+        self.failures = 0  # transactions that failed (each attempt)
+        self.failed_items = 0  # items given up: they failed alone, or while stopping
+        self.dropped = 0  # items refused because the queue was full
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -70,33 +86,61 @@ class Store:
             migrate(conn)
         finally:
             conn.close()
+        self._last_commit = time.monotonic()
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
         return self
 
     def close(self, timeout: float = 4.0) -> None:
-        """Finish the writes in flight, then stop."""
+        """Finish the writes in flight, then stop; a database that keeps failing is given up on."""
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._stopping.set()
+                self._thread.join(1.0)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything queued so far is committed (tests, `--once`)."""
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is written or given up (tests, `--once`)."""
         done = threading.Event()
         self._queue.put(done)
-        done.wait(timeout)
+        return done.wait(timeout)
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz and /metrics say about history keeping."""
+        return {
+            "writer_alive": self._thread is not None and self._thread.is_alive(),
+            "queue_depth": self._queue.qsize(),
+            "queue_max": QUEUE_MAX,
+            "written": self.written,
+            "failures": self.failures,
+            "failed_items": self.failed_items,
+            "dropped": self.dropped,
+            "last_commit_age_s": round(time.monotonic() - self._last_commit, 3),
+        }
 
     # --- writes (non-blocking, from the event loop) -------------------------------------------
 
-    def observation(self, obs: Observation, at: float) -> None:
-        self._queue.put(("obs", obs, at))
+    def _put(self, item: tuple[Any, ...]) -> None:
+        if self._queue.qsize() >= QUEUE_MAX:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.error("store: the writer is %d items behind; %d dropped so far", QUEUE_MAX, self.dropped)
+            return
+        self._queue.put(item)
+
+    def observation(self, obs: Observation, at: float, *, expected_every: float | None = None) -> None:
+        """`expected_every`: the check's interval — how long an observation's status may be taken to
+        hold until the next one; a longer gap is unknown time in the uptime (None: 60 s)."""
+        every = expected_every if expected_every is not None and expected_every > 0 else DEFAULT_EXPECTED_EVERY
+        self._put(("obs", obs, at, every))
 
     def entity(self, state: EntityState, kind: str) -> None:
         last = state.last
-        self._queue.put(
+        self._put(
             (
                 "entity",
                 (
@@ -123,57 +167,112 @@ class Store:
         )
 
     def forget(self, names: list[str]) -> None:
-        self._queue.put(("forget", names))
+        self._put(("forget", names))
 
     def event(self, event: Event) -> None:
-        self._queue.put(("event", event))
+        self._put(("event", event))
 
     def action(self, row: dict[str, Any]) -> None:
-        self._queue.put(("action", row))
+        self._put(("action", row))
 
     def command(self, kind: str, target: str) -> None:
-        self._queue.put(("command", (time.time(), kind, target)))
+        self._put(("command", (self.clock(), kind, target)))
 
     # --- the writer thread ---------------------------------------------------------------------
 
     def _writer(self) -> None:
-        conn = connect(self.path)
+        self._conn = connect(self.path)
         try:
             while True:
-                item = self._queue.get()
-                batch = [item]
+                batch = [self._queue.get()]
                 while len(batch) < BATCH:
                     try:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                stop = any(i is _STOP for i in batch)
-                self._write(conn, [i for i in batch if isinstance(i, tuple)], final=stop)
+                items = [i for i in batch if isinstance(i, tuple)]
+                try:
+                    if items:
+                        self._commit(items)
+                    if time.monotonic() - self._last_retention > RETENTION_EVERY:
+                        self._retention()
+                except Exception:  # a bug here must not end history keeping
+                    log.exception("store: the writer failed on a batch of %d", len(items))
                 for i in batch:
                     if isinstance(i, threading.Event):
                         i.set()
-                if stop:
+                if any(i is _STOP for i in batch):
                     return
-                if time.monotonic() - self._last_retention > RETENTION_EVERY:
-                    self._retention(conn)
         finally:
-            conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
-    def _write(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]], *, final: bool = False) -> None:
+    def _commit(self, items: list[tuple[Any, ...]], retries: int = RETRIES) -> None:
+        """Write `items`: retried with backoff, a busy or failing database for as long as it lasts,
+        then split in halves until the item that fails alone is found and given up."""
+        delay, attempts = RETRY_DELAY, 0
+        while True:
+            error = self._transaction(items)
+            if error is None:
+                return
+            attempts += 1
+            if self._stopping.is_set() or (attempts > retries and not _transient(error)):
+                break
+            self._stopping.wait(delay)
+            delay = min(delay * 2, RETRY_DELAY_MAX)
+        if len(items) == 1 or self._stopping.is_set():
+            self.failed_items += len(items)
+            log.error(
+                "store: gave up %d write(s) (%s) after %d attempt(s): %s",
+                len(items),
+                ", ".join(sorted({str(i[0]) for i in items})),
+                attempts,
+                error,
+            )
+            return
+        middle = len(items) // 2
+        self._commit(items[:middle], retries=0)
+        self._commit(items[middle:], retries=0)
+
+    def _transaction(self, items: list[tuple[Any, ...]]) -> BaseException | None:
+        """One transaction; on any error it is rolled back and the error returned."""
+        conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
+            for item in items:
                 getattr(self, f"_w_{item[0]}")(conn, *item[1:])
-            self._flush_rollups(conn, everything=final)
+            self._rollups.write(conn)
             conn.execute("COMMIT")
-            self.written += len(batch)
-        except sqlite3.Error:
+        except Exception as exc:
+            self._rollback(conn)
+            self._rollups.rolled_back()
             self.failures += 1
-            log.exception("store: a batch of %d writes failed", len(batch))
+            log.warning("store: a transaction of %d write(s) failed and was rolled back: %s", len(items), exc)
+            return exc
+        self._rollups.committed()
+        self.written += len(items)
+        self._last_commit = time.monotonic()
+        return None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path)
+        return self._conn
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """Never leave the connection inside a transaction; one that cannot roll back is replaced."""
+        try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("store: rollback failed; reconnecting")
+            try:
+                conn.close()
+            finally:
+                self._conn = None
 
-    def _w_obs(self, conn: sqlite3.Connection, obs: Observation, at: float) -> None:
+    def _w_obs(self, conn: sqlite3.Connection, obs: Observation, at: float, expected_every: float) -> None:
+        self._rollups.observed(conn, obs.name, at, obs.status.value, expected_every)
         conn.execute(
             "INSERT INTO observations (ts, entity, check_name, kind, node, status, message, latency_ms, metrics, "
             "details) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -190,11 +289,6 @@ class Store:
                 json.dumps(obs.details, default=str) if obs.details else None,
             ),
         )
-        bucket = self._buckets[(obs.name, int(at // 60) * 60)]
-        bucket[0] += 1
-        bucket[1] += 1 if obs.status is Status.OK else 0
-        if obs.latency_ms is not None:
-            bucket[2].append(obs.latency_ms)
 
     def _w_entity(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         conn.execute(
@@ -206,6 +300,7 @@ class Store:
 
     def _w_forget(self, conn: sqlite3.Connection, names: list[str]) -> None:
         conn.executemany("DELETE FROM entities WHERE name = ?", [(n,) for n in names])
+        self._rollups.forget(names)
 
     def _w_event(self, conn: sqlite3.Connection, e: Event) -> None:
         conn.execute(
@@ -225,21 +320,28 @@ class Store:
                 json.dumps(e.details, default=str),
             ),
         )
-        if e.kind is EventKind.INCIDENT_OPENED and e.incident:
+        if not e.incident:
+            return
+        severity = e.new.value if e.new is not None and e.new is not Status.OK else None
+        if e.kind is EventKind.INCIDENT_OPENED:
+            severity = severity or Status.CRITICAL.value
             conn.execute(
-                "INSERT OR IGNORE INTO incidents (id, entity, check_name, node, opened, status, message, "
-                "last_message) VALUES (?,?,?,?,?,?,?,?)",
-                (e.incident, e.entity, e.check, e.node, e.at, (e.new or Status.CRITICAL).value, e.message, e.message),
+                "INSERT OR IGNORE INTO incidents (id, entity, check_name, node, opened, status, worst, message, "
+                "last_message) VALUES (?,?,?,?,?,?,?,?,?)",
+                (e.incident, e.entity, e.check, e.node, e.at, severity, severity, e.message, e.message),
             )
-        elif e.kind is EventKind.INCIDENT_CLOSED and e.incident:
+        elif e.kind is EventKind.INCIDENT_CLOSED:
+            # `status` keeps the severity it ended with: a closed incident is not 'ok', it was resolved.
             conn.execute(
                 "UPDATE incidents SET closed = ?, duration = ? - opened, last_message = ? WHERE id = ?",
                 (e.at, e.at, e.message, e.incident),
             )
-        elif e.kind is EventKind.STATE_CHANGE and e.incident and e.new:
+        elif e.kind is EventKind.STATE_CHANGE and severity is not None:
             conn.execute(
-                "UPDATE incidents SET status = ?, last_message = ? WHERE id = ? AND closed IS NULL",
-                (e.new.value, e.message, e.incident),
+                f"UPDATE incidents SET status = :new, last_message = :message, worst = CASE WHEN worst IS NULL "
+                f"OR {_RANK.format(':new')} < {_RANK.format('worst')} THEN :new ELSE worst END "
+                "WHERE id = :id AND closed IS NULL",
+                {"new": severity, "message": e.message, "id": e.incident},
             )
 
     def _w_action(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
@@ -253,37 +355,12 @@ class Store:
     def _w_command(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         conn.execute("INSERT INTO commands (ts, kind, target) VALUES (?,?,?)", row)
 
-    def _flush_rollups(self, conn: sqlite3.Connection, *, everything: bool) -> None:
-        current = int(time.time() // 60) * 60
-        for key in [k for k in self._buckets if everything or k[1] < current]:
-            count, ok, latencies = self._buckets.pop(key)
-            latencies.sort()
-            row = (
-                key[0],
-                key[1],
-                count,
-                ok,
-                _percentile(latencies, 0.5),
-                _percentile(latencies, 0.95),
-                latencies[-1] if latencies else None,
-            )
-            for table, ts in (("rollup_minute", key[1]), ("rollup_hour", key[1] // 3600 * 3600)):
-                # Merging: counts add, max is max; p50 is count-weighted, p95 the worst minute's.
-                conn.execute(
-                    f"INSERT INTO {table} (entity, ts, count, ok, p50, p95, max) VALUES (?,?,?,?,?,?,?) "
-                    "ON CONFLICT (entity, ts) DO UPDATE SET "
-                    "p50 = CASE WHEN p50 IS NULL THEN excluded.p50 WHEN excluded.p50 IS NULL THEN p50 "
-                    "  ELSE (p50 * count + excluded.p50 * excluded.count) / (count + excluded.count) END, "
-                    "p95 = MAX(COALESCE(p95, excluded.p95), COALESCE(excluded.p95, p95)), "
-                    "max = MAX(COALESCE(max, excluded.max), COALESCE(excluded.max, max)), "
-                    "count = count + excluded.count, ok = ok + excluded.ok",
-                    (row[0], ts, *row[2:]),
-                )
-
-    def _retention(self, conn: sqlite3.Connection) -> None:
+    def _retention(self) -> None:
+        """Old history out, one transaction; a failure is rolled back and tried again next time."""
         self._last_retention = time.monotonic()
-        now = time.time()
+        now = self.clock()
         o = self.options
+        conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM observations WHERE ts < ?", (now - o.raw_max_age,))
@@ -299,10 +376,10 @@ class Store:
             conn.execute("DELETE FROM incidents WHERE closed IS NOT NULL AND closed < ?", (now - o.events_max_age,))
             conn.execute("DELETE FROM commands WHERE done IS NOT NULL AND done < ?", (now - 86400,))
             conn.execute("COMMIT")
-        except sqlite3.Error:
-            log.exception("store: retention failed")
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except Exception:
+            self.failures += 1
+            log.exception("store: retention failed and was rolled back")
+            self._rollback(conn)
 
     # --- reads (main thread; small) -------------------------------------------------------------
 
@@ -320,6 +397,6 @@ class Store:
         if rows:
             self.reader.execute(
                 f"UPDATE commands SET done = ? WHERE id IN ({','.join('?' * len(rows))})",
-                (time.time(), *[r["id"] for r in rows]),
+                (self.clock(), *[r["id"] for r in rows]),
             )
         return rows
