@@ -6,28 +6,92 @@ sends through Apprise, capturing why a send failed (without the secrets in it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from clusterwatch.redact import Redactor
+from clusterwatch import redact
+from clusterwatch.redact import MASK, Redactor
 
 _local = threading.local()
+_DELIMITERS = re.compile(r"[/:@?&=#,+\s]+")
 
 
-class _Capture(logging.Handler):
-    """Apprise reports failures only in its log: keep this thread's last lines as the reason."""
+class _ApprisePrivacy(logging.Filter):
+    """Apprise logs a URL it rejects in full: mask the URL in hand, and every known secret, in its own lines.
 
-    def emit(self, record: logging.LogRecord) -> None:
+    Apprise reports why a send failed only in its log, so this thread's last lines are kept as the reason.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for url in getattr(_local, "urls", ()):
+            message = _mask_tokens(message, url)
+        record.msg, record.args = redact.current().text(message), ()
         lines = getattr(_local, "lines", None)
         if lines is not None and record.levelno >= logging.WARNING:
-            lines.append(record.getMessage())
+            lines.append(record.msg)
+        return True
 
 
-_capture = _Capture()
-logging.getLogger("apprise").addHandler(_capture)
+_privacy = _ApprisePrivacy()
+logging.getLogger("apprise").addFilter(_privacy)
+
+
+@contextlib.contextmanager
+def _apprise_scope(url: str) -> Iterator[list[str]]:
+    """While Apprise works on `url` in this thread: its parts are masked in Apprise's lines, which are kept."""
+    lines: list[str] = []
+    _local.urls, _local.lines = (url,), lines
+    try:
+        yield lines
+    finally:
+        _local.urls, _local.lines = (), None
+
+
+def _tokens(url: str) -> set[str]:
+    """The parts of a URL between its delimiters, as written and decoded (the scheme left out)."""
+    rest = url.split("://", 1)[-1]
+    found = set()
+    for token in _DELIMITERS.split(rest):
+        for form in (token, urllib.parse.unquote(token)):
+            if len(form) >= 3:
+                found.add(form)
+    return found
+
+
+def _mask_tokens(message: str, url: str) -> str:
+    message = message.replace(url, url.split("://", 1)[0] + "://" + MASK if "://" in url else MASK)
+    for token in sorted(_tokens(url), key=len, reverse=True):
+        message = re.sub(rf"(?<![\w.-]){re.escape(token)}(?![\w-])", MASK, message)
+    return message
+
+
+def privacy_url(url: str) -> str:
+    """The URL as Apprise shows it with `privacy=True` (passwords, tokens and webhook paths masked)."""
+    import apprise
+
+    with _apprise_scope(url):
+        try:
+            server = apprise.Apprise.instantiate(url)
+        except Exception:  # a URL Apprise cannot read is shown by its scheme only
+            server = None
+    if server is None:
+        return url.split("://", 1)[0] + "://" + MASK if "://" in url else MASK
+    return str(server.url(privacy=True))
+
+
+def remember_secrets(url: str, redactor: Redactor | None = None) -> None:
+    """Teach the current redactor (and `redactor`) a channel URL's secrets, so no log or error shows them."""
+    targets = [redact.current()] + ([redactor] if redactor is not None and redactor is not redact.current() else [])
+    parts = [url, *_secret_parts(url), *_apprise_secret_parts(url)]
+    for target in targets:
+        for part in parts:
+            target.add(part)
 
 
 def channels_from_env(values: Mapping[str, str]) -> dict[str, str]:
@@ -55,16 +119,15 @@ def check_url(url: str) -> str | None:
     """None if Apprise can use the URL, else why not (without repeating the URL: it holds secrets)."""
     import apprise
 
-    lines: list[str] = []
-    _local.lines = lines
-    try:
+    with _apprise_scope(url) as lines:
         ok = apprise.Apprise().add(url)
-    finally:
-        _local.lines = None
     if ok:
+        remember_secrets(url)
         return None
+    for part in _secret_parts(url):
+        redact.current().add(part)
     scheme = url.split("://", 1)[0] if "://" in url else "?"
-    return f"not a usable Apprise URL ({scheme}://...)" + (f": {Redactor([url]).text(lines[-1])}" if lines else "")
+    return f"not a usable Apprise URL ({scheme}://...)" + (f": {lines[-1]}" if lines else "")
 
 
 _SEVERITY_TYPE = {"info": "info", "warning": "warning", "critical": "failure", "resolved": "success"}
@@ -73,19 +136,21 @@ _SEVERITY_TYPE = {"info": "info", "warning": "warning", "critical": "failure", "
 class Channels:
     def __init__(self, urls: Mapping[str, str], redactor: Redactor | None = None) -> None:
         self.urls = dict(urls)
-        self.redactor = redactor or Redactor()
         for url in self.urls.values():
-            self.redactor.add(url)
-            for part in _secret_parts(url):
-                self.redactor.add(part)
+            remember_secrets(url, redactor)
         self._apprise: dict[str, Any] = {}
+
+    @property
+    def redactor(self) -> Redactor:
+        return redact.current()
 
     def _get(self, name: str) -> Any:
         if name not in self._apprise:
             import apprise
 
             instance = apprise.Apprise()
-            instance.add(self.urls[name])
+            with _apprise_scope(self.urls[name]):
+                instance.add(self.urls[name])
             self._apprise[name] = instance
         return self._apprise[name]
 
@@ -101,36 +166,59 @@ class Channels:
         """Blocking: run it in a thread. Returns (delivered, why not)."""
         if name not in self.urls:
             return False, f"no channel named {name!r}"
-        lines: list[str] = []
-        _local.lines = lines
-        try:
-            import apprise
+        with _apprise_scope(self.urls[name]) as lines:
+            try:
+                import apprise
 
-            ok = self._get(name).notify(
-                title=title,
-                body=body,
-                notify_type=getattr(apprise.NotifyType, _SEVERITY_TYPE.get(severity, "info").upper()),
-            )
-        except Exception as exc:  # a channel's failure is recorded, never raised
-            ok, lines = False, [*lines, f"{type(exc).__name__}: {exc}"]
-        finally:
-            _local.lines = None
+                ok = self._get(name).notify(
+                    title=title,
+                    body=body,
+                    notify_type=getattr(apprise.NotifyType, _SEVERITY_TYPE.get(severity, "info").upper()),
+                )
+            except Exception as exc:  # a channel's failure is recorded, never raised
+                ok = False
+                lines.append(_mask_tokens(f"{type(exc).__name__}: {exc}", self.urls[name]))
         if ok:
             return True, ""
         reason = lines[-1] if lines else "the channel did not accept the message"
-        return False, self.redactor.text(reason)[:300]
+        return False, redact.current().text(reason)[:300]
+
+
+def _apprise_secret_parts(url: str) -> list[str]:
+    """What Apprise's privacy mode hides in this URL: the parts of `url()` that `url(privacy=True)` lacks."""
+    import apprise
+
+    try:
+        with _apprise_scope(url):
+            server = apprise.Apprise.instantiate(url)
+        if server is None:
+            return []
+        return sorted(_tokens(str(server.url())) - _tokens(str(server.url(privacy=True))))
+    except Exception:
+        return []
 
 
 def _secret_parts(url: str) -> list[str]:
-    """Passwords, tokens and webhook paths inside a channel URL."""
-    parts = urllib.parse.urlsplit(url)
-    found = [parts.password or ""]
-    found += [segment for segment in parts.path.split("/") if len(segment) >= 8]
-    found += [
-        value
-        for key, value in urllib.parse.parse_qsl(parts.query)
-        if key.lower() in ("pass", "password", "token", "key", "secret", "apikey")
-    ]
-    if parts.username and parts.password is None and len(parts.username) >= 16:
-        found.append(parts.username)  # tokens written as user (tgram://TOKEN@..., ntfy)
+    """Passwords, tokens and webhook paths inside a channel URL, even one Apprise cannot read.
+
+    A path segment is a token only if it looks like one (letters and digits, or long and unbroken):
+    `services` in `https://hooks.slack.com/services/...` is a word, not a secret.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password, username = parts.password, parts.username
+    except ValueError:  # a port that is not a number: the userinfo is still there
+        return []
+    found = [password or ""]
+    found += [segment for segment in parts.path.split("/") if _looks_like_token(segment)]
+    found += [value for key, value in urllib.parse.parse_qsl(parts.query) if redact.is_secret_parameter(key)]
+    if username and password is None and len(username) >= 16:
+        found.append(username)  # tokens written as user (tgram://TOKEN@..., ntfy)
     return [f for f in found if f]
+
+
+def _looks_like_token(segment: str) -> bool:
+    if len(segment) < 8:
+        return False
+    mixed = any(c.isdigit() for c in segment) and any(c.isalpha() for c in segment)
+    return mixed or (len(segment) >= 20 and re.fullmatch(r"[A-Za-z0-9_-]+", segment) is not None)
