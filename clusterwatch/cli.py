@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import traceback
+import typing
 from typing import Any
 
 import yaml
 
-from clusterwatch import __version__
+from clusterwatch import __version__, redact
 from clusterwatch.config.loader import ConfigError, LoadedConfig, load_config
 from clusterwatch.model import Group, Status
 
-EXIT_CONFIG = 3  # "unknown" in the Nagios convention: a broken config is not a healthy cluster
+EXIT_UNKNOWN = 3  # Nagios' "unknown": a usage, config or internal error says nothing about the cluster
+EXIT_CONFIG = EXIT_UNKNOWN  # a broken config is not a healthy cluster
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 ONLY = {
     "services": {Group.SERVICES},
     "workers": {Group.WORKERS, Group.NODES},  # Cluster AI's "workers" were its SSH nodes
@@ -24,26 +29,68 @@ ONLY = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c",
-        "--config",
-        metavar="FILE",
-        help="config file (default: $CLUSTERWATCH_CONFIG, "
-        "./clusterwatch.yaml, /etc/clusterwatch/clusterwatch.yaml, else built-in defaults)",
-    )
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log lines on stderr")
+GLOBAL_HELP = {
+    "config": "config file (default: $CLUSTERWATCH_CONFIG, ./clusterwatch.yaml, "
+    "/etc/clusterwatch/clusterwatch.yaml, else built-in defaults)",
+    "verbose": "more log lines on stderr (-vv: debug); an internal error then shows its traceback",
+}
 
-    parser = argparse.ArgumentParser(
-        prog="clusterwatch", parents=[common], description="Keeps an AI cluster healthy without a person watching."
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is exit 3 ("unknown" to Nagios), not 2 ("critical")."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_UNKNOWN, f"{self.prog}: error: {redact.text(message)}\n")
+
+
+def _add_globals(parser: argparse.ArgumentParser, depth: int) -> None:
+    """-c and -v on every level of the command line, each level into its own attribute.
+
+    A subcommand's parser fills a namespace of its own and copies it over its parent's, so one
+    shared attribute with a default would let `check` reset the `-c FILE` given before it.
+    """
+    parser.add_argument(
+        "-c", "--config", dest=f"config_{depth}", metavar="FILE", default=argparse.SUPPRESS, help=GLOBAL_HELP["config"]
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest=f"verbose_{depth}",
+        action="count",
+        default=argparse.SUPPRESS,
+        help=GLOBAL_HELP["verbose"],
+    )
+
+
+def _merge_globals(args: argparse.Namespace) -> argparse.Namespace:
+    """The last -c on the line wins; -v counts wherever it stands."""
+    config, verbose = None, 0
+    for depth in range(3):
+        config = vars(args).pop(f"config_{depth}", config)
+        verbose += vars(args).pop(f"verbose_{depth}", 0)
+    args.config, args.verbose = config, verbose
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="clusterwatch", description="Keeps an AI cluster healthy without a person watching.")
+    _add_globals(parser, 0)
     parser.add_argument("--version", action="version", version=f"clusterwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser(
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        created = sub.add_parser(name, **kwargs)
+        _add_globals(created, 1)
+        return created
+
+    def action(group: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        created = group.add_parser(name, **kwargs)
+        _add_globals(created, 2)
+        return created
+
+    check = command(
         "check",
-        parents=[common],
         help="check everything once and exit 0/1/2/3",
         description="Run every probe once. Exit 0 ok, 1 warning, 2 critical, 3 unknown or configuration error.",
     )
@@ -53,9 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="bound for the whole run (default 30)"
     )
 
-    run = sub.add_parser(
+    run = command(
         "run",
-        parents=[common],
         help="monitor continuously, heal, keep history",
         description="Run every check at its interval; restart what fails (within limits); "
         "keep history. SIGHUP or a changed config file reloads; SIGTERM stops.",
@@ -63,20 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true", help="one round of everything, then exit (for cron)")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
 
-    heal = sub.add_parser("heal", parents=[common], help="the healer's restart budgets")
+    heal = command("heal", help="the healer's restart budgets")
     heal_sub = heal.add_subparsers(dest="heal_command", required=True, metavar="ACTION")
-    reset = heal_sub.add_parser("reset", parents=[common], help="give an exhausted restart budget back")
+    reset = action(heal_sub, "reset", help="give an exhausted restart budget back")
     reset.add_argument("name", help="check name or restart target")
 
-    alerts = sub.add_parser("alerts", parents=[common], help="test the alert channels, or see their delivery")
+    alerts = command("alerts", help="test the alert channels, or see their delivery")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
-    test = alerts_sub.add_parser("test", parents=[common], help="send a test message to each channel")
+    test = action(alerts_sub, "test", help="send a test message to each channel")
     test.add_argument("--channel", metavar="NAME", help="only this channel")
-    alerts_sub.add_parser("status", parents=[common], help="per channel: waiting, delivered, given up, last error")
+    action(alerts_sub, "status", help="per channel: waiting, delivered, given up, last error")
 
-    silence = sub.add_parser("silence", parents=[common], help="hold back notifications (events are still kept)")
+    silence = command("silence", help="hold back notifications (events are still kept)")
     silence_sub = silence.add_subparsers(dest="silence_command", required=True, metavar="ACTION")
-    add = silence_sub.add_parser("add", parents=[common], help="silence what matches, for a while")
+    add = action(silence_sub, "add", help="silence what matches, for a while")
     add.add_argument(
         "--match",
         action="append",
@@ -86,62 +132,89 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--for", dest="duration", required=True, metavar="DURATION", help="e.g. 30m, 2h")
     add.add_argument("--reason", required=True)
-    silence_sub.add_parser("list", parents=[common], help="the silences in force")
-    remove = silence_sub.add_parser("rm", parents=[common], help="end a silence now")
+    action(silence_sub, "list", help="the silences in force")
+    remove = action(silence_sub, "rm", help="end a silence now")
     remove.add_argument("id")
 
-    report = sub.add_parser("report", parents=[common], help="uptime, incidents, MTTR, restarts over a period")
+    report = command("report", help="uptime, incidents, MTTR, restarts over a period")
     report.add_argument("--since", default="7d", metavar="DURATION", help="the period, back from now (default 7d)")
     report.add_argument("--json", action="store_true", help="machine-readable")
     report.add_argument("--html", metavar="FILE", help="write an HTML report to FILE")
 
-    demo = sub.add_parser("demo", parents=[common], help="a real local Dask cluster, watched and healed")
+    demo = command("demo", help="a real local Dask cluster, watched and healed")
     demo.add_argument("--web-port", type=int, metavar="PORT", help="dashboard port (default 9877, else a free one)")
 
-    install = sub.add_parser("install", parents=[common], help="print (or --write) a systemd unit or a cron line")
+    install = command("install", help="print (or --write) a systemd unit or a cron line")
     install.add_argument("what", choices=["systemd", "cron"])
     install.add_argument("--write", action="store_true", help="write it to /etc instead of printing it")
 
-    config = sub.add_parser("config", parents=[common], help="validate or show the configuration")
+    config = command("config", help="validate or show the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    config_sub.add_parser("validate", parents=[common], help="check the config file and exit 0 or 3")
-    config_sub.add_parser("show", parents=[common], help="print the effective config, secrets redacted")
+    action(config_sub, "validate", help="check the config file and exit 0 or 3")
+    action(config_sub, "show", help="print the effective config, secrets redacted")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "check":
-        return cmd_check(args)
-    if args.command == "config":
-        return cmd_config(args)
-    if args.command == "run":
-        return cmd_run(args)
-    if args.command == "heal":
-        return cmd_heal(args)
-    if args.command == "install":
-        return cmd_install(args)
-    if args.command == "alerts":
-        return cmd_alerts(args)
-    if args.command == "report":
-        return cmd_report(args)
-    if args.command == "demo":
-        from clusterwatch import demo
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return _merge_globals(build_parser().parse_args(argv))
 
-        return demo.run(args.web_port)
-    if args.command == "silence":
-        return cmd_silence(args)
-    return 2
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes follow Nagios: 0 ok, 1 warning, 2 critical, 3 unknown (a usage, config or internal error)."""
+    from clusterwatch import logs
+
+    args = parse_args(argv)
+    logs.setup(level=("warning", "info", "debug")[min(args.verbose, 2)])
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("clusterwatch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to print, and Python must not try to flush to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_UNKNOWN
+    except Exception as exc:
+        return internal_error(args, exc)
+
+
+def internal_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """One line that says what broke and what to do; with -v the traceback first, masked like every log."""
+    if args.verbose:
+        sys.stderr.write(redact.text("".join(traceback.format_exception(exc))))
+    what = " ".join(redact.text(str(exc)).split())
+    if len(what) > 300:
+        what = what[:300] + "..."
+    advice = (
+        "this is a bug in clusterwatch: the traceback is above; please report it"
+        if args.verbose
+        else "this is a bug in clusterwatch: run the same command with -v to see the traceback, and report it"
+    )
+    name = " ".join(p for p in (args.command, _action(args)) if p)
+    what = f"{type(exc).__name__}: {what}" if what else type(exc).__name__
+    print(f"clusterwatch: internal error in `{name}`: {what} ({advice})", file=sys.stderr)
+    return EXIT_UNKNOWN
+
+
+def _action(args: argparse.Namespace) -> str:
+    return str(getattr(args, f"{args.command}_command", "") or "")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from clusterwatch import demo
+
+    return demo.run(args.web_port)
 
 
 def _load(args: argparse.Namespace) -> LoadedConfig | None:
+    """The config, its redactor made the current one; None (after saying why) if it is broken."""
     try:
-        return load_config(args.config)
+        loaded = load_config(args.config)
     except ConfigError as exc:
-        print(f"clusterwatch: configuration error\n{exc}", file=sys.stderr)
+        print(f"clusterwatch: configuration error\n{redact.text(str(exc))}", file=sys.stderr)
         return None
+    redact.install(loaded.redactor)
+    return loaded
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -164,12 +237,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                 {
                     "status": Status.UNKNOWN.value,
                     "error": "configuration error",
-                    "problems": [str(p) for p in exc.problems],
+                    "problems": [redact.text(str(p)) for p in exc.problems],
                     "checks": [],
                 }
             )
-        print(f"clusterwatch: configuration error\n{exc}", file=sys.stderr)
+        print(f"clusterwatch: configuration error\n{redact.text(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
+    redact.install(loaded.redactor)
     for note in loaded.notes:
         logging.getLogger("clusterwatch.config").info("%s", note)
     result = asyncio.run(run_once(loaded.config, only=only, timeout=args.timeout, redactor=loaded.redactor))
@@ -190,7 +264,14 @@ def cmd_config(args: argparse.Namespace) -> int:
         for note in loaded.notes:
             print(f"  {note}")
         return 0
-    data: dict[str, Any] = loaded.redactor.data(config.model_dump(mode="json", exclude_none=True))
+    data: dict[str, Any] = config.model_dump(mode="json", exclude_none=True)
+    alerts = data.get("alerts") or {}
+    if alerts.get("channels"):
+        from clusterwatch.alerting.channels import privacy_url
+
+        # As Apprise itself shows them: passwords, tokens and webhook paths masked, the rest readable.
+        alerts["channels"] = {name: privacy_url(url) for name, url in alerts["channels"].items()}
+    data = redact.current().data(data)
     print(f"# effective configuration from {loaded.source} (secrets redacted)")
     print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
     return 0
@@ -282,7 +363,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 continue
             line = f"{name}: {row['pending']} waiting, {row['delivered']} delivered, {row['expired']} given up"
             if row["last_error"]:
-                line += f"; last error: {loaded.redactor.text(row['last_error'])}"
+                line += f"; last error: {redact.text(row['last_error'])}"
             print(line)
         return 0
     if args.channel and args.channel not in urls:
@@ -293,7 +374,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if not urls:
         print("no alert channels configured (alerts.channels, or Cluster AI's SMTP_* / SLACK_WEBHOOK_URL)")
         return EXIT_CONFIG
-    channels = Channels(urls, loaded.redactor)
+    channels = Channels(urls)
     failed = 0
     for name in [args.channel] if args.channel else sorted(urls):
         ok, error = channels.send(
@@ -396,3 +477,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif not args.html:
         report.print_text(data)
     return 0
+
+
+COMMANDS: dict[str, typing.Callable[[argparse.Namespace], int]] = {
+    "check": cmd_check,
+    "config": cmd_config,
+    "run": cmd_run,
+    "heal": cmd_heal,
+    "install": cmd_install,
+    "alerts": cmd_alerts,
+    "report": cmd_report,
+    "demo": _demo,
+    "silence": cmd_silence,
+}
