@@ -44,20 +44,19 @@ def _node(config: Config, name: str | None) -> Node | None:
 
 
 async def _docker(policy: RestartPolicy, check: CheckBase, config: Config) -> Outcome:
-    from clusterwatch.probes.docker import Engine, match_containers
+    """Restart every container the name matches, through the Engine API (aiodocker), within the timeout."""
+    from clusterwatch.probes.docker import match_containers
+    from clusterwatch.probes.docker_client import Engine
 
     socket = policy.docker_socket or (check.socket if isinstance(check, DockerCheck) else "/var/run/docker.sock")
     assert policy.docker is not None
     async with Engine(socket, policy.timeout) as engine:
-        _, containers = await engine.request("GET", "/containers/json?all=1")
-        found = match_containers(policy.docker, containers if isinstance(containers, list) else [])
+        found = match_containers(policy.docker, await engine.containers())
         if not found:
             return Outcome(False, f"no container matches {policy.docker!r}")
         names = []
         for container in found:
-            status, body = await engine.request("POST", f"/containers/{container['Id']}/restart?t=10")
-            if status != 204:
-                return Outcome(False, f"Docker answered HTTP {status} to restart: {str(body)[:200]}")
+            await engine.restart(container["Id"], stop_timeout=10)
             names.append(str((container.get("Names") or ["?"])[0]).lstrip("/"))
     return Outcome(True, f"restarted container {', '.join(names)} through the Engine API")
 

@@ -2,65 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import re
 import time
 from datetime import datetime
 from typing import Any
 
-import aiohttp
-
 from clusterwatch.config.durations import format_duration
 from clusterwatch.config.schema import DockerCheck
-from clusterwatch.model import Observation, Status
-from clusterwatch.probes.base import ProbeContext, Unreachable, describe_os_error, down, observation
+from clusterwatch.model import Observation, Status, finite_number, one_line
+from clusterwatch.probes.base import ProbeContext, Unreachable, down, observation
+from clusterwatch.probes.docker_client import Engine
 
 HINT = "is Docker installed and `dockerd` running?"
-MAX_BODY = 16 * 1024 * 1024
-
-
-class Engine:
-    """The few Engine API calls the probe and the healer need, bounded in time and size."""
-
-    def __init__(self, socket: str, timeout: float) -> None:
-        self.socket = socket
-        self.timeout = timeout
-        self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket))
-
-    async def __aenter__(self) -> Engine:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._session.close()
-
-    async def request(self, method: str, path: str) -> tuple[int, Any]:
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self._session.request(method, f"http://docker{path}") as resp:
-                    body = await resp.content.read(MAX_BODY + 1)
-                    if len(body) > MAX_BODY:
-                        raise Unreachable(f"Docker answer to {path} over {MAX_BODY} bytes")
-                    if resp.content_type == "application/json" and body:
-                        try:
-                            return resp.status, await asyncio.to_thread(json.loads, body)
-                        except ValueError:
-                            raise Unreachable(f"Docker answered {path} with invalid JSON") from None
-                    return resp.status, body.decode("utf-8", "replace")
-        except TimeoutError:
-            raise Unreachable(f"Docker did not answer {path} within {self.timeout:g}s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise Unreachable(describe_os_error(exc.os_error, f"Docker socket {self.socket}")) from None
-        except aiohttp.ClientError as exc:
-            raise Unreachable(f"Docker socket {self.socket}: {exc}") from None
 
 
 def match_containers(wanted: str, containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Cluster AI's matching: an exact name first, else `(^|[-_])NAME([-_]|$)`."""
 
     def names(c: dict[str, Any]) -> list[str]:
-        return [n.lstrip("/") for n in c.get("Names") or []]
+        listed = c.get("Names")
+        return [n.lstrip("/") for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
 
     exact = [c for c in containers if wanted in names(c)]
     if exact:
@@ -76,14 +38,10 @@ async def probe(check: DockerCheck, ctx: ProbeContext) -> list[Observation]:
     started = time.perf_counter()
     try:
         async with Engine(check.socket, timeout) as engine:
-            status, pong = await engine.request("GET", "/_ping")
-            if status != 200:
-                return [down(check, check.socket, f"Docker /_ping answered HTTP {status}")]
+            pong = await engine.ping()
             latency = (time.perf_counter() - started) * 1000
-            _, version = await engine.request("GET", "/version")
-            _, containers = await engine.request("GET", "/containers/json?all=1")
-            if not isinstance(containers, list):
-                raise Unreachable("Docker /containers/json did not return a list")
+            version = await engine.version()
+            containers = await engine.containers()
             observed = []
             for wanted in check.containers:
                 found = match_containers(wanted, containers)
@@ -98,8 +56,12 @@ async def probe(check: DockerCheck, ctx: ProbeContext) -> list[Observation]:
                         )
                     )
                 for summary in found:
-                    code, inspect = await engine.request("GET", f"/containers/{summary['Id']}/json")
-                    if code != 200 or not isinstance(inspect, dict):
+                    try:
+                        inspect = await engine.inspect(summary["Id"])
+                    except Unreachable as exc:  # this container, not the daemon: the others are still known
+                        observed.append(_uninspected(check, wanted, summary, len(found) > 1, str(exc)))
+                        continue
+                    if inspect is None:
                         continue  # removed between the list and the inspect: next round sees it
                     observed.append(_container(check, wanted, inspect, len(found) > 1))
     except Unreachable as exc:
@@ -107,7 +69,7 @@ async def probe(check: DockerCheck, ctx: ProbeContext) -> list[Observation]:
 
     running = sum(1 for c in containers if c.get("State") == "running")
     unhealthy = sum(1 for c in containers if "(unhealthy)" in str(c.get("Status", "")))
-    server = version.get("Version", "?") if isinstance(version, dict) else "?"
+    server = _text(version.get("Version"), "?", 60)
     message = f"Docker {server}: {running} running, {len(containers) - running} stopped"
     daemon_status = Status.OK
     if unhealthy:
@@ -121,30 +83,32 @@ async def probe(check: DockerCheck, ctx: ProbeContext) -> list[Observation]:
         target=check.socket,
         latency_ms=latency,
         metrics={"containers_running": running, "containers_total": len(containers), "containers_unhealthy": unhealthy},
-        details={"version": server, "ping": pong if isinstance(pong, str) else ""},
+        details={"version": server, "ping": pong[:60]},
     )
     return [daemon, *observed]
 
 
 def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool) -> Observation:
-    state = c.get("State") or {}
-    cname = str(c.get("Name", "")).lstrip("/") or wanted
-    health = (state.get("Health") or {}).get("Status", "none")
-    restarts = int(c.get("RestartCount") or 0)
-    exit_code = state.get("ExitCode")
-    oom = bool(state.get("OOMKilled"))
+    """One container from its inspect answer; a field of the wrong type reads as absent."""
+    state = _object(c.get("State"))
+    health_state = _object(state.get("Health"))
+    cname = _text(c.get("Name"), "", 200).lstrip("/") or wanted
+    health = _text(health_state.get("Status"), "none", 40)
+    restarts = _count(c.get("RestartCount")) or 0
+    exit_code = _count(state.get("ExitCode"))
+    oom = state.get("OOMKilled") is True
     started_at = _parse_time(state.get("StartedAt"))
     since = time.time() - started_at if started_at else None
     metrics: dict[str, float] = {"restart_count": restarts, "running": 1.0 if state.get("Running") else 0.0}
     if since is not None and state.get("Running"):
         metrics["uptime_seconds"] = round(since, 1)
-    if isinstance(exit_code, int):
+    if exit_code is not None:
         metrics["exit_code"] = exit_code
-    streak = (state.get("Health") or {}).get("FailingStreak")
-    if isinstance(streak, int):
+    streak = _count(health_state.get("FailingStreak"))
+    if streak is not None:
         metrics["health_failing_streak"] = streak
 
-    status_text = state.get("Status", "unknown")
+    status_text = _text(state.get("Status"), "unknown", 40)
     if status_text == "restarting":
         status, message = Status.CRITICAL, f"restarting (crash loop: {restarts} restarts, last exit {exit_code})"
     elif not state.get("Running"):
@@ -153,8 +117,9 @@ def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool
     elif state.get("Paused"):
         status, message = Status.CRITICAL, f"paused — `docker unpause {cname}`"
     elif health == "unhealthy":
-        log = (state.get("Health") or {}).get("Log") or []
-        said = str(log[-1].get("Output", "")).strip().replace("\n", " ")[:120] if log else ""
+        log = health_state.get("Log")
+        last = _object(log[-1]) if isinstance(log, list) and log else {}
+        said = _text(last.get("Output"), "", 120)
         status = Status.CRITICAL
         message = f"unhealthy ({streak} failed health checks){': ' + said if said else ''}"
         message += " — Docker does not restart unhealthy containers by itself"
@@ -179,7 +144,7 @@ def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool
         metrics=metrics,
         details={
             "id": str(c.get("Id", ""))[:12],
-            "image": (c.get("Config") or {}).get("Image"),
+            "image": _text(_object(c.get("Config")).get("Image"), "", 200) or None,
             "health": health,
             "state": status_text,
             "oom_killed": oom,
@@ -187,8 +152,36 @@ def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool
     )
 
 
+def _uninspected(check: DockerCheck, wanted: str, summary: dict[str, Any], several: bool, why: str) -> Observation:
+    """A listed container whose details Docker did not give: its state is unknown, not gone."""
+    cname = next(iter(n.lstrip("/") for n in summary.get("Names") or [] if isinstance(n, str)), wanted)
+    return observation(
+        check,
+        Status.UNKNOWN,
+        why,
+        name=f"{check.name}/{cname if several else wanted}",
+        target=cname,
+        details={"id": summary["Id"][:12], "state": _text(summary.get("State"), "unknown", 40)},
+    )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any, default: str, limit: int) -> str:
+    """A string field as one short line (a daemon that answers garbage must not break a message)."""
+    return one_line(" ".join(value.split()), limit) if isinstance(value, str) else default
+
+
+def _count(value: Any) -> int | None:
+    """An integer as Docker sends it (a count, an exit code); a fraction, NaN or not a number reads as absent."""
+    number = finite_number(value)
+    return int(number) if number is not None and float(number).is_integer() else None
+
+
 def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str) or value.startswith("0001-"):
+    if not isinstance(value, str) or len(value) > 64 or value.startswith("0001-"):
         return None
     text = re.sub(r"(\.\d{6})\d*", r"\1", value.replace("Z", "+00:00"))
     try:
