@@ -337,8 +337,10 @@ def test_restart_action_against_a_broken_daemon_is_a_failed_outcome(socket_path:
     assert check.restart is not None
     cases = {
         "garbage": ({ON_LIST: http(200, b"\x00garbage")}, "Docker answered /containers/json with invalid JSON"),
-        "refused": ({f"/containers/{CID}/restart": http(500, b'{"message": "cannot restart: no space"}')},
-                    f"Docker /containers/{CID[:12]}/restart answered HTTP 500: cannot restart: no space"),
+        "refused": (
+            {f"/containers/{CID}/restart": http(500, b'{"message": "cannot restart: no space"}')},
+            f"Docker /containers/{CID[:12]}/restart answered HTTP 500: cannot restart: no space",
+        ),
         "cut": ({f"/containers/{CID}/restart": close_at_once}, "closed the connection on /containers/"),
         "healthy": ({}, "restarted container web through the Engine API"),
     }
