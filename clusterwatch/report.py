@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from clusterwatch.store.sqlite import connect
+from clusterwatch.store.history import History
 
 RECURRING = 3  # incidents of one entity in the period that make it "recurring"
 
@@ -19,39 +19,24 @@ RECURRING = 3  # incidents of one entity in the period that make it "recurring"
 def build(store_path: str | Path, since: float, now: float | None = None) -> dict[str, Any]:
     now = now or time.time()
     start = now - since
-    conn = connect(store_path, readonly=True)
+    history = History(store_path)
     try:
-        q = conn.execute
         uptime = {
-            r["entity"]: {
-                "uptime_percent": round(100.0 * r["ok"] / r["n"], 3) if r["n"] else None,
-                "probes": r["n"],
-                "p95_ms": r["p95"],
-                "max_ms": r["mx"],
+            entity: {
+                "uptime_percent": None if u.percent is None else round(u.percent, 3),
+                "known_s": round(u.seconds_known, 1),
+                "probes": u.probes,
+                "p95_ms": u.p95_ms,
+                "max_ms": u.max_ms,
             }
-            for r in q(
-                "SELECT entity, SUM(ok) AS ok, SUM(count) AS n, MAX(p95) AS p95, MAX(max) AS mx "
-                "FROM rollup_hour WHERE ts >= ? GROUP BY entity",
-                (start // 3600 * 3600,),
-            )
+            for entity, u in history.uptime(start).items()
         }
-        incidents = [
-            dict(r)
-            for r in q(
-                "SELECT * FROM incidents WHERE opened >= ? OR closed IS NULL OR closed >= ? ORDER BY opened",
-                (start, start),
-            )
-        ]
-        actions = [dict(r) for r in q("SELECT * FROM actions WHERE started >= ? ORDER BY started", (start,))]
-        flaps = Counter(
-            r["entity"] for r in q("SELECT entity FROM events WHERE kind = 'flapping_started' AND ts >= ?", (start,))
-        )
-        exhausted = Counter(
-            r["check_name"]
-            for r in q("SELECT check_name FROM events WHERE kind = 'remediation_exhausted' AND ts >= ?", (start,))
-        )
+        incidents = history.incidents_during(start)
+        actions = history.actions_since(start)
+        flaps = Counter(r["entity"] for r in history.events_since("flapping_started", start))
+        exhausted = Counter(r["check_name"] for r in history.events_since("remediation_exhausted", start))
     finally:
-        conn.close()
+        history.close()
 
     durations = [i["duration"] for i in incidents if i["duration"] is not None]
     by_entity: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -107,7 +92,7 @@ def build(store_path: str | Path, since: float, now: float | None = None) -> dic
         services.append(
             {
                 "entity": entity,
-                **uptime.get(entity, {"uptime_percent": None, "probes": 0}),
+                **uptime.get(entity, {"uptime_percent": None, "known_s": 0.0, "probes": 0}),
                 "incidents": len(items),
                 "open": sum(1 for i in items if i["closed"] is None),
                 "mttr_s": round(statistics.mean(closed), 1) if closed else None,
@@ -126,7 +111,8 @@ def build(store_path: str | Path, since: float, now: float | None = None) -> dic
         },
         "services": services,
         "incidents": [
-            {k: i[k] for k in ("id", "entity", "opened", "closed", "duration", "message")} for i in incidents
+            {k: i.get(k) for k in ("id", "entity", "opened", "closed", "duration", "status", "worst", "message")}
+            for i in incidents
         ],
         "restarts": sorted(restarts.values(), key=lambda r: -r["attempts"]),
         "recurring": recurring,
@@ -230,7 +216,8 @@ def to_html(report: dict[str, Any]) -> str:
     slowest = "".join(f"<li>{e(r['entity'])}: p95 {r['p95_ms']:.0f} ms</li>" for r in report["slowest"])
     incidents = "".join(
         f"<tr><td>{time.strftime('%Y-%m-%d %H:%M', time.localtime(i['opened']))}</td>"
-        f"<td>{e(i['entity'])}</td><td>{_secs(i['duration'])}</td><td>{e(i['message'])}</td></tr>"
+        f"<td>{e(i['entity'])}</td><td>{e(i['worst'] or i['status'] or '')}</td><td>{_secs(i['duration'])}</td>"
+        f"<td>{e(i['message'])}</td></tr>"
         for i in report["incidents"]
     )
     period = report["period"]
@@ -249,5 +236,6 @@ text-align:left}}</style></head><body><h1>clusterwatch report</h1>
 <h2>Recurring failures</h2><ul>{recurring or "<li>none</li>"}</ul>
 <h2>Flapping</h2><ul>{flapping or "<li>none</li>"}</ul>
 <h2>Slowest probes</h2><ul>{slowest or "<li>none</li>"}</ul>
-<h2>Incidents</h2><table><tr><th>opened</th><th>entity</th><th>lasted</th><th>why</th></tr>{incidents}</table>
+<h2>Incidents</h2><table><tr><th>opened</th><th>entity</th><th>worst</th><th>lasted</th><th>why</th></tr>
+{incidents}</table>
 </body></html>"""

@@ -277,8 +277,7 @@ def incidents_box(m: Monitor, now: float) -> str:
 
 
 async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> str:
-    where, args = ("WHERE check_name = ?", (check,)) if check else ("", ())
-    rows = await m.web.history.query(f"SELECT * FROM actions {where} ORDER BY id DESC LIMIT {int(limit)}", args)
+    rows = await m.web.history.recent_actions(check, limit)
     body = (
         "".join(
             f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.localtime(r['started']))}</td>"
@@ -330,12 +329,8 @@ async def check_page(request: web.Request) -> web.Response:
         if last
         else ""
     )
-    observations = await m.web.history.query(
-        "SELECT ts, status, message, latency_ms FROM observations WHERE entity = ? ORDER BY id DESC LIMIT 50", (name,)
-    )
-    events = await m.web.history.query(
-        "SELECT ts, kind, old, new, message FROM events WHERE entity = ? ORDER BY id DESC LIMIT 50", (name,)
-    )
+    observations = await m.web.history.recent_observations(name, 50)
+    events = await m.web.history.recent_events(name, 50)
     obs_rows = "".join(
         f'<tr><td>{time.strftime("%H:%M:%S", time.localtime(o["ts"]))}</td><td><span class="badge '
         f'b-{esc(o["status"])}">{esc(o["status"])}</span></td><td>{esc(o["message"])}</td><td>'

@@ -99,6 +99,8 @@ class Collector:
         incidents.add_metric([], sum(1 for e in m.states.entities.values() if e.incident))
         yield incidents
         yield from self._counters()
+        yield from self._uptime()
+        yield from self._store()
         lag = GaugeMetricFamily("clusterwatch_scheduling_lag_seconds", "how late checks start", labels=["quantile"])
         p50, p99 = m.scheduler.lag_percentiles()
         lag.add_metric(["0.5"], p50)
@@ -123,18 +125,53 @@ class Collector:
         yield alerts
 
 
+    def _uptime(self) -> Iterator[Metric]:
+        """Time-based uptime (seconds ok / seconds known) from the web's cache, one series per window."""
+        uptime = GaugeMetricFamily(
+            "clusterwatch_uptime_ratio",
+            "share of the known time an entity was ok, over the window (unknown time, e.g. the monitor "
+            "down, is left out)",
+            labels=["name", "window"],
+        )
+        for name, windows in self.monitor.web.history.uptime.items():
+            for window, percent in windows.items():
+                if percent is not None:
+                    uptime.add_metric([name, window], percent / 100.0)
+        yield uptime
+
+    def _store(self) -> Iterator[Metric]:
+        """History keeping: what waits for the writer, and what was lost on the way."""
+        health = self.monitor.store.health()
+        depth = GaugeMetricFamily("clusterwatch_store_queue_depth", "writes waiting for the store's writer")
+        depth.add_metric([], health["queue_depth"])
+        yield depth
+        written = CounterMetricFamily("clusterwatch_store_writes", "writes committed to the store")
+        written.add_metric([], health["written"])
+        yield written
+        failures = CounterMetricFamily(
+            "clusterwatch_store_failures", "store transactions that failed and were rolled back (then retried)"
+        )
+        failures.add_metric([], health["failures"])
+        yield failures
+        dropped = CounterMetricFamily(
+            "clusterwatch_store_dropped",
+            "writes lost: queue_full (the writer was too far behind), failed (failed alone after retries)",
+            labels=["reason"],
+        )
+        dropped.add_metric(["queue_full"], health["dropped"])
+        dropped.add_metric(["failed"], health["failed_items"])
+        yield dropped
+        age = GaugeMetricFamily("clusterwatch_store_last_commit_age_seconds", "seconds since the store last committed")
+        age.add_metric([], health["last_commit_age_s"])
+        yield age
+
+
 def render(monitor: Monitor) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(monitor))  # type: ignore[arg-type]
     return generate_latest(registry)
 
 
-COUNTS_SQL: dict[str, str] = {
-    "restarts": "SELECT check_name, action, outcome, COUNT(*) AS n FROM actions GROUP BY 1, 2, 3",
-    "alerts": "SELECT channel, CASE WHEN delivered IS NOT NULL THEN 'delivered' WHEN expired IS NOT NULL "
-    "THEN 'expired' ELSE 'pending' END AS outcome, COUNT(*) AS n FROM outbox GROUP BY 1, 2",
-}
-
-
 def counts(history: Any) -> dict[str, list[dict[str, Any]]]:
-    return {name: history.rows(sql) for name, sql in COUNTS_SQL.items()}
+    """The counters' rows (the store's reads; blocking, run in a thread by the server)."""
+    return dict(history.counts())

@@ -1,82 +1,88 @@
-"""Reads for the web: history from the store (on a read-only connection, in a thread), and an
-uptime cache recomputed in the background so pages never scan months of rollups."""
+"""The web's reads: the store's history, off the event loop (each in a thread, on that thread's
+read-only connection), and an uptime cache recomputed in the background so pages never scan
+months of rollups. No SQL here: the store owns it (clusterwatch.store.history)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import re
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from clusterwatch.store.sqlite import connect
+from clusterwatch.store.history import History as StoreHistory
 
 log = logging.getLogger("clusterwatch.web")
 WINDOWS = {"24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 UPTIME_EVERY = 60.0
 MAX_LIMIT = 1000
+_EQUALS = re.compile(r"^(\w+) = \?$")
+
+
+def _filters(where: list[str], args: list[Any]) -> tuple[dict[str, Any], bool | None]:
+    """The filters older callers spell as clauses ("entity = ?", "closed IS NULL"), as the store's
+    keyword arguments; anything else is refused rather than passed on as SQL."""
+    equals: dict[str, Any] = {}
+    closed: bool | None = None
+    values = iter(args)
+    for clause in where:
+        if match := _EQUALS.match(clause):
+            equals[match.group(1)] = next(values)
+        elif clause == "closed IS NULL":
+            closed = False
+        elif clause == "closed IS NOT NULL":
+            closed = True
+        else:
+            raise ValueError(f"unsupported filter {clause!r}")
+    return equals, closed
 
 
 class History:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
+        self.reads = StoreHistory(path)
         self.uptime: dict[str, dict[str, float | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.path, readonly=True)
-        return conn
-
-    def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._conn().execute(sql, args).fetchall()]
-
-    async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.rows, sql, args)
-
     async def page(
-        self, table: str, *, limit: int, before: int | None, where: list[str], args: list[Any], order: str = "id"
+        self,
+        table: str,
+        *,
+        limit: int,
+        before: int | None,
+        equals: dict[str, Any] | None = None,
+        closed: bool | None = None,
+        where: list[str] | None = None,
+        args: list[Any] | None = None,
+        order: str | None = None,
     ) -> dict[str, Any]:
-        """Cursor pagination: newest first; `next` is the cursor for the following page."""
-        clauses = list(where)
-        if before is not None:
-            clauses.append(f"{order} < ?")
-            args = [*args, before]
-        sql = (
-            f"SELECT {order} AS cursor, * FROM {table}"
-            + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
-            + f" ORDER BY {order} DESC LIMIT ?"
-        )
-        items = await self.query(sql, (*args, limit + 1))
-        more = len(items) > limit
-        items = items[:limit]
-        for item in items:
-            for key in ("metrics", "details", "matchers", "incidents"):
-                if isinstance(item.get(key), str):
-                    with contextlib.suppress(ValueError):
-                        item[key] = json.loads(item[key])
-        return {"items": items, "next": items[-1]["cursor"] if more and items else None}
+        """Cursor pagination, newest first (see StoreHistory.page). `where`/`args`/`order` are the
+        older spelling, still understood for the filters the API uses."""
+        if where:
+            more, closed_too = _filters(where, list(args or []))
+            equals = {**(equals or {}), **more}
+            closed = closed if closed_too is None else closed_too
+        return await asyncio.to_thread(self.reads.page, table, limit=limit, before=before, equals=equals, closed=closed)
 
-    def _compute_uptime(self) -> dict[str, dict[str, float | None]]:
-        now = time.time()
-        result: dict[str, dict[str, float | None]] = {}
-        for window, seconds in WINDOWS.items():
-            for row in self._conn().execute(
-                "SELECT entity, SUM(ok) AS ok, SUM(count) AS n FROM rollup_hour WHERE ts >= ? GROUP BY entity",
-                (now - seconds,),
-            ):
-                result.setdefault(row["entity"], {})[window] = 100.0 * row["ok"] / row["n"] if row["n"] else None
-        return result
+    async def recent_observations(self, entity: str, limit: int = 50) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.reads.recent_observations, entity, limit)
+
+    async def recent_events(self, entity: str, limit: int = 50) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.reads.recent_events, entity, limit)
+
+    async def recent_actions(self, check: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.reads.recent_actions, check, limit)
+
+    def counts(self) -> dict[str, list[dict[str, Any]]]:
+        """Blocking: /metrics' counters, refreshed by the server in a thread."""
+        return self.reads.counts()
 
     async def refresh_uptime(self) -> None:
         try:
-            self.uptime = await asyncio.to_thread(self._compute_uptime)
+            self.uptime = await asyncio.to_thread(self.reads.uptime_windows, WINDOWS, time.time())
         except sqlite3.Error:
             log.exception("uptime refresh failed")
 

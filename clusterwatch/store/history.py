@@ -1,0 +1,199 @@
+"""Reading the history: what the web, /metrics and `clusterwatch report` are given instead of SQL.
+
+Read-only connections, one per thread (callers on an event loop run these in a thread of their
+own). Uptime is by time (seconds ok / seconds known); hours written before schema 5 have no seconds
+and fall back to the share of probes that were ok.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clusterwatch.store.rollups import HOUR
+from clusterwatch.store.sqlite import connect
+
+# table -> (cursor column, columns one may filter on by equality)
+PAGED: dict[str, tuple[str, frozenset[str]]] = {
+    "observations": ("id", frozenset({"entity", "check_name", "kind", "node", "status"})),
+    "events": ("id", frozenset({"entity", "check_name", "kind", "node", "incident"})),
+    "incidents": ("rowid", frozenset({"entity", "check_name", "node", "status", "worst"})),
+    "actions": ("id", frozenset({"check_name", "entity", "target", "action", "outcome"})),
+}
+_JSON_COLUMNS = ("metrics", "details", "matchers", "incidents")
+_UPTIME = (
+    "SELECT entity, SUM(seconds_ok) AS seconds_ok, SUM(seconds_known) AS seconds_known, SUM(count) AS probes, "
+    "SUM(CASE WHEN seconds_known IS NULL THEN ok END) AS old_ok, "
+    "SUM(CASE WHEN seconds_known IS NULL THEN count END) AS old_probes, "
+    "COUNT(CASE WHEN seconds_known IS NULL THEN 1 END) AS old_hours, MAX(p95) AS p95, MAX(max) AS max "
+    "FROM rollup_hour WHERE ts >= ? GROUP BY entity"
+)
+
+
+@dataclass(frozen=True)
+class Uptime:
+    """One entity's uptime over a period, from its hourly rollups."""
+
+    seconds_ok: float
+    seconds_known: float
+    probes: int
+    p95_ms: float | None = None
+    max_ms: float | None = None
+
+    @property
+    def percent(self) -> float | None:
+        return 100.0 * self.seconds_ok / self.seconds_known if self.seconds_known > 0 else None
+
+
+def uptime_of(row: sqlite3.Row | dict[str, Any]) -> Uptime:
+    """Time where the hours have it; hours from before (counts only) stand for a whole hour each,
+    ok in the share of their probes that were — alone, that is exactly the old share of probes."""
+    seconds_ok, seconds_known = row["seconds_ok"] or 0.0, row["seconds_known"] or 0.0
+    if row["old_probes"]:
+        seconds_known += HOUR * row["old_hours"]
+        seconds_ok += HOUR * row["old_hours"] * row["old_ok"] / row["old_probes"]
+    return Uptime(seconds_ok, seconds_known, row["probes"] or 0, row["p95"], row["max"])
+
+
+def _decoded(row: sqlite3.Row) -> dict[str, Any]:
+    item = dict(row)
+    for key in _JSON_COLUMNS:
+        if isinstance(item.get(key), str):
+            with contextlib.suppress(ValueError):
+                item[key] = json.loads(item[key])
+    return item
+
+
+class History:
+    """The store's read side. Every method is blocking: call it from a thread, not the event loop."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path, readonly=True)
+        return conn
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        """Close this thread's connection (others close with their threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # --- the API's pages ---------------------------------------------------------------------------
+
+    def page(
+        self,
+        table: str,
+        *,
+        limit: int,
+        before: int | None = None,
+        equals: dict[str, Any] | None = None,
+        closed: bool | None = None,
+    ) -> dict[str, Any]:
+        """Cursor pagination, newest first: `next` is the cursor for the following page.
+        `equals` filters columns by value; `closed` (incidents) open or closed ones."""
+        if table not in PAGED:
+            raise ValueError(f"no pages of {table!r}")
+        order, columns = PAGED[table]
+        clauses: list[str] = []
+        args: list[Any] = []
+        for column, value in (equals or {}).items():
+            if column not in columns:
+                raise ValueError(f"{table} cannot be filtered by {column!r}")
+            clauses.append(f"{column} = ?")
+            args.append(value)
+        if closed is not None:
+            if table != "incidents":
+                raise ValueError("only incidents are open or closed")
+            clauses.append("closed IS NOT NULL" if closed else "closed IS NULL")
+        if before is not None:
+            clauses.append(f"{order} < ?")
+            args.append(before)
+        sql = (
+            f"SELECT {order} AS cursor, * FROM {table}"
+            + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
+            + f" ORDER BY {order} DESC LIMIT ?"
+        )
+        rows = self._rows(sql, (*args, limit + 1))
+        items = [_decoded(r) for r in rows[:limit]]
+        return {"items": items, "next": items[-1]["cursor"] if len(rows) > limit and items else None}
+
+    # --- the dashboard ------------------------------------------------------------------------------
+
+    def recent_observations(self, entity: str, limit: int = 50) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self._rows(
+                "SELECT ts, status, message, latency_ms FROM observations WHERE entity = ? ORDER BY id DESC LIMIT ?",
+                (entity, limit),
+            )
+        ]
+
+    def recent_events(self, entity: str, limit: int = 50) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self._rows(
+                "SELECT ts, kind, old, new, message FROM events WHERE entity = ? ORDER BY id DESC LIMIT ?",
+                (entity, limit),
+            )
+        ]
+
+    def recent_actions(self, check: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        if check is None:
+            rows = self._rows("SELECT * FROM actions ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._rows("SELECT * FROM actions WHERE check_name = ? ORDER BY id DESC LIMIT ?", (check, limit))
+        return [dict(r) for r in rows]
+
+    # --- uptime and counters -------------------------------------------------------------------------
+
+    def uptime(self, since: float) -> dict[str, Uptime]:
+        """Each entity's uptime over the hours from the one that holds `since`."""
+        return {r["entity"]: uptime_of(r) for r in self._rows(_UPTIME, (since // HOUR * HOUR,))}
+
+    def uptime_windows(self, windows: dict[str, float], now: float) -> dict[str, dict[str, float | None]]:
+        """entity -> window name -> uptime percent, for windows given in seconds back from `now`."""
+        result: dict[str, dict[str, float | None]] = {}
+        for window, seconds in windows.items():
+            for entity, uptime in self.uptime(now - seconds).items():
+                result.setdefault(entity, {})[window] = uptime.percent
+        return result
+
+    def counts(self) -> dict[str, list[dict[str, Any]]]:
+        """/metrics' counters: the healer's actions by outcome, notifications by channel and outcome."""
+        restarts = self._rows("SELECT check_name, action, outcome, COUNT(*) AS n FROM actions GROUP BY 1, 2, 3")
+        alerts = self._rows(
+            "SELECT channel, CASE WHEN delivered IS NOT NULL THEN 'delivered' WHEN expired IS NOT NULL "
+            "THEN 'expired' ELSE 'pending' END AS outcome, COUNT(*) AS n FROM outbox GROUP BY 1, 2"
+        )
+        return {"restarts": [dict(r) for r in restarts], "alerts": [dict(r) for r in alerts]}
+
+    # --- the report ------------------------------------------------------------------------------------
+
+    def incidents_during(self, start: float) -> list[dict[str, Any]]:
+        """Incidents open at any time since `start`, oldest first."""
+        rows = self._rows(
+            "SELECT * FROM incidents WHERE opened >= ? OR closed IS NULL OR closed >= ? ORDER BY opened",
+            (start, start),
+        )
+        return [dict(r) for r in rows]
+
+    def actions_since(self, start: float) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._rows("SELECT * FROM actions WHERE started >= ? ORDER BY started", (start,))]
+
+    def events_since(self, kind: str, start: float) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT * FROM events WHERE kind = ? AND ts >= ? ORDER BY id", (kind, start))
+        return [dict(r) for r in rows]
