@@ -266,11 +266,13 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     data: dict[str, Any] = config.model_dump(mode="json", exclude_none=True)
     alerts = data.get("alerts") or {}
-    if alerts.get("channels"):
-        from clusterwatch.alerting.channels import privacy_url
+    from clusterwatch.alerting.channels import privacy_url, privacy_webhook
 
+    if alerts.get("channels"):
         # As Apprise itself shows them: passwords, tokens and webhook paths masked, the rest readable.
         alerts["channels"] = {name: privacy_url(url) for name, url in alerts["channels"].items()}
+    if (alerts.get("heartbeat") or {}).get("url"):
+        alerts["heartbeat"]["url"] = privacy_webhook(alerts["heartbeat"]["url"])
     data = redact.current().data(data)
     print(f"# effective configuration from {loaded.source} (secrets redacted)")
     print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")

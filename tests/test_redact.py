@@ -279,3 +279,27 @@ def test_cli_error_output_is_one_redacted_story(tmp_path: Path):
         assert result.returncode == 3, result.stderr
         assert "not a usable Apprise URL" in result.stderr
         assert "secrettoken123" not in result.stdout + result.stderr
+
+
+def test_config_show_prints_channels_as_apprise_does(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        textwrap.dedent("""\
+            checks:
+              - {name: api, kind: http, url: "http://127.0.0.1:1/x?access_token=tok-abcdef12&services=web&monkey=1"}
+            alerts:
+              channels:
+                slack: "https://hooks.slack.com/services/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"
+                mail: "mailtos://oncall:${SMTP_PASSWORD}@smtp.example.org:587?to=a@example.org"
+              heartbeat: {url: "https://hc-ping.com/5b2c1b8e-9f4a-4d2e-8c1a-0a1b2c3d4e5f"}
+        """)
+    )
+    result = run_cli("config", "show", "-c", str(config), env={"SMTP_PASSWORD": "Mail-Pw-5512"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    for secret in ("tok-abcdef12", "XyZxYzXyZxYz", "T0AAA0000", "B0BBB0000", "Mail-Pw-5512", "5b2c1b8e"):
+        assert secret not in out, secret
+    assert "slack: slack://T...0/B...0/X...z" in out
+    assert "mail: mailtos://oncall:****@smtp.example.org" in out
+    assert "access_token=***&services=web&monkey=1" in out
+    assert "url: https://hc-ping.com/***" in out

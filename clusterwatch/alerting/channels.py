@@ -85,6 +85,13 @@ def privacy_url(url: str) -> str:
     return str(server.url(privacy=True))
 
 
+def privacy_webhook(url: str) -> str:
+    """A plain webhook or ping URL (the heartbeat's) with its password, token-like path parts and keys masked."""
+    for part in sorted(_secret_parts(url), key=len, reverse=True):
+        url = url.replace(part, MASK)
+    return redact.text(url)
+
+
 def remember_secrets(url: str, redactor: Redactor | None = None) -> None:
     """Teach the current redactor (and `redactor`) a channel URL's secrets, so no log or error shows them."""
     targets = [redact.current()] + ([redactor] if redactor is not None and redactor is not redact.current() else [])
