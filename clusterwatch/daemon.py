@@ -1,5 +1,9 @@
-"""`clusterwatch run`: the scheduler feeding probes into the state machine, and its events into the
-store and the healer; reloads, signals and systemd's notify protocol around it."""
+"""`clusterwatch run`: wires the pieces together and runs them for as long as the monitor lives.
+
+The scheduler feeds the pipeline (observation -> state -> event); events go to the store, the
+healer (a reconciler) and the alerter. Around them: reloads, signals, systemd's notify protocol,
+and self-supervision (a dead background task stops the process; "healthy" means progress).
+"""
 
 from __future__ import annotations
 
@@ -9,44 +13,35 @@ import logging
 import os
 import signal
 import time
-from collections import deque
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
 
 import psutil
 
+from clusterwatch import redact
 from clusterwatch.alerting.alerter import Alerter
-from clusterwatch.alerting.outbox import Outbox
 from clusterwatch.config.loader import BUILTIN, ConfigError, LoadedConfig, load_config
-from clusterwatch.config.schema import CheckBase, Config, Node
+from clusterwatch.config.schema import Config
 from clusterwatch.engine.events import Event, EventKind
-from clusterwatch.engine.once import run_probe
+from clusterwatch.engine.pipeline import Item, Pipeline
+from clusterwatch.engine.plan import Plan
 from clusterwatch.engine.scheduler import Job, Scheduler
-from clusterwatch.engine.state import EntityState, Rules, StateMachine
+from clusterwatch.engine.state import StateMachine
 from clusterwatch.heal.healer import Healer
-from clusterwatch.model import Observation, Status
+from clusterwatch.model import Status
 from clusterwatch.probes.base import ProbeContext, new_http_session
 from clusterwatch.sdnotify import Notifier
+from clusterwatch.store.healing import HealLedger
+from clusterwatch.store.outbox import Outbox
 from clusterwatch.store.sqlite import Store
+from clusterwatch.supervise import EXIT_FAILURE, Health, Supervisor
 
 log = logging.getLogger("clusterwatch.engine")
-events_log = logging.getLogger("clusterwatch.events")
-Item = CheckBase | Node
+T = TypeVar("T")
 WATCH_EVERY = 2.0
-SPARK_POINTS = 40
 STATS_EVERY = float(os.environ.get("CLUSTERWATCH_STATS_EVERY", "30"))
 LAG_ALERT = 2.0  # seconds of scheduling lag (p99 over a stats window) that count as falling behind
-STOP_BUDGET = 4.5  # SIGTERM to exit, seconds
-
-
-# How loud each kind of event is in the log; state changes depend on where they go.
-LEVELS = {
-    EventKind.INCIDENT_OPENED: logging.ERROR,
-    EventKind.REMEDIATION_EXHAUSTED: logging.ERROR,
-    EventKind.REMEDIATION_FAILED: logging.WARNING,
-    EventKind.REMEDIATION_STARTED: logging.WARNING,
-    EventKind.FLAPPING_STARTED: logging.WARNING,
-    EventKind.MONITOR_LAGGING: logging.WARNING,
-}
 
 
 class Monitor:
@@ -55,65 +50,76 @@ class Monitor:
         self.config_arg = config_arg
         self.config: Config = loaded.config
         self.notifier = notifier or Notifier()
-        self.states = StateMachine(self._rules, flap_high=self.config.flapping.high, flap_low=self.config.flapping.low)
-        self.store = Store(self.config.store)
+        self.plan = Plan(self.config)
         self.stop_event = asyncio.Event()
-        self.items: dict[str, Item] = {}
-        self.specs: dict[str, Any] = {}
-        self.kinds: dict[str, str] = {}
-        self._ctx: ProbeContext | None = None
-        self._file_stamp = self._stamp()
-        self.healer = Healer(self.config, self.states, reprobe=self.reprobe, emit=self.emit, record=self._record_action)
+        self.supervisor = Supervisor(self.stop_event)
+        self.states = StateMachine(
+            lambda name: self.plan.rules(name),
+            flap_high=self.config.flapping.high,
+            flap_low=self.config.flapping.low,
+        )
+        self.store = Store(self.config.store)
+        self.pipeline = Pipeline(
+            self.states,
+            self.store,
+            redactor=redact.current,
+            expected_every=lambda name: self.plan.interval_of(name),
+        )
+        self.healer = Healer(
+            self.config,
+            self.states,
+            HealLedger(self.store.path),
+            reprobe=self.pipeline.reprobe,
+            emit=self.pipeline.emit,
+            redactor=redact.current,
+        )
         self.scheduler = Scheduler(self._run_job, self.config.concurrency)
+        self.health = Health(
+            beat=lambda: self.scheduler.beat,
+            has_work=lambda: bool(self.scheduler.jobs),
+            lag_p99=lambda: self.scheduler.lag_percentiles()[1],
+            store=self.store.health,
+            supervisor=self.supervisor,
+        )
         self.outbox: Outbox | None = None
         self.alerter: Alerter | None = None
         self.once_mode = False
-        # For the live view: a change counter, each entity's last change, recent latencies.
-        self.version = 0
-        self.versions: dict[str, int] = {}
-        self.latencies: dict[str, deque[float | None]] = {}
         self.started_at = time.time()
         self.web: Any = None
+        self._ctx: ProbeContext | None = None
+        self._file_stamp = self._stamp()
+        self._io = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-io")  # config loads, command reads
+        redact.install(loaded.redactor)
 
-    # --- configuration -------------------------------------------------------------------------
+    async def _blocking(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, partial(fn, *args))
 
-    def _index(self, config: Config) -> tuple[dict[str, Item], dict[str, Any]]:
-        items: dict[str, Item] = {c.name: c for c in config.checks}
-        items.update({n.name: n for n in config.nodes})
-        specs = {name: self._spec(item, config) for name, item in items.items()}
-        return items, specs
+    # --- what the live view reads ------------------------------------------------------------------
 
-    @staticmethod
-    def _spec(item: Item, config: Config) -> Any:
-        """Everything that decides how a check runs: a change restarts it, anything else keeps its state."""
-        spec = item.model_dump(mode="json")
-        spec["_effective"] = [config.interval, config.timeout, config.fall, config.rise]
-        if isinstance(item, Node):
-            spec["_node"] = [config.ssh.model_dump(mode="json"), config.node_thresholds.model_dump(mode="json")]
-        elif getattr(item, "kind", "") == "node":
-            spec["_node"] = config.thresholds.model_dump(mode="json")
-        return spec
+    @property
+    def items(self) -> dict[str, Item]:
+        return self.plan.items
 
-    def _rules(self, name: str) -> Rules:
-        item = self.items.get(name)
-        if item is None:
-            return Rules(self.config.fall, self.config.rise)
-        roots = list(item.depends_on)
-        node = getattr(item, "node", None) if not isinstance(item, Node) else None
-        if node and node != "local":
-            roots.append(node)
-        return Rules(item.fall or self.config.fall, item.rise or self.config.rise, tuple(roots))
+    @property
+    def kinds(self) -> dict[str, str]:
+        return self.pipeline.kinds
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return self.pipeline.versions
+
+    @property
+    def version(self) -> int:
+        return self.pipeline.version
+
+    @property
+    def latencies(self) -> Any:
+        return self.pipeline.latencies
 
     def interval(self, item: Item) -> float:
-        return item.interval if item.interval is not None else self.config.interval
+        return self.plan.interval(item)
 
-    def retry_interval(self, item: Item) -> float:
-        """How soon to look again after a soft failure, so `fall` is reached in seconds, not intervals."""
-        if item.retry_interval is not None:
-            return min(item.retry_interval, self.interval(item))
-        if self.config.retry_interval is not None:
-            return min(self.config.retry_interval, self.interval(item))
-        return min(self.interval(item), max(0.25, self.interval(item) / 4))
+    # --- configuration -------------------------------------------------------------------------------
 
     def _stamp(self) -> tuple[float, int] | None:
         if self.loaded.source == BUILTIN:
@@ -124,212 +130,92 @@ class Monitor:
             return None
         return st.st_mtime, st.st_size
 
-    def reload(self, why: str) -> bool:
+    async def reload(self, why: str) -> bool:
         """A broken new config is rejected with its error logged; the old one keeps running."""
         try:
-            loaded = load_config(self.config_arg)
+            loaded = await self._blocking(load_config, self.config_arg)
         except ConfigError as exc:
             log.error("config reload (%s) rejected, still running the previous config:\n%s", why, exc)
             return False
         self._file_stamp = self._stamp()
-        items, specs = self._index(loaded.config)
-        removed = [name for name in self.items if name not in items]
-        changed = [name for name in items if name in self.specs and specs[name] != self.specs[name]]
-        added = [name for name in items if name not in self.items]
-        self.loaded, self.config = loaded, loaded.config
-        self.items, self.specs = items, specs
+        plan = Plan(loaded.config)
+        change = self.plan.diff(plan)
+        self.loaded, self.config, self.plan = loaded, loaded.config, plan
+        redact.install(loaded.redactor)
+        if self.web is not None:
+            loaded.redactor.add(self.web.token)
         if self._ctx is not None:
             self._ctx.config = self.config
         self.healer.update_config(self.config)
         if self.alerter is not None:
-            self.alerter.configure(self.config.alerts, loaded.alert_channels())
+            self.alerter.configure(self.config.alerts, loaded.alert_channels(), redact.current())
         self.states.flap_high, self.states.flap_low = self.config.flapping.high, self.config.flapping.low
-        for name in removed + changed:
+        for name in change.removed + change.changed:
             self.scheduler.remove(name)
-            gone = [e.name for e in self.states.entities_of(name)]
-            self.states.forget_check(name)
-            self.store.forget(gone)
-        for name in changed + added:
-            self.scheduler.add(name, items[name], self.interval(items[name]))
+            self.pipeline.forget_check(name)
+        for name in change.changed + change.added:
+            item = plan.items[name]
+            self.scheduler.add(name, item, plan.interval(item))
         log.info(
             "config reloaded (%s): %d changed, %d added, %d removed, %d unchanged",
             why,
-            len(changed),
-            len(added),
-            len(removed),
-            len(items) - len(changed) - len(added),
+            len(change.changed),
+            len(change.added),
+            len(change.removed),
+            change.unchanged,
         )
         return True
 
-    # --- the pipeline ----------------------------------------------------------------------------
-
-    async def probe(self, item: Item) -> list[Observation]:
-        assert self._ctx is not None
-        observations = await run_probe(item, self._ctx)
-        redactor = self.loaded.redactor
-        for obs in observations:
-            obs.message = redactor.text(obs.message)
-            obs.target = redactor.text(obs.target)
-            if obs.details:
-                obs.details = redactor.data(obs.details)
-        return observations
-
-    def handle(self, item: Item, observations: list[Observation]) -> None:
-        now = time.time()
-        seen = set()
-        for obs in observations:
-            seen.add(obs.name)
-            events = self.states.process(obs, now)
-            state = self.states.entities[obs.name]
-            self.kinds[obs.name] = obs.kind
-            self.version += 1
-            self.versions[obs.name] = self.version
-            self.latencies.setdefault(obs.name, deque(maxlen=SPARK_POINTS)).append(obs.latency_ms)
-            self.store.observation(obs, now)
-            self.store.entity(state, obs.kind)
-            for event in events:
-                self.emit(event)
-        self._vanished(item.name, seen, now)
-
-    def _vanished(self, check: str, seen: set[str], now: float) -> None:
-        """Entities a check no longer reports (a worker scaled away) leave; an open incident closes."""
-        for state in self.states.entities_of(check):
-            if state.name in seen:
-                continue
-            if state.incident is not None:
-                self.emit(
-                    Event(
-                        EventKind.INCIDENT_CLOSED,
-                        state.name,
-                        check,
-                        now,
-                        f"{state.name} is no longer reported by {check}",
-                        node=state.node,
-                        new=Status.OK,
-                        incident=state.incident,
-                        details={"duration_s": round(now - (state.incident_started or now), 3), "vanished": True},
-                    )
-                )
-            self.states.forget(state.name)
-            self.store.forget([state.name])
-            self.latencies.pop(state.name, None)
-            self.version += 1
-            self.versions[state.name] = self.version
-
-    def _record_action(self, row: dict[str, Any]) -> None:
-        """Actions name their argv and output: a `${TOKEN}` in a command must not reach the store."""
-        self.store.action(self.loaded.redactor.data(row))
-
-    def emit(self, event: Event) -> None:
-        event.message = self.loaded.redactor.text(event.message)
-        event.details = self.loaded.redactor.data(event.details)
-        level = LEVELS.get(event.kind, logging.INFO)
-        if event.kind is EventKind.STATE_CHANGE:
-            level = logging.INFO if event.new is Status.OK else logging.WARNING
-            if event.affected_by:
-                level = logging.INFO
-        suffix = f" (affected: {event.affected_by} is down)" if event.affected_by else ""
-        change = (
-            f" {event.old.value if event.old else 'pending'} -> {event.new.value}"
-            if event.kind is EventKind.STATE_CHANGE and event.new
-            else ""
-        )
-        events_log.log(level, "%s %s%s: %s%s", event.kind.value, event.entity, change, event.message, suffix)
-        self.store.event(event)
-        self.healer.on_event(event)
-        if self.alerter is not None:
-            self.alerter.on_event(event)
-
-    async def reprobe(self, check: CheckBase) -> list[Observation]:
-        observations = await self.probe(check)
-        self.handle(check, observations)
-        return observations
+    # --- the scheduler's work ------------------------------------------------------------------------
 
     async def _run_job(self, job: Job) -> None:
-        item = self.items.get(job.key)
+        item = self.plan.items.get(job.key)
         if item is None:
             return
-        observations = await self.probe(item)
-        if self.items.get(job.key) is not item:
+        observations = await self.pipeline.probe(item)
+        if self.plan.items.get(job.key) is not item:
             return  # reloaded away meanwhile
-        self.handle(item, observations)
+        self.pipeline.handle(item, observations)
         if any(s.fail_streak and not s.down for s in self.states.entities_of(item.name)):
-            self.scheduler.run_soon(item.name, self.retry_interval(item))
+            self.scheduler.run_soon(item.name, self.plan.retry_interval(item))
 
-    # --- life cycle ------------------------------------------------------------------------------
-
-    def _restore(self) -> int:
-        restored = 0
-        for row in self.store.load_entities():
-            if row["check_name"] not in self.items:
-                continue
-            hard = Status(row["hard"]) if row["hard"] else None
-            state = EntityState(
-                name=row["name"],
-                check=row["check_name"],
-                node=row["node"],
-                hard=hard,
-                since=row["since"] or time.time(),
-                incident=row["incident"],
-                incident_started=row["incident_started"],
-                flapping=bool(row["flapping"]),
-                affected_by=row["affected_by"],
-                fail_streak=row["fail_streak"],
-                ok_streak=row["ok_streak"],
-                last_at=row["updated"] or 0.0,
-            )
-            for letter in (row["history"] or "").split(","):
-                if letter:
-                    state.history.append(Status(letter))
-            state.last = Observation(
-                row["name"],
-                row["kind"],
-                "",
-                Status(row["status"]),
-                row["message"] or "",
-                row["latency_ms"],
-                check=row["check_name"],
-                node=row["node"],
-                down=bool(row["down"]),
-            )
-            self.states.restore(state)
-            self.kinds[row["name"]] = row["kind"]
-            restored += 1
-        return restored
+    # --- life cycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.store.open()
-        self.items, self.specs = self._index(self.config)
-        restored = self._restore()
-        open_incidents = sum(1 for e in self.states.entities.values() if e.incident)
+        await self._blocking(self.store.open)
+        rows = await self._blocking(self.store.load_entities)
+        restored = self.pipeline.restore(rows, known=lambda check: check in self.plan.items)
+        open_incidents = self.pipeline.open_incidents()
         self._session = new_http_session(limit=self.config.concurrency)
-        self._ctx = ProbeContext(config=self.config, http=self._session)
-        self.outbox = Outbox(self.store.path)
+        self._ctx = self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
+        self.outbox = await self._blocking(Outbox, self.store.path)
         self.alerter = Alerter(
             self.config.alerts,
             self.outbox,
             self.loaded.redactor,
             env_channels=self.loaded.alert_channels(),
-            kind_of=lambda e: self.kinds.get(e, ""),
+            kind_of=lambda e: self.pipeline.kinds.get(e, ""),
             root_down=lambda check, entity: self.states.root_failing(check, entity, Status.CRITICAL),
+            healthy=self.health.healthy,
         )
-        self.alerter.resume(
+        await self.alerter.resume(
             [
                 (
                     e.incident,
                     e.name,
                     e.check,
                     e.node,
-                    self.kinds.get(e.name, ""),
+                    self.pipeline.kinds.get(e.name, ""),
                     e.hard,
                     e.incident_started or time.time(),
                     e.last.message if e.last else "",
                 )
-                for e in self.states.entities.values()
+                for e in open_incidents
                 if e.incident
             ]
         )
-        self.alerter.start(self._session)
+        self.pipeline.listeners = [self.healer.on_event, self.alerter.on_event]
+        await self.healer.start()
         log.info(
             "clusterwatch started: %d checks, %d nodes, config %s, store %s; resumed %d entities, %d open incidents",
             len(self.config.checks),
@@ -337,11 +223,12 @@ class Monitor:
             self.loaded.source,
             self.store.path,
             restored,
-            open_incidents,
+            len(open_incidents),
         )
 
     async def close(self) -> None:
         self.notifier.stopping()
+        await self.supervisor.stop()
         if self.web is not None:
             await self.web.stop()
         await self.scheduler.cancel_running(timeout=1.0)
@@ -351,64 +238,77 @@ class Monitor:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._session.close(), 1.0)
         if self.outbox is not None:
-            self.outbox.close()
+            await self._blocking(self.outbox.close)
         await asyncio.to_thread(self.store.close, 2.0)
+        self._io.shutdown(wait=False)
 
     async def run(self) -> int:
-        await self.start()
+        """Until SIGTERM (exit 0) or until the monitor can no longer do its job (exit 3)."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
-        for name, item in self.items.items():
-            self.scheduler.add(name, item, self.interval(item))
-        log.info(
-            "monitoring %d checks; ready %.2fs after the process started",
-            len(self.items),
-            time.time() - psutil.Process().create_time(),
-        )
-        background = [
-            asyncio.create_task(self.scheduler.run_forever(self.stop_event)),
-            asyncio.create_task(self._watch()),
-        ]
-        from clusterwatch.web.server import start_web
-
-        self.web = await start_web(self)
-        self.notifier.ready(f"monitoring {len(self.items)} checks")
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         try:
+            await self.start()
+            for name, item in self.plan.items.items():
+                self.scheduler.add(name, item, self.plan.interval(item))
+            log.info(
+                "monitoring %d checks; ready %.2fs after the process started",
+                len(self.plan.items),
+                time.time() - psutil.Process().create_time(),
+            )
+            self.supervisor.spawn("scheduler", self.scheduler.run_forever(self.stop_event))
+            self.supervisor.spawn("healer", self.healer.run(self.stop_event))
+            self.supervisor.spawn("watch", self._watch())
+            assert self.alerter is not None
+            for name, work in self.alerter.loops(self._session):
+                self.supervisor.spawn(name, work)
+            from clusterwatch.web.server import start_web
+
+            self.web = await start_web(self)
+            self.notifier.ready(f"monitoring {len(self.plan.items)} checks")
             await self.stop_event.wait()
         finally:
             log.info("stopping")
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
             await self.close()
+        if self.supervisor.failure:
+            return EXIT_FAILURE
         return 0
 
+    def _sighup(self) -> None:
+        self.supervisor.spawn("reload", self.reload("SIGHUP"), oneshot=True)
+
     async def _watch(self) -> None:
-        """Config file changes, a person's commands, systemd's watchdog, and our own lag."""
+        """Config file changes, a person's commands, systemd's watchdog, our own lag and health."""
         last_watchdog = 0.0
         self._stats_at, self._stats_started = time.monotonic(), 0
         while not self.stop_event.is_set():
             await asyncio.sleep(min(WATCH_EVERY, self.notifier.watchdog_interval or WATCH_EVERY))
             now = time.monotonic()
-            if self.notifier.watchdog_interval and now - last_watchdog >= self.notifier.watchdog_interval * 0.9:
-                self.notifier.watchdog()
+            problems = self.health.problems()
+            if problems and not self.supervisor.failure and now - self.scheduler.beat > 4 * 15.0:
+                self.supervisor.fail(f"the monitor is stuck: {'; '.join(problems)}")
+            if (
+                self.notifier.watchdog_interval
+                and now - last_watchdog >= self.notifier.watchdog_interval * 0.9
+                and not problems
+            ):
+                self.notifier.watchdog()  # systemd restarts a monitor that stops saying this
                 last_watchdog = now
             if now - self._stats_at >= STATS_EVERY:
                 self._stats(now)
             stamp = self._stamp()
             if stamp is not None and stamp != self._file_stamp:
                 self._file_stamp = stamp
-                self.reload("config file changed")
+                await self.reload("config file changed")
             try:
-                commands = await asyncio.to_thread(self.store.pending_commands)
-            except Exception:
-                log.exception("reading commands failed")
+                commands = await self._blocking(self.store.pending_commands)
+            except Exception as exc:
+                log.error("reading commands failed: %s", exc)
                 commands = []
             for command in commands:
                 if command["kind"] == "heal_reset":
-                    found = self.healer.reset(command["target"])
+                    found = await self.healer.reset(command["target"])
                     log.info("heal reset %s: %s", command["target"], "done" if found else "no such restart budget")
 
     def _stats(self, now: float) -> None:
@@ -418,6 +318,7 @@ class Monitor:
         probes = self.scheduler.started - self._stats_started
         rate = probes / (now - self._stats_at)
         self._stats_at, self._stats_started = now, self.scheduler.started
+        store = self.store.health()
         log.info(
             "stats: %.1f probes/s, scheduling lag p50 %.0f ms p99 %.0f ms, %d skipped",
             rate,
@@ -430,11 +331,12 @@ class Monitor:
                 "lag_p99_ms": round(p99 * 1000, 1),
                 "skipped": self.scheduler.skipped,
                 "entities": len(self.states.entities),
-                "store_written": self.store.written,
+                "store_written": store.get("written"),
+                "store_dropped": store.get("dropped"),
             },
         )
         if p99 > LAG_ALERT:
-            self.emit(
+            self.pipeline.emit(
                 Event(
                     EventKind.MONITOR_LAGGING,
                     "clusterwatch",
@@ -450,19 +352,17 @@ class Monitor:
     async def once(self) -> Status:
         """One round of everything (for cron); state persists in the store between rounds."""
         self.once_mode = True
-        await self.start()
         try:
+            await self.start()
             semaphore = asyncio.Semaphore(self.config.concurrency)
 
             async def one(item: Item) -> None:
                 async with semaphore:
-                    self.handle(item, await self.probe(item))
+                    self.pipeline.handle(item, await self.pipeline.probe(item))
 
-            await asyncio.gather(*(one(item) for item in self.items.values()))
-            longest = max(
-                (c.restart.verify_timeout + c.restart.timeout for c in self.config.checks if c.restart), default=0.0
-            )
-            await self.healer.drain(longest * 4 + 5)
+            await asyncio.gather(*(one(item) for item in self.plan.items.values()))
+            await self.healer.reconcile()
+            await self.healer.drain(self.plan.longest_heal() * 4 + 5)
             worst = Status.worst([e.last.status for e in self.states.entities.values() if e.last])
         finally:
             await self.close()

@@ -97,7 +97,8 @@ class Alerter:
         self._dirty: dict[str, Incident] = {}  # incidents whose alert state changed (written in flush)
         self.configure(options, env_channels or {})
 
-    def configure(self, options: AlertOptions, env_channels: dict[str, str]) -> None:
+    def configure(self, options: AlertOptions, env_channels: dict[str, str], redactor: Redactor | None = None) -> None:
+        self.redactor = redactor or self.redactor
         self.options = options
         urls = {**env_channels, **options.channels}  # the config's own channels win
         if not options.channels and env_channels:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("clusterwatch.scheduler")
+BEAT = 1.0  # the loop turns at least this often, so a stuck loop is told from an idle one
+MIN_INTERVAL = 0.05  # a guard: the config refuses zero, but a zero here would spin or divide by it
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Scheduler:
         self.lags: deque[float] = deque(maxlen=10000)  # seconds late, at probe start
         self.started = 0
         self.skipped = 0
+        self.beat = time.monotonic()  # the loop's last turn: how self-supervision sees progress
 
     @property
     def jobs(self) -> dict[str, Job]:
@@ -53,7 +56,7 @@ class Scheduler:
 
     def add(self, key: str, item: Any, interval: float, *, first_delay: float | None = None) -> None:
         """Schedule (or reschedule) a check; its first run is jittered so checks don't run in lockstep."""
-        job = Job(key, item, interval, next(self._generation))
+        job = Job(key, item, max(interval, MIN_INTERVAL), next(self._generation))
         old = self._jobs.get(key)
         if old is not None:
             job.running = old.running
@@ -74,13 +77,14 @@ class Scheduler:
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self.beat = time.monotonic()
             if not self._heap:
-                await self._sleep(1.0, stop)
+                await self._sleep(BEAT, stop)
                 continue
             due, _, key, generation, oneshot = self._heap[0]
             now = time.monotonic()
             if due > now:
-                await self._sleep(due - now, stop)
+                await self._sleep(min(due - now, BEAT), stop)
                 continue
             heapq.heappop(self._heap)
             job = self._jobs.get(key)

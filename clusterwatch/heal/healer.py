@@ -1,9 +1,11 @@
-"""The healer: restarts what is hard critical, safely, within a budget, and verifies the result.
+"""The healer: a reconciler that restarts what is hard critical, safely, within a budget.
 
-Knows events, not probes: it is handed a way to re-probe a check and to read an entity's
-state. Never two actions at once on one target; never while flapping; never on a dependant
-whose root is down; at most `max_attempts` within `window`, with growing delays; then
-`remediation_exhausted`, and the target is left alone until it recovers or a person resets it.
+Level-triggered, as Kubernetes controllers are: at start and on a steady tick it compares each
+target with what it should be and acts while a target is hard critical (seen so in this run),
+its budget allows, nothing is in flight on it, and it is neither flapping nor held down by a
+failing root. Events only make it look sooner. Attempts and budgets live in the store (written
+before an action runs), so a monitor that was killed, restarted or took over carries on: an
+attempt cut short is recorded once, and the target is looked at before anything runs again.
 """
 
 from __future__ import annotations
@@ -12,31 +14,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
 
 from clusterwatch.config.schema import CheckBase, Config, RestartPolicy
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState, StateMachine
 from clusterwatch.heal.actions import Outcome, perform
 from clusterwatch.model import Observation, Status
+from clusterwatch.redact import Redactor
+from clusterwatch.store.healing import Attempt, BudgetRow, HealLedger
 
 log = logging.getLogger("clusterwatch.healer")
+T = TypeVar("T")
 VERIFY_EVERY = 1.0
 ROOT_GRACE = 1.0
+RECONCILE_EVERY = 1.0
+LOOK_AFTER_CRASH = 10.0  # at least this long to look at a target whose restart a crash cut short
 
 
-@dataclass
-class Budget:
-    attempts: deque[float] = field(default_factory=deque)  # when each attempt started
-    exhausted: bool = False
-    recovered_at: float | None = None  # healthy since; the budget comes back after `stable_for`
-
-    def used(self, window: float, now: float) -> int:
-        while self.attempts and now - self.attempts[0] > window:
-            self.attempts.popleft()
-        return len(self.attempts)
+def used(budget: BudgetRow, window: float, now: float) -> int:
+    """Attempts within the window; one stamped in the future (the clock was set back) still counts."""
+    return sum(1 for started in budget.attempts if now - started <= window or started > now)
 
 
 class Healer:
@@ -44,164 +45,262 @@ class Healer:
         self,
         config: Config,
         states: StateMachine,
+        ledger: HealLedger,
         *,
         reprobe: Callable[[CheckBase], Awaitable[list[Observation]]],
         emit: Callable[[Event], None],
-        record: Callable[[dict[str, object]], None],
+        redactor: Callable[[], Redactor] = Redactor,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.states = states
-        self._reprobe, self._emit, self._record = reprobe, emit, record
-        self.budgets: dict[str, Budget] = {}
+        self.ledger = ledger
+        self._reprobe, self._emit, self._redactor, self._clock = reprobe, emit, redactor, clock
+        self.budgets: dict[str, BudgetRow] = {}  # by stored target (see _key)
         self.busy: dict[str, asyncio.Task[None]] = {}
+        self.started_at = clock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-heal-ledger")
 
     def update_config(self, config: Config) -> None:
         self.config = config
 
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """The ledger's SQLite calls, off the event loop in a thread of their own."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    def _key(self, target: str) -> str:
+        """A target as the store knows it: a secret in a command's argv never reaches the disk."""
+        return self._redactor().text(target)
+
+    def _policies(self) -> list[tuple[CheckBase, RestartPolicy]]:
+        return [(c, c.restart) for c in self.config.checks if c.restart is not None]
+
     def _check(self, name: str) -> CheckBase | None:
         return next((c for c in self.config.checks if c.name == name), None)
 
-    # --- events in ----------------------------------------------------------------------------
+    # --- start: carry on where the last monitor stopped -------------------------------------------------
+
+    async def start(self) -> None:
+        """Budgets from the store; attempts a crash cut short are looked at before anything else runs."""
+        self.started_at = self._clock()
+        await self._db(self.ledger.open)
+        cut = await self._db(self.ledger.interrupted, self._clock())
+        windows = {self._key(policy.target): policy.window for _, policy in self._policies()}
+        self.budgets = await self._db(self.ledger.budgets, windows, self._clock())
+        for attempt in cut:
+            check = self._check(attempt.check)
+            if check is None or check.restart is None or check.restart.target in self.busy:
+                continue
+            log.warning(
+                "restart of %s (attempt %d) was cut short when the monitor stopped: looking at %s before acting again",
+                attempt.target,
+                attempt.attempt,
+                attempt.entity,
+            )
+            self._spawn(check.restart.target, self._after_crash(check, check.restart, attempt))
+
+    async def _after_crash(self, check: CheckBase, policy: RestartPolicy, attempt: Attempt) -> None:
+        """The cut attempt may still be taking effect: give it the time it would have had, probing."""
+        deadline = attempt.started + policy.timeout + policy.verify_timeout
+        look = max(deadline - self._clock(), min(policy.verify_timeout, LOOK_AFTER_CRASH))
+        if await self._verify(check, attempt.entity, look):
+            state = self.states.entities.get(attempt.entity)
+            self._emit(
+                Event(
+                    EventKind.REMEDIATION_SUCCEEDED,
+                    attempt.entity,
+                    check.name,
+                    self._clock(),
+                    f"{attempt.target} healthy again after the restart (attempt {attempt.attempt}) that was cut "
+                    "short when the monitor stopped",
+                    node=check.node,
+                    incident=state.incident if state else None,
+                    new=Status.OK,
+                    details={"target": attempt.target, "attempt": attempt.attempt, "interrupted": True},
+                )
+            )
+
+    # --- the reconciler -----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.reconcile()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RECONCILE_EVERY)
+
+    async def reconcile(self, only: str | None = None) -> None:
+        """Compare every target (or one check's) with what it should be; act where it differs."""
+        now = self._clock()
+        for check, policy in self._policies():
+            if only is not None and check.name != only:
+                continue
+            states = self.states.entities_of(check.name)
+            budget = self.budgets.get(self._key(policy.target))
+            if budget is not None:
+                await self._recovery(policy, budget, states, now)
+            for state in states:
+                if state.hard is Status.CRITICAL:
+                    self.consider(check, state, state.last.message if state.last else "critical")
+                    break
+
+    async def _recovery(self, policy: RestartPolicy, budget: BudgetRow, states: list[EntityState], now: float) -> None:
+        """A target healthy for `stable_for` gets its budget back; a blip is no recovery."""
+        down = any(s.down for s in states)
+        changed = False
+        if not down and states and budget.recovered_at is None and (budget.attempts or budget.exhausted):
+            budget.recovered_at, budget.exhausted, changed = now, None, True
+        elif budget.recovered_at is not None and (down or now - budget.recovered_at >= policy.stable_for):
+            if now - budget.recovered_at >= policy.stable_for:
+                if budget.attempts:
+                    log.info("restart budget of %s back: healthy for %gs", policy.target, policy.stable_for)
+                budget.counts_from, budget.attempts = now, []
+            budget.recovered_at, changed = None, True
+        if changed:
+            await self._db(self.ledger.save_budget, budget)
 
     def on_event(self, event: Event) -> None:
+        """Events only make the reconciler look sooner: at the check, and at what depends on it."""
+        if event.kind not in (
+            EventKind.STATE_CHANGE,
+            EventKind.INCIDENT_OPENED,
+            EventKind.INCIDENT_CLOSED,
+            EventKind.FLAPPING_STOPPED,
+        ):
+            return
+        names = {event.check}
         if event.kind is EventKind.STATE_CHANGE and event.new is Status.OK:
-            self._root_recovered(event.entity)
-        check = self._check(event.check)
-        if check is None or check.restart is None:
-            return
-        target = check.restart.target
-        recovered = event.kind is EventKind.STATE_CHANGE and event.new is Status.OK
-        if recovered or event.kind is EventKind.INCIDENT_CLOSED:
-            budget = self.budgets.get(target)
-            if budget is not None and not any(e.down for e in self.states.entities_of(check.name)):
-                budget.recovered_at = event.at
-                budget.exhausted = False  # it recovered: the healer may act again
-            return
-        if event.kind in (EventKind.STATE_CHANGE, EventKind.INCIDENT_OPENED) and event.new is Status.CRITICAL:
-            self.consider(check, event.entity, event.message)
-        elif event.kind is EventKind.FLAPPING_STOPPED:
-            state = self._entity(event.entity)
-            if state is not None and state.hard is Status.CRITICAL:  # settled, but down: now heal it
-                self.consider(check, event.entity, event.message)
+            names |= {c.name for c, _ in self._policies() if event.entity in self.states.rules(c.name).roots}
+        for name in names:
+            if self._check(name) is not None:
+                self._spawn(f"reconcile:{name}", self.reconcile(only=name))
 
-    def _root_recovered(self, root: str) -> None:
-        """Dependants held back while their root was down get their turn once it is up again."""
-        for check in self.config.checks:
-            if check.restart is None or root not in self.states.rules(check.name).roots:
-                continue
-            for state in self.states.entities_of(check.name):
-                if state.hard is Status.CRITICAL and not state.flapping:
-                    self.consider(check, state.name, f"still down after {root} recovered")
-
-    def _entity(self, name: str) -> EntityState | None:
-        return self.states.entities.get(name)
-
-    def consider(self, check: CheckBase, entity: str, reason: str) -> None:
+    def consider(self, check: CheckBase, state: EntityState, reason: str) -> None:
         policy = check.restart
-        if policy is None or not self.config.healing.enabled:
+        if policy is None or not self.config.healing.enabled or not self._wants_action(state):
             return
-        target = policy.target
-        state = self._entity(entity)
-        if state is not None and (state.flapping or state.affected_by):
-            why = "flapping" if state.flapping else f"its root {state.affected_by} is down (heal the root first)"
-            log.info("not restarting %s for %s: %s", target, entity, why)
-            return
-        if target in self.busy:
+        if policy.target in self.busy:
             return  # never two actions at once on one target
-        budget = self.budgets.setdefault(target, Budget())
-        if budget.recovered_at is not None:
-            if time.time() - budget.recovered_at >= policy.stable_for:
-                self._reset_budget(target, f"healthy for {policy.stable_for:g}s")
-                budget = self.budgets[target]
-            budget.recovered_at = None
-        if budget.exhausted:
+        key = self._key(policy.target)
+        budget = self.budgets.setdefault(key, BudgetRow(key))
+        if budget.exhausted is not None:
             return
-        task = asyncio.create_task(self._guarded(check, policy, entity, reason))
-        self.busy[target] = task
-        task.add_done_callback(lambda _t, target=target: self.busy.pop(target, None))
+        self._spawn(policy.target, self._remediate(check, policy, state.name, reason))
 
-    def reset(self, name: str) -> bool:
+    def _wants_action(self, state: EntityState | None) -> bool:
+        """Hard critical, seen so in this run (not only restored from the store), its own failure."""
+        return (
+            state is not None
+            and state.hard is Status.CRITICAL
+            and not state.flapping
+            and not state.affected_by
+            and state.last_at >= self.started_at
+        )
+
+    def _spawn(self, key: str, work: Awaitable[None]) -> None:
+        if key in self.busy:
+            close = getattr(work, "close", None)
+            if close is not None:
+                close()
+            return
+        task = asyncio.ensure_future(self._guarded(key, work))
+        self.busy[key] = task
+        task.add_done_callback(lambda _t, key=key: self.busy.pop(key, None))
+
+    async def _guarded(self, key: str, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the healer's own bug: logged, and the target is free for the next look
+            log.exception("healer: %s failed unexpectedly", key)
+
+    async def reset(self, name: str) -> bool:
         """A person's reset: by target (`supervisor:dask-worker`) or by check name."""
         check = self._check(name)
         target = check.restart.target if check and check.restart else name
-        if target not in self.budgets:
+        budget = self.budgets.get(self._key(target))
+        if budget is None:
             return False
-        self._reset_budget(target, "reset by a person")
-        check = check or next((c for c in self.config.checks if c.restart and c.restart.target == target), None)
+        log.info("restart budget of %s reset by a person", target)
+        budget.counts_from, budget.attempts, budget.exhausted, budget.recovered_at = self._clock(), [], None, None
+        await self._db(self.ledger.save_budget, budget)
+        check = check or next((c for c, p in self._policies() if p.target == target), None)
         if check is not None:
-            for state in self.states.entities_of(check.name):
-                if state.hard is Status.CRITICAL:
-                    self.consider(check, state.name, f"reset: {state.last.message if state.last else ''}")
-                    break
+            await self.reconcile(only=check.name)
         return True
 
-    def _reset_budget(self, target: str, why: str) -> None:
-        budget = self.budgets.get(target)
-        if budget is not None and (budget.attempts or budget.exhausted):
-            log.info("restart budget of %s reset: %s", target, why)
-        self.budgets[target] = Budget()
-
-    # --- one remediation episode ----------------------------------------------------------------
-
-    async def _guarded(self, check: CheckBase, policy: RestartPolicy, entity: str, reason: str) -> None:
-        try:
-            await self._remediate(check, policy, entity, reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the healer's own bug: logged, and the target is free for the next try
-            log.exception("remediation of %s for %s failed unexpectedly", policy.target, entity)
+    # --- one remediation episode ----------------------------------------------------------------------------
 
     async def _remediate(self, check: CheckBase, policy: RestartPolicy, entity: str, reason: str) -> None:
         target = policy.target
-        budget = self.budgets.setdefault(target, Budget())
+        key = self._key(target)
+        budget = self.budgets.setdefault(key, BudgetRow(key))
         # A dependant may notice a failure a moment before its root does: give the root that moment.
         delay = max(policy.grace, ROOT_GRACE if self.states.rules(check.name).roots else 0.0)
         while True:
-            state = self._entity(entity)
-            if state is None or state.hard is not Status.CRITICAL or state.flapping or state.affected_by:
+            if not self._wants_action(self.states.entities.get(entity)):
                 return
-            now = time.time()
-            if budget.used(policy.window, now) >= policy.max_attempts:
-                budget.exhausted = True
-                self._emit(
-                    Event(
-                        EventKind.REMEDIATION_EXHAUSTED,
-                        entity,
-                        check.name,
-                        now,
-                        f"gave up on {target} after {policy.max_attempts} restart(s) within "
-                        f"{policy.window:g}s: {entity} is still critical — needs a person "
-                        f"(`clusterwatch heal reset {check.name}` once fixed)",
-                        node=check.node,
-                        new=Status.CRITICAL,
-                        incident=state.incident,
-                        details={"target": target, "attempts": policy.max_attempts},
-                    )
-                )
+            now = self._clock()
+            if used(budget, policy.window, now) >= policy.max_attempts:
+                await self._exhausted(check, policy, budget, entity, now)
                 return
             if delay:
                 await asyncio.sleep(delay)
-                state = self._entity(entity)
-                if state is None or state.hard is not Status.CRITICAL or state.flapping or state.affected_by:
+                if not self._wants_action(self.states.entities.get(entity)):
                     return
                 root = self.states.root_failing(check.name, entity, Status.CRITICAL)
                 if root is not None:
-                    log.info(
-                        "not restarting %s for %s: its root %s is down (heal the root first)", target, entity, root
-                    )
+                    log.info("not restarting %s for %s: its root %s is down (heal it first)", target, entity, root)
                     return
-            budget.attempts.append(time.time())
-            attempt = len(budget.attempts)
-            if await self._attempt(check, policy, entity, state, attempt, reason):
+            attempt = used(budget, policy.window, self._clock()) + 1
+            if await self._attempt(check, policy, budget, entity, attempt, reason):
                 return
             delay = policy.backoff * 2 ** (attempt - 1)
 
+    async def _exhausted(
+        self, check: CheckBase, policy: RestartPolicy, budget: BudgetRow, entity: str, now: float
+    ) -> None:
+        budget.exhausted = now
+        await self._db(self.ledger.save_budget, budget)
+        state = self.states.entities.get(entity)
+        self._emit(
+            Event(
+                EventKind.REMEDIATION_EXHAUSTED,
+                entity,
+                check.name,
+                now,
+                f"gave up on {policy.target} after {policy.max_attempts} restart(s) within "
+                f"{policy.window:g}s: {entity} is still critical — needs a person "
+                f"(`clusterwatch heal reset {check.name}` once fixed)",
+                node=check.node,
+                new=Status.CRITICAL,
+                incident=state.incident if state else None,
+                details={"target": policy.target, "attempts": policy.max_attempts},
+            )
+        )
+
     async def _attempt(
-        self, check: CheckBase, policy: RestartPolicy, entity: str, state: EntityState, attempt: int, reason: str
+        self, check: CheckBase, policy: RestartPolicy, budget: BudgetRow, entity: str, attempt: int, reason: str
     ) -> bool:
         target = policy.target
         dry_run = policy.dry_run or self.config.healing.dry_run
-        started = time.time()
+        state = self.states.entities.get(entity)
+        incident = state.incident if state else None
+        started = self._clock()
+        row = {
+            "started": started,
+            "check": check.name,
+            "entity": entity,
+            "target": target,
+            "action": policy.action,
+            "reason": reason,
+            "attempt": attempt,
+            "dry_run": 1 if dry_run else 0,
+        }
+        row = self._redactor().data(row)
+        attempt_id = await self._db(self.ledger.begin, row)  # committed before anything runs
+        if not dry_run:
+            budget.attempts.append(started)
         self._emit(
             Event(
                 EventKind.REMEDIATION_STARTED,
@@ -211,7 +310,7 @@ class Healer:
                 f"{'would restart' if dry_run else 'restarting'} {target} (attempt {attempt} of "
                 f"{policy.max_attempts}) because {entity}: {reason}",
                 node=check.node,
-                incident=state.incident,
+                incident=incident,
                 details={"target": target, "attempt": attempt},
             )
         )
@@ -220,32 +319,20 @@ class Healer:
             healthy = False
         else:
             outcome = await perform(policy, check, self.config)
-            healthy = outcome.ok and await self._verify(check, policy, entity)
-        finished = time.time()
+            healthy = outcome.ok and await self._verify(check, entity, policy.verify_timeout)
+        finished = self._clock()
         result = "dry_run" if dry_run else "succeeded" if healthy else "failed"
         detail = outcome.detail if outcome.ok else f"action failed: {outcome.detail}"
         if outcome.ok and not healthy and not dry_run:
             detail += f"; still not healthy after {policy.verify_timeout:g}s"
-        self._record(
-            {
-                "started": started,
-                "finished": finished,
-                "check": check.name,
-                "entity": entity,
-                "target": target,
-                "action": policy.action,
-                "reason": reason,
-                "attempt": attempt,
-                "outcome": result,
-                "detail": detail,
-                "duration": round(finished - started, 3),
-                "dry_run": 1 if dry_run else 0,
-            }
+        await self._db(
+            self.ledger.finish, attempt_id, finished=finished, outcome=result, detail=self._redactor().text(detail)
         )
-        kind = EventKind.REMEDIATION_SUCCEEDED if healthy else EventKind.REMEDIATION_FAILED
         if dry_run:
             log.warning("dry run: would restart %s for %s", target, entity)
-            return True  # a dry run acts once per episode
+            budget.exhausted = finished  # a dry run acts once per episode: quiet until it recovers
+            await self._db(self.ledger.save_budget, budget)
+            return True
         message = (
             f"{target} restarted by {policy.action}; {entity} healthy again after {finished - started:.1f}s"
             if healthy
@@ -253,36 +340,45 @@ class Healer:
         )
         self._emit(
             Event(
-                kind,
+                EventKind.REMEDIATION_SUCCEEDED if healthy else EventKind.REMEDIATION_FAILED,
                 entity,
                 check.name,
                 finished,
                 message,
                 node=check.node,
-                incident=state.incident,
+                incident=incident,
                 new=Status.OK if healthy else Status.CRITICAL,
                 details={"target": target, "attempt": attempt, "duration_s": round(finished - started, 3)},
             )
         )
         return healthy
 
-    async def _verify(self, check: CheckBase, policy: RestartPolicy, entity: str) -> bool:
+    async def _verify(self, check: CheckBase, entity: str, timeout: float) -> bool:
         """Re-probe with the check's own probe until the entity is hard ok again, or time runs out."""
-        deadline = time.monotonic() + policy.verify_timeout
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout
+        while True:
             await self._reprobe(check)
-            state = self._entity(entity)
+            state = self.states.entities.get(entity)
             if state is not None and state.hard is Status.OK:
                 return True
-            await asyncio.sleep(min(VERIFY_EVERY, max(0.0, deadline - time.monotonic())))
-        return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(VERIFY_EVERY, left))
+
+    # --- life cycle ----------------------------------------------------------------------------------------
 
     async def drain(self, timeout: float) -> None:
-        if self.busy:
+        """Until nothing is in flight (a look may start an attempt), or time runs out."""
+        deadline = time.monotonic() + timeout
+        while self.busy and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self.busy.values(), return_exceptions=True), timeout)
+                await asyncio.wait_for(asyncio.gather(*self.busy.values(), return_exceptions=True), left)
 
     async def stop(self) -> None:
         for task in list(self.busy.values()):
             task.cancel()
         await self.drain(1.0)
+        with contextlib.suppress(Exception):
+            await self._db(self.ledger.close)
+        self._executor.shutdown(wait=False)

@@ -1,0 +1,136 @@
+"""The monitor killed with -9 in the middle of its work, and started again: it carries on from the
+store as if it had not died — no restart lost, none doubled, no budget given back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port, port_open, wait_until
+from tests.real.daemon import Daemon, helper, kill_pidfile
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def kill_9(d: Daemon) -> None:
+    """`kill -9 PID` of the monitor alone, as an OOM kill or a crash would: what it started lives on."""
+    assert d.proc is not None
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.popen.wait(10)
+    d.proc.stop()
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    """The restarted service's pidfile: whatever the healer started is stopped by its PID."""
+    pidfile = tmp_path / "service.pid"
+    yield pidfile
+    kill_pidfile(pidfile)
+
+
+def test_kill_9_while_a_restart_is_in_flight(tmp_path: Path, service: Path):
+    port, counter = free_port(), tmp_path / "restarts"
+    d = Daemon(
+        tmp_path,
+        {
+            "interval": "300ms",
+            "checks": [
+                {
+                    "name": "api",
+                    "kind": "tcp",
+                    "port": port,
+                    "timeout": "1s",
+                    "restart": {
+                        # The service takes 4 s to come up: the monitor dies in the middle of that.
+                        "command": helper(
+                            "--count", str(counter), "--serve", str(port), "--pidfile", str(service), "--delay", "4"
+                        ),
+                        "timeout": "20s",
+                        "verify_timeout": "20s",
+                        "backoff": "500ms",
+                    },
+                }
+            ],
+        },
+    )
+    try:
+        d.start()
+        wait_until(
+            lambda: [a for a in d.actions("api") if a["outcome"] == "running"],
+            timeout=30,
+            what=f"an attempt in flight\n{d.log()[-2000:]}",
+        )
+        kill_9(d)
+        assert not port_open(port), "the service came up before the monitor was killed: the test proves nothing"
+        d.start()
+        wait_until(
+            lambda: (e := d.entity("api")) is not None and e["hard"] == "ok",
+            timeout=60,
+            what=f"api healthy again\n{d.log()[-3000:]}",
+        )
+        time.sleep(2)  # anything the new monitor would wrongly do next, it would do now
+        assert lines(counter) == 1, "a second restart ran while the first one's service was coming up"
+        [action] = d.actions("api")
+        assert action["outcome"] == "interrupted" and action["attempt"] == 1 and action["finished"] is not None
+        succeeded = d.events("remediation_succeeded", "api")
+        assert len(succeeded) == 1 and "cut short" in succeeded[0]["message"]
+        assert d.events("remediation_started", "api")[-1]["ts"] < action["finished"]
+        assert "was cut short when the monitor stopped" in d.log()
+        [incident] = d.query("SELECT * FROM incidents WHERE entity = 'api'")
+        assert incident["closed"] is not None
+    finally:
+        d.stop()
+
+
+def test_restart_budget_holds_across_a_monitor_restart(tmp_path: Path, service: Path):
+    port, counter = free_port(), tmp_path / "restarts"
+    d = Daemon(
+        tmp_path,
+        {
+            "interval": "300ms",
+            "checks": [
+                {
+                    "name": "api",
+                    "kind": "tcp",
+                    "port": port,
+                    "timeout": "1s",
+                    "restart": {
+                        "command": helper("--count", str(counter), "--serve", str(port), "--pidfile", str(service)),
+                        "max_attempts": 3,
+                        "window": "10m",
+                        "stable_for": "10m",  # each recovery here is a blip: the budget never comes back
+                        "backoff": "200ms",
+                        "verify_timeout": "10s",
+                    },
+                }
+            ],
+        },
+    )
+
+    def healed(n: int) -> None:
+        wait_until(lambda: lines(counter) == n and port_open(port), timeout=40, what=f"restart {n}\n{d.log()[-2000:]}")
+        wait_until(lambda: len(d.events("remediation_succeeded", "api")) == n, timeout=30, what=f"verified {n}")
+
+    try:
+        d.start()
+        healed(1)  # down from the start: restart 1
+        kill_pidfile(service)
+        healed(2)
+        kill_9(d)
+        d.start()
+        kill_pidfile(service)
+        healed(3)
+        kill_pidfile(service)
+        d.wait_event("remediation_exhausted", "api", timeout=40)
+        time.sleep(2)
+        assert lines(counter) == 3, "the monitor's restart gave the target its attempts back"
+        assert [a["attempt"] for a in d.actions("api")] == [1, 2, 3]
+        assert not port_open(port)
+    finally:
+        d.stop()
