@@ -21,15 +21,12 @@ LABELS = 8
 LABEL_BYTES = 16_000  # under the kernel's 128 kB limit for one argument, 8 per `docker create`
 
 
-def raw_container_list(socket: str) -> bytes:
-    """The list as Docker sends it, read the plain way, to know how large it really is."""
+def raw_answer(socket: str, path: str) -> bytes:
+    """An answer as Docker sends it, read the plain way, to know how large it really is."""
 
     async def read() -> bytes:
         connector = aiohttp.UnixConnector(path=socket)
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.get("http://docker/containers/json", params={"all": "1"}) as resp,
-        ):
+        async with aiohttp.ClientSession(connector=connector) as session, session.get(f"http://docker{path}") as resp:
             return await resp.read()
 
     return asyncio.run(read())
@@ -41,7 +38,7 @@ def test_container_list_over_one_megabyte_is_read_whole(tmp_path: Path, docker: 
         labels = [f"--label=org.example.note{k}={chr(97 + i) * LABEL_BYTES}" for k in range(LABELS)]
         docker.docker("create", "--name", name, "--network", "host", *labels, "tiny:latest", "sleep", "3600")
     docker.run("web")
-    size = len(raw_container_list(docker.socket))
+    size = len(raw_answer(docker.socket, "/containers/json?all=1"))
     assert size > 1_000_000, size
 
     started = time.perf_counter()
@@ -95,3 +92,24 @@ def test_restart_action_restarts_the_matching_containers(docker: DockerEngine):
     missing = check.restart.model_copy(update={"docker": "prometheus"})
     outcome = asyncio.run(perform(missing, check, config))
     assert not outcome.ok and outcome.detail == "no container matches 'prometheus'"
+
+
+def test_an_inspect_answer_sent_in_several_chunks_is_read_whole(docker: DockerEngine):
+    """What made test_unhealthy_container fail: with five health-check log entries a container's
+    inspect answer is over Go's 4 kB write buffer, so Docker sends it in two chunks, and a reader
+    that takes what is buffered got the first one alone about one time in twenty."""
+    docker.run("open-webui", "--health-cmd", "echo db down; false", "--health-interval", "1s", "--health-retries", "1")
+    wait_until(
+        lambda: int(docker.inspect("open-webui", "{{.State.Health.FailingStreak}}")) >= 5,
+        timeout=60,
+        what="five failed health checks",
+    )
+    container_id = docker.inspect("open-webui", "{{.Id}}")
+    assert len(raw_answer(docker.socket, f"/containers/{container_id}/json")) > 4096
+
+    async def inspect_many() -> list[dict]:
+        async with Engine(docker.socket, timeout=120) as engine:
+            return [await engine.inspect(container_id) or {} for _ in range(100)]
+
+    answers = asyncio.run(inspect_many())
+    assert all(len(a["State"]["Health"]["Log"]) == 5 for a in answers)
