@@ -37,7 +37,7 @@ LOOK_AFTER_CRASH = 10.0  # at least this long to look at a target whose restart 
 
 def used(budget: BudgetRow, window: float, now: float) -> int:
     """Attempts within the window; one stamped in the future (the clock was set back) still counts."""
-    return sum(1 for started in budget.attempts if now - started <= window or started > now)
+    return sum(1 for started in budget.attempts if now - started <= window)
 
 
 class Healer:

@@ -112,9 +112,8 @@ class HealLedger:
             budget.attempts = [
                 r[0]
                 for r in self._rows(
-                    "SELECT started FROM actions WHERE target = ? AND dry_run = 0 AND (started >= ? OR started > ?) "
-                    "ORDER BY started",
-                    (target, since, now),
+                    "SELECT started FROM actions WHERE target = ? AND dry_run = 0 AND started >= ? ORDER BY started",
+                    (target, since),
                 )
             ]
         return found

@@ -139,7 +139,7 @@ class WebServer:
             "checks": len(m.items),
             "entities": len(m.states.entities),
             "lag_p99_s": round(m.scheduler.lag_percentiles()[1], 3),
-            "store": {k: store[k] for k in ("queue", "written", "failures", "dropped") if k in store},
+            "store": {k: store.get(k) for k in ("queue_depth", "written", "failures", "dropped", "last_commit_age_s")},
         }
         return web.json_response(body, status=503 if problems else 200)
 

@@ -1,0 +1,198 @@
+"""The healer as a reconciler, on a real ledger (SQLite) with an injected clock: it acts from stored
+state, counts budgets across restarts of the monitor, and looks before acting after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from clusterwatch.config.schema import Config
+from clusterwatch.engine.events import Event, EventKind
+from clusterwatch.engine.state import EntityState, Rules, StateMachine
+from clusterwatch.heal.healer import Healer
+from clusterwatch.model import Observation, Status
+from clusterwatch.store.healing import HealLedger
+
+DAY = 86400.0
+
+
+class World:
+    """One service (up or not), one check with a restart action, a clock the test moves."""
+
+    def __init__(self, db: Path, now: float = 1_000_000.0, **restart: object) -> None:
+        self.db, self.now, self.up = db, now, False
+        self.restarts = 0
+        self.config = Config.model_validate(
+            {
+                "checks": [
+                    {
+                        "name": "api",
+                        "kind": "tcp",
+                        "port": 9,
+                        "restart": {
+                            "command": ["/bin/true"],
+                            "max_attempts": 2,
+                            "window": "10m",
+                            "backoff": "10ms",
+                            "verify_timeout": "100ms",
+                            "stable_for": "30s",
+                            **restart,
+                        },
+                    }
+                ]
+            }
+        )
+        self.states = StateMachine(lambda _name: Rules(fall=1, rise=1))
+        self.events: list[Event] = []
+        self.healer = self.new_healer()
+
+    def new_healer(self) -> Healer:
+        """A monitor (re)started: nothing in memory but what the store gives back."""
+        return Healer(
+            self.config,
+            self.states,
+            HealLedger(self.db),
+            reprobe=self.reprobe,
+            emit=self.events.append,
+            clock=lambda: self.now,
+        )
+
+    def observe(self) -> list[Observation]:
+        obs = Observation("api", "tcp", "t", Status.OK if self.up else Status.CRITICAL, "seen", check="api", down=True)
+        self.events += self.states.process(obs, self.now)
+        return [obs]
+
+    async def reprobe(self, _check: object) -> list[Observation]:
+        return self.observe()
+
+    def kinds(self) -> list[str]:
+        return [e.kind.value for e in self.events if e.kind.value.startswith("remediation")]
+
+    def actions(self) -> list[tuple[int, str]]:
+        ledger = HealLedger(self.db)
+        ledger.open()
+        try:
+            return [(r["attempt"], r["outcome"]) for r in ledger._rows("SELECT * FROM actions ORDER BY id")]
+        finally:
+            ledger.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_restored_critical_is_acted_on_only_after_a_fresh_look(tmp_path: Path):
+    w = World(tmp_path / "s.db")
+
+    async def scenario() -> None:
+        w.states.restore(EntityState("api", "api", hard=Status.CRITICAL, last_at=w.now - 100))
+        await w.healer.start()
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        assert w.actions() == [], "acted on a state restored from the store, without looking first"
+        w.now += 1
+        w.observe()  # still down, seen so in this run
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        await w.healer.stop()
+
+    run(scenario())
+    assert w.actions() == [(1, "failed"), (2, "failed")]
+    assert w.kinds()[-1] == "remediation_exhausted"
+
+
+def test_budget_counts_stored_attempts_across_a_restart_and_a_clock_set_back(tmp_path: Path):
+    w = World(tmp_path / "s.db")
+
+    async def first_life() -> None:
+        await w.healer.start()
+        w.observe()
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        await w.healer.stop()
+
+    run(first_life())
+    assert w.actions() == [(1, "failed"), (2, "failed")]
+    # A new monitor, the clock set back a day (a board without RTC at boot): the attempts still count.
+    w.now -= DAY
+    w.events.clear()
+    w.healer = w.new_healer()
+
+    async def second_life() -> None:
+        await w.healer.start()
+        w.observe()
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        await w.healer.stop()
+
+    run(second_life())
+    assert len(w.actions()) == 2, "a restart of the monitor gave the target its attempts back"
+    assert w.kinds() == []  # exhausted was stored: not announced again
+
+
+def test_window_ends_and_a_stable_recovery_give_the_budget_back_and_it_is_stored(tmp_path: Path):
+    w = World(tmp_path / "s.db", max_attempts=1)
+
+    async def scenario() -> None:
+        await w.healer.start()
+        w.observe()
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        assert w.actions() == [(1, "failed")]
+        w.up = True
+        w.now += 1
+        w.observe()
+        await w.healer.reconcile()  # healthy: recovered_at is stamped, exhausted cleared
+        w.now += 10
+        w.up = False
+        w.observe()  # down again after 10 s: a blip, the budget stays used
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        assert len(w.actions()) == 1 and w.kinds()[-1] == "remediation_exhausted"
+        w.up = True
+        w.now += 1
+        w.observe()
+        await w.healer.reconcile()
+        w.now += 31  # healthy for longer than stable_for
+        await w.healer.reconcile()
+        await w.healer.stop()
+
+    run(scenario())
+    w.healer = w.new_healer()
+    w.up = False
+
+    async def after_restart() -> None:
+        await w.healer.start()
+        w.now += 1
+        w.observe()
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        await w.healer.stop()
+
+    run(after_restart())
+    assert w.actions() == [(1, "failed"), (1, "failed")]
+
+
+def test_an_attempt_cut_short_is_recorded_once_and_looked_at_before_acting(tmp_path: Path):
+    w = World(tmp_path / "s.db")
+    ledger = HealLedger(w.db)
+    ledger.open()
+    ledger.begin(
+        {"started": w.now - 2, "check": "api", "entity": "api", "target": "command:/bin/true", "action": "command",
+         "reason": "down", "attempt": 1, "dry_run": 0}
+    )
+    ledger.close()
+    w.states.restore(EntityState("api", "api", hard=Status.CRITICAL, last_at=w.now - 3))
+    w.up = True  # the cut restart worked after all
+
+    async def scenario() -> None:
+        await w.healer.start()
+        await w.healer.drain(10)
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        await w.healer.stop()
+
+    run(scenario())
+    assert w.actions() == [(1, "interrupted")]
+    [event] = [e for e in w.events if e.kind is EventKind.REMEDIATION_SUCCEEDED]
+    assert event.details["interrupted"] is True and "cut short" in event.message
