@@ -4,7 +4,10 @@ clusterwatch: `interval: 1s`, `fall: 2`, an HTTP check, `restart: {command: ...}
 Monit: `set daemon 1`, `check process ... if failed port ... for 2 cycles then restart`.
 Measured from the kill: time until the watcher noticed, and until the port serves again.
 Goal (issue 3): detected within 2.5 s, serving again within the service's start time + 1 s, never slower than Monit.
-Run: `.venv/bin/python bench/healing_vs_monit.py [--trials 5]` (needs Debian's `monit`).
+Kills are spaced further apart than the flapping window (21 observations at 1 s), with a random
+phase, so every trial measures a heal, not the flapping guard holding restarts back (a service killed
+every 5-6 s is flapping, and clusterwatch rightly waits for it to settle: that was the 6.8 s maximum).
+Run: `.venv/bin/python bench/healing_vs_monit.py [--trials 10]` (needs Debian's `monit`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -72,15 +76,19 @@ def start_time(port: int, tmp: Path) -> float:
     return took
 
 
+SPACING = 25.0  # seconds between kills: longer than the flapping window (21 observations at 1 s)
+
+
 def trial(port: int, pidfile: Path, noticed) -> tuple[float, float]:
     wait(lambda: serving(port))
-    time.sleep(1.5)  # settle: both watchers see it healthy
+    time.sleep(SPACING + random.uniform(0, 1.0))  # settled, and at a random phase of both watchers' cycles
     killed_wall, killed = time.time(), time.monotonic()
     os.kill(read_pid(pidfile), signal.SIGKILL)
     wait(lambda: not serving(port), 5)
     back = wait(lambda: serving(port), 30) - killed
-    time.sleep(2.5)
-    return noticed(killed_wall), back
+    result = noticed(killed_wall), back
+    print(f"    trial: detected {result[0]:.2f} s, serving again {result[1]:.2f} s", flush=True)
+    return result
 
 
 def run_clusterwatch(tmp: Path, trials: int) -> list[tuple[float, float]]:
@@ -200,7 +208,7 @@ def _syslog_time(text: str) -> float:
     raise ValueError(text)
 
 
-def summary(name: str, results: list[tuple[float, float]], start: float) -> tuple[float, float]:
+def summary(name: str, results: list[tuple[float, float]], start: float) -> tuple[float, float, float]:
     detect = [r[0] for r in results]
     back = [r[1] for r in results]
     print(
@@ -208,12 +216,12 @@ def summary(name: str, results: list[tuple[float, float]], start: float) -> tupl
         f"serving again: median {statistics.median(back):.2f} s, max {max(back):.2f} s "
         f"(start time + {statistics.median(back) - start:.2f} s)"
     )
-    return statistics.median(detect), statistics.median(back)
+    return statistics.median(detect), statistics.median(back), max(back)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=10)
     args = parser.parse_args()
     if not shutil.which("monit"):
         raise SystemExit("monit is not installed (apt-get install monit)")
@@ -224,9 +232,9 @@ def main() -> None:
         cw = summary("clusterwatch", run_clusterwatch(tmp, args.trials), start)
         mo = summary("monit", run_monit(tmp, args.trials), start)
     print("  (Monit logs in whole seconds: its detection times are rounded accordingly)")
-    ok = cw[0] <= 2.5 and cw[1] <= start + 1 and cw[1] <= mo[1]
+    ok = cw[0] <= 2.5 and cw[2] <= start + 1 and cw[1] <= mo[1]
     print(
-        f"  goal: detected <= 2.5 s, serving again <= start + 1 s, not slower than Monit -> "
+        f"  goal: detected <= 2.5 s, serving again (max) <= start + 1 s, not slower than Monit -> "
         f"{'met' if ok else 'NOT met'}"
     )
 
