@@ -73,6 +73,10 @@ def test_report_from_a_real_run(tmp_path: Path):
     assert services["dead"]["uptime_percent"] == 0 and services["dead"]["open"] == 1
     assert services["web"]["incidents"] >= 2 and services["web"]["mttr_s"] > 0
     assert 0 < services["web"]["uptime_percent"] < 100
+    assert services["dead"]["known_s"] > 0 and services["web"]["known_s"] > services["dead"]["known_s"] / 2
+    # Each incident keeps how bad it was, closed ones too (not 'ok').
+    assert data["incidents"] and all(i["worst"] in ("critical", "unknown", "warning") for i in data["incidents"])
+    assert all(i["status"] != "ok" for i in data["incidents"])
     restarts = {r["check"]: r for r in data["restarts"]}
     assert restarts["web"]["succeeded"] >= 2 and restarts["web"]["success_rate"] == 100.0
     assert (
