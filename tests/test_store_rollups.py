@@ -288,3 +288,27 @@ def test_old_rows_without_seconds_fall_back_to_counts(db: Path):
     uptime = History(db).uptime(T0)
     assert uptime["old"].percent == pytest.approx(100 * 37 / 40)  # exactly the old share of probes
     assert uptime["mixed"].percent == pytest.approx(75.0)  # the old hour as half up, the new one up
+
+
+def test_the_raw_cap_spares_the_minutes_being_rolled_up(db: Path, monkeypatch: pytest.MonkeyPatch):
+    """`raw_per_check` may be as small as 10; an entity probed every second must still roll up whole."""
+    from clusterwatch.store import sqlite as store_sqlite
+
+    monkeypatch.setattr(store_sqlite, "RETENTION_EVERY", 0.0)  # after every batch
+    now = {"t": T0 + 30}
+    store = Store(StoreOptions(path=str(db), raw_per_check=10), clock=lambda: now["t"]).open()
+    try:
+        for i in range(30):
+            store.observation(obs("fast", Status.OK, float(i)), T0 + i, expected_every=1)
+            assert store.flush(30)
+        (minute,) = rows(db, "SELECT * FROM rollup_minute WHERE entity = 'fast'")
+        assert minute["count"] == 30 and minute["max"] == 29.0
+        assert_rollups_match_raw(db, 1)
+        now["t"] = T0 + 600  # later, the cap applies
+        store.observation(obs("fast", Status.OK, 1.0), T0 + 600, expected_every=1)
+        assert store.flush(30)
+        assert len(rows(db, "SELECT * FROM observations WHERE entity = 'fast'")) == 10
+        (minute,) = rows(db, "SELECT * FROM rollup_minute WHERE entity = 'fast' AND ts = ?", T0)
+        assert minute["count"] == 30  # the finished minute keeps what it was
+    finally:
+        store.close()

@@ -36,6 +36,7 @@ RETRIES = 3  # further attempts of a failed batch before it is split to find the
 RETRY_DELAY = 0.05  # seconds before the first retry; doubles each time
 RETRY_DELAY_MAX = 5.0
 RETENTION_EVERY = 600.0
+RAW_KEPT_FOR_ROLLUPS = 180.0  # seconds of raw observations the per-entity cap never removes
 BUSY_TIMEOUT_S = 10.0
 # A database-wide trouble, not one item's: worth waiting out rather than splitting the batch over.
 _TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
@@ -110,7 +111,8 @@ class Store:
         return done.wait(timeout)
 
     def health(self) -> dict[str, Any]:
-        """What /healthz and /metrics say about history keeping."""
+        """What /healthz and /metrics say about history keeping. `last_commit_age_s` grows while
+        nothing is written too: it means trouble together with a queue that is not empty."""
         return {
             "writer_alive": self._thread is not None and self._thread.is_alive(),
             "queue_depth": self._queue.qsize(),
@@ -364,10 +366,11 @@ class Store:
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM observations WHERE ts < ?", (now - o.raw_max_age,))
+            # The cap per entity spares the minutes still being rolled up: their rows are rebuilt from raw.
             conn.execute(
-                "DELETE FROM observations WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
-                "(PARTITION BY entity ORDER BY id DESC) AS n FROM observations) WHERE n > ?)",
-                (o.raw_per_check,),
+                "DELETE FROM observations WHERE id IN (SELECT id FROM (SELECT id, ts, ROW_NUMBER() OVER "
+                "(PARTITION BY entity ORDER BY id DESC) AS n FROM observations) WHERE n > ? AND ts < ?)",
+                (o.raw_per_check, now - RAW_KEPT_FOR_ROLLUPS),
             )
             conn.execute("DELETE FROM rollup_minute WHERE ts < ?", (now - o.minute_rollups_max_age,))
             conn.execute("DELETE FROM rollup_hour WHERE ts < ?", (now - o.hour_rollups_max_age,))
