@@ -196,3 +196,27 @@ def test_an_attempt_cut_short_is_recorded_once_and_looked_at_before_acting(tmp_p
     assert w.actions() == [(1, "interrupted")]
     [event] = [e for e in w.events if e.kind is EventKind.REMEDIATION_SUCCEEDED]
     assert event.details["interrupted"] is True and "cut short" in event.message
+
+
+def test_a_target_a_person_paused_is_left_alone_until_resumed(tmp_path: Path):
+    w = World(tmp_path / "s.db")
+    ledger = HealLedger(w.db)
+    ledger.open()
+    ledger.pause("command:/bin/true", until=w.now + 3600, reason="maintenance")
+
+    async def scenario() -> None:
+        await w.healer.start()
+        w.observe()
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        assert w.actions() == [], "restarted what a person stopped on purpose"
+        ledger.pause("command:/bin/true", until=None)  # resumed, from another process
+        await w.healer.reconcile()
+        await w.healer.drain(5)
+        await w.healer.stop()
+
+    try:
+        run(scenario())
+    finally:
+        ledger.close()
+    assert w.actions()[0] == (1, "failed")

@@ -58,6 +58,7 @@ class Healer:
         self._reprobe, self._emit, self._redactor, self._clock = reprobe, emit, redactor, clock
         self.budgets: dict[str, BudgetRow] = {}  # by stored target (see _key)
         self.busy: dict[str, asyncio.Task[None]] = {}
+        self.paused: dict[str, str] = {}  # stored target -> why a person stopped it on purpose
         self.started_at = clock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-heal-ledger")
 
@@ -87,6 +88,7 @@ class Healer:
         cut = await self._db(self.ledger.interrupted, self._clock())
         windows = {self._key(policy.target): policy.window for _, policy in self._policies()}
         self.budgets = await self._db(self.ledger.budgets, windows, self._clock())
+        self.paused = await self._db(self.ledger.paused, self._clock())
         for attempt in cut:
             check = self._check(attempt.check)
             if check is None or check.restart is None or check.restart.target in self.busy:
@@ -131,6 +133,8 @@ class Healer:
     async def reconcile(self, only: str | None = None) -> None:
         """Compare every target (or one check's) with what it should be; act where it differs."""
         now = self._clock()
+        if only is None:
+            self.paused = await self._db(self.ledger.paused, now)
         for check, policy in self._policies():
             if only is not None and check.name != only:
                 continue
@@ -181,6 +185,8 @@ class Healer:
         if policy.target in self.busy:
             return  # never two actions at once on one target
         key = self._key(policy.target)
+        if key in self.paused:
+            return  # a person stopped it on purpose
         budget = self.budgets.setdefault(key, BudgetRow(key))
         if budget.exhausted is not None:
             return
@@ -238,7 +244,7 @@ class Healer:
         # A dependant may notice a failure a moment before its root does: give the root that moment.
         delay = max(policy.grace, ROOT_GRACE if self.states.rules(check.name).roots else 0.0)
         while True:
-            if not self._wants_action(self.states.entities.get(entity)):
+            if not self._wants_action(self.states.entities.get(entity)) or key in self.paused:
                 return
             now = self._clock()
             if used(budget, policy.window, now) >= policy.max_attempts:

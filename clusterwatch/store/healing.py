@@ -145,6 +145,25 @@ class HealLedger:
             ]
         )
 
+    def paused(self, now: float | None = None) -> dict[str, str]:
+        """Targets a person stopped on purpose, and why: the healer leaves them alone until then."""
+        now = time.time() if now is None else now
+        rows = self._rows("SELECT target, paused_reason FROM heal_budgets WHERE paused_until > ?", (now,))
+        return {r[0]: r[1] or "paused by a person" for r in rows}
+
+    def pause(self, target: str, until: float | None, reason: str = "") -> None:
+        """`until` None resumes. Written straight to the store: a running monitor reads it on its next look."""
+        self._tx(
+            [
+                (
+                    "INSERT INTO heal_budgets (target, paused_until, paused_reason) VALUES (?,?,?) "
+                    "ON CONFLICT (target) DO UPDATE SET paused_until = excluded.paused_until, "
+                    "paused_reason = excluded.paused_reason",
+                    (target, until, reason or None),
+                )
+            ]
+        )
+
     def save_budget(self, budget: BudgetRow) -> None:
         self._tx(
             [

@@ -65,11 +65,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE entities ADD COLUMN down INTEGER NOT NULL DEFAULT 0;
     """,
     # 4: the healer's durable state: attempts are written before they run (outcome 'running' while in
-    # flight), and each target's budget: since when attempts count, whether it gave up, healthy since
+    # flight), and each target's budget: since when attempts count, whether it gave up, healthy since,
+    # and until when a person paused it (stopped on purpose: not to be restarted)
     """
     CREATE INDEX actions_target ON actions (target, started);
     CREATE TABLE heal_budgets (
-        target TEXT PRIMARY KEY, counts_from REAL NOT NULL DEFAULT 0, exhausted REAL, recovered_at REAL);
+        target TEXT PRIMARY KEY, counts_from REAL NOT NULL DEFAULT 0, exhausted REAL, recovered_at REAL,
+        paused_until REAL, paused_reason TEXT);
     """,
     # 5: uptime by time: seconds ok / seconds known per rollup bucket (NULL in rows written before: those
     # fall back to counts). Incidents keep their severity: `status` is the current one and is no longer
