@@ -7,9 +7,9 @@ sends through Apprise, capturing why a send failed (without the secrets in it).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import re
-import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -17,7 +17,9 @@ from typing import Any
 from clusterwatch import redact
 from clusterwatch.redact import MASK, Redactor
 
-_local = threading.local()
+# Context variables, not thread-locals: Apprise sends from its own pool threads, with a copy of the caller's context.
+_scope_urls: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("apprise_scope_urls", default=())
+_scope_lines: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("apprise_scope_lines", default=None)
 _DELIMITERS = re.compile(r"[/:@?&=#,+\s]+")
 
 
@@ -29,10 +31,10 @@ class _ApprisePrivacy(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        for url in getattr(_local, "urls", ()):
+        for url in _scope_urls.get():
             message = _mask_tokens(message, url)
         record.msg, record.args = redact.current().text(message), ()
-        lines = getattr(_local, "lines", None)
+        lines = _scope_lines.get()
         if lines is not None and record.levelno >= logging.WARNING:
             lines.append(record.msg)
         return True
@@ -43,14 +45,19 @@ logging.getLogger("apprise").addFilter(_privacy)
 
 
 @contextlib.contextmanager
-def _apprise_scope(url: str) -> Iterator[list[str]]:
-    """While Apprise works on `url` in this thread: its parts are masked in Apprise's lines, which are kept."""
+def _apprise_scope(url: str | None) -> Iterator[list[str]]:
+    """While Apprise works in this thread: its lines are kept, and while it parses `url`, every part of it is masked.
+
+    Parsing is where Apprise prints a URL it could not understand (so cannot mask); once parsed, its
+    secrets are known to the current redactor and a send's lines keep their hosts and ports readable.
+    """
     lines: list[str] = []
-    _local.urls, _local.lines = (url,), lines
+    urls_token, lines_token = _scope_urls.set((url,) if url else ()), _scope_lines.set(lines)
     try:
         yield lines
     finally:
-        _local.urls, _local.lines = (), None
+        _scope_urls.reset(urls_token)
+        _scope_lines.reset(lines_token)
 
 
 def _tokens(url: str) -> set[str]:
@@ -173,7 +180,8 @@ class Channels:
         """Blocking: run it in a thread. Returns (delivered, why not)."""
         if name not in self.urls:
             return False, f"no channel named {name!r}"
-        with _apprise_scope(self.urls[name]) as lines:
+        self._get(name)
+        with _apprise_scope(None) as lines:
             try:
                 import apprise
 
@@ -184,7 +192,7 @@ class Channels:
                 )
             except Exception as exc:  # a channel's failure is recorded, never raised
                 ok = False
-                lines.append(_mask_tokens(f"{type(exc).__name__}: {exc}", self.urls[name]))
+                lines.append(f"{type(exc).__name__}: {exc}")
         if ok:
             return True, ""
         reason = lines[-1] if lines else "the channel did not accept the message"
