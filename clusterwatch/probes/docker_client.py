@@ -39,7 +39,10 @@ class InvalidJson(Unreachable):
 
 
 class _BoundedResponse(aiohttp.ClientResponse):
-    """A response whose body is read only up to `max_body` bytes; beyond that it is abandoned."""
+    """A response whose body is read only up to `max_body` bytes; beyond that it is abandoned.
+
+    The body goes where aiohttp keeps it (`_body`, which its `text()` reads too); aiohttp is pinned.
+    """
 
     max_body = MAX_BODY
 
