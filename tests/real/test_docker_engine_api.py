@@ -1,5 +1,6 @@
-"""The Engine API client against a real Docker Engine: a container list of more than 1 MB is read
-whole, and the restart action restarts exactly the containers the name matches."""
+"""The Engine API client against a real Docker Engine: a container list of more than 1 MB and an
+inspect answer sent in two chunks are read whole, and the restart action restarts exactly the
+containers the name matches."""
 
 from __future__ import annotations
 
