@@ -9,6 +9,7 @@ old config may still print it.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import urllib.parse
@@ -19,7 +20,7 @@ MASK = "***"
 _SENSITIVE_KEY = re.compile(r"(password|passphrase|passwd|token|secret|authorization|api[_-]?key|webhook|cookie)", re.I)
 
 # `scheme://user:password@host`: everything between the first ':' after the user and the last '@'.
-_URL_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*):(?P<pw>(?!\*+@)[^\s/?#]+)@")
+_URL_USERINFO = re.compile(r"(?P<head>://[^:/@\s]*):(?P<pw>(?!\*+@)[^\s/?#]+)@")
 # `user:password@host` with no scheme (xmlrpc's ProtocolError repr): only before something that is a host.
 _BARE_USERINFO = re.compile(
     r"(?<![\w.+%~:-])(?!(?:mailto|mailtos|sip|sips|xmpp|tel):)(?P<user>[\w.+%~-]+):(?P<pw>(?!\*+@)[^\s/?#@]+(?:@[^\s/?#@]+)*)@"
@@ -52,6 +53,7 @@ _SECRET_WORDS = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_parameter(name: str) -> bool:
     """`access_token`, `apiKey`, `X-Amz-Signature`, `key` are; `services`, `monkey`, `keys` are not."""
     spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", urllib.parse.unquote(name))
@@ -107,10 +109,15 @@ class Redactor:
         known = self._known()
         if known is not None:
             value = known.sub(MASK, value)
-        value = _URL_USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", value)
-        value = _BARE_USERINFO.sub(lambda m: f"{m['user']}:{MASK}@", value)
-        value = _QUERY_PARAM.sub(_mask_query, value)
-        return _BEARER.sub(lambda m: f"{m['head']}{MASK}", value)
+        # The cheap `in` tests first: most log lines have no '@', '=' or bearer token at all.
+        if "@" in value:
+            value = _URL_USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", value)
+            value = _BARE_USERINFO.sub(lambda m: f"{m['user']}:{MASK}@", value)
+        if "=" in value:
+            value = _QUERY_PARAM.sub(_mask_query, value)
+        if "Bearer" in value:
+            value = _BEARER.sub(lambda m: f"{m['head']}{MASK}", value)
+        return value
 
     def data(self, value: Any, key: str = "") -> Any:
         if isinstance(value, dict):
