@@ -100,7 +100,8 @@ async def probe(check: DaskCheck, ctx: ProbeContext) -> list[Observation]:
                 f"unexpected answer from {base}/json/identity.json: {exc}",
                 target=check.scheduler,
                 latency_ms=port_ms,
-            )
+            ),
+            *_unknown_expected(check, "the scheduler's answer is unreadable"),
         ]
 
     now = _reference_time(identity, info)

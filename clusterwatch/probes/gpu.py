@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterwatch.probes.values import finite, label
+
 _NOT_PRESENT = (
     "NVMLError_LibraryNotFound",
     "NVMLError_DriverNotLoaded",
@@ -63,25 +65,29 @@ def survey(nvml: Any = None) -> GpuSurvey:
 
 def _read(nvml: Any, index: int) -> GpuReading:
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
-    name = _text(nvml.nvmlDeviceGetName(handle))
-    uuid = _text(_optional(lambda: nvml.nvmlDeviceGetUUID(handle)) or f"gpu{index}")
+    name = label(_text(nvml.nvmlDeviceGetName(handle)), 80)
+    uuid = label(_text(_optional(lambda: nvml.nvmlDeviceGetUUID(handle)) or f"gpu{index}"), 80)
     metrics: dict[str, float] = {}
+
+    def keep(key: str, value: Any, scale: float = 1.0) -> float | None:
+        """A reading as a finite figure; a driver's odd value (NaN, a sentinel too large) is left out."""
+        number = finite(value)
+        if number is not None:
+            metrics[key] = number / scale
+        return number
+
     util = _optional(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
     if util is not None:
-        metrics["utilization_percent"] = float(util.gpu)
-        metrics["memory_utilization_percent"] = float(util.memory)
+        keep("utilization_percent", getattr(util, "gpu", None))
+        keep("memory_utilization_percent", getattr(util, "memory", None))
     mem = _optional(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
     if mem is not None:
-        metrics["memory_used_bytes"] = float(mem.used)
-        metrics["memory_total_bytes"] = float(mem.total)
-        if mem.total:
-            metrics["memory_percent"] = round(100.0 * mem.used / mem.total, 1)
-    temp = _optional(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
-    if temp is not None:
-        metrics["temperature_celsius"] = float(temp)
-    power = _optional(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
-    if power is not None:
-        metrics["power_watts"] = power / 1000.0
+        used = keep("memory_used_bytes", getattr(mem, "used", None))
+        total = keep("memory_total_bytes", getattr(mem, "total", None))
+        if used is not None and total:
+            keep("memory_percent", round(100.0 * (used / total), 1))
+    keep("temperature_celsius", _optional(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))
+    keep("power_watts", _optional(lambda: nvml.nvmlDeviceGetPowerUsage(handle)), 1000.0)
     return GpuReading(index, name, uuid, metrics)
 
 
