@@ -13,7 +13,7 @@ NAME_LIMIT = 300  # characters of a name or target taken from an answer (a Dask 
 METRICS_LIMIT = 200  # figures per observation
 DETAILS_DEPTH, DETAILS_ITEMS, DETAILS_TEXT = 6, 100, 1000
 _LARGEST_INT = 2**63  # beyond this an integer is not a figure anyone measured
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_CONTROL = re.compile(r"[ ]*[\x00-\x1f\x7f-\x9f\u2028\u2029][\s\x00-\x1f\x7f-\x9f\u2028\u2029]*")
 
 
 class Status(enum.StrEnum):

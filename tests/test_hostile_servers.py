@@ -8,9 +8,12 @@ and the round still makes valid JSON and a table.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import socketserver
+import threading
 import time
 from pathlib import Path
 
@@ -133,3 +136,49 @@ def test_ollama_wrong_shapes_still_name_the_model(tmp_path: Path):
     model = seen["ollama/llama3.2"]
     assert model.status is OK and model.message.startswith("llama3.2:latest present (0 B)")
     assert seen["ollama"].details["version"] == "{'major': [0, 6]}"
+
+
+class RawServer(socketserver.ThreadingTCPServer):
+    """Answers every connection with fixed bytes, HTTP or not, then closes it: garbage below the body."""
+
+    daemon_threads = True
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        super().__init__(("127.0.0.1", 0), RawHandler)
+
+
+class RawHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.settimeout(5)
+        with contextlib.suppress(OSError):
+            self.request.recv(65536)
+            self.request.sendall(self.server.payload)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (b"\xff\xfe\x00garbage\r\n\r\n", "bad HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 100_000 + b"\r\n\r\n", "bad HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n{}", "bad HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n", "bad HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nabcde", "broke off"),
+        (b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n", "redirect"),
+        (b"", "dropped"),
+    ],
+)
+def test_garbage_below_the_body(tmp_path: Path, payload: bytes, words: str):
+    """Not HTTP at all, a header of 100 kB, an absurd length, a broken chunk, a broken gzip, a bad redirect."""
+    server = RawServer(payload)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        seen = observe(tmp_path, {"checks": [check_for("http", url)]}, timeout=BOUND)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert_sound(list(seen.values()))
+    assert seen["http"].status is CRITICAL and words in seen["http"].message
