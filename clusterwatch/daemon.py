@@ -141,14 +141,12 @@ class Monitor:
         plan = Plan(loaded.config)
         change = self.plan.diff(plan)
         self.loaded, self.config, self.plan = loaded, loaded.config, plan
-        redact.install(loaded.redactor)
-        if self.web is not None:
-            loaded.redactor.add(self.web.token)
+        redact.install(loaded.redactor)  # it keeps the previous one's secrets (the web token among them)
         if self._ctx is not None:
             self._ctx.config = self.config
         self.healer.update_config(self.config)
         if self.alerter is not None:
-            self.alerter.configure(self.config.alerts, loaded.alert_channels(), redact.current())
+            self.alerter.configure(self.config.alerts, loaded.alert_channels())
         self.states.flap_high, self.states.flap_low = self.config.flapping.high, self.config.flapping.low
         for name in change.removed + change.changed:
             self.scheduler.remove(name)
@@ -192,7 +190,6 @@ class Monitor:
         self.alerter = Alerter(
             self.config.alerts,
             self.outbox,
-            self.loaded.redactor,
             env_channels=self.loaded.alert_channels(),
             kind_of=lambda e: self.pipeline.kinds.get(e, ""),
             root_down=lambda check, entity: self.states.root_failing(check, entity, Status.CRITICAL),

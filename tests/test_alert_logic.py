@@ -117,7 +117,6 @@ def test_a_failed_outbox_write_loses_no_notification(tmp_path: Path, monkeypatch
     from clusterwatch.alerting.alerter import Alerter
     from clusterwatch.engine.events import Event, EventKind
     from clusterwatch.model import Status
-    from clusterwatch.redact import Redactor
 
     outbox = Outbox(tmp_path / "s.db")
     real_add = outbox.add
@@ -126,7 +125,7 @@ def test_a_failed_outbox_write_loses_no_notification(tmp_path: Path, monkeypatch
         raise sqlite3.OperationalError("database or disk is full")
 
     async def scenario():
-        alerter = Alerter(options(group_wait=0), outbox, Redactor())
+        alerter = Alerter(options(group_wait=0), outbox)
         alerter.on_event(Event(EventKind.INCIDENT_OPENED, "api", "api", time.time(), "connection refused",
                                new=Status.CRITICAL, incident="inc1"))
         monkeypatch.setattr(outbox, "add", full_disk)

@@ -13,7 +13,6 @@ from clusterwatch.alerting.alerter import Alerter
 from clusterwatch.config.schema import AlertOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Status
-from clusterwatch.redact import Redactor
 from clusterwatch.store.outbox import Message, Outbox
 from clusterwatch.store.sqlite import connect
 
@@ -71,7 +70,7 @@ def test_firing_and_its_told_state_are_one_commit(tmp_path: Path):
     outbox = Outbox(db)
 
     async def scenario() -> None:
-        alerter = Alerter(options(), outbox, Redactor())
+        alerter = Alerter(options(), outbox)
         alerter.on_event(opened("inc1"))
         trigger(db, "alert_state")
         with pytest.raises(sqlite3.IntegrityError):
@@ -99,14 +98,14 @@ def test_resolved_notice_survives_a_crash_between_close_and_send(tmp_path: Path)
     outbox = Outbox(db)
 
     async def first_life() -> None:
-        alerter = Alerter(options(), outbox, Redactor())
+        alerter = Alerter(options(), outbox)
         alerter.on_event(opened("inc1"))
         await alerter.flush()  # firing is in the outbox, and so is "inc1 was told"
         alerter.on_event(closed("inc1"))  # ... and the monitor is killed before the next flush
         await alerter.stop()
 
     async def second_life() -> list[str]:
-        alerter = Alerter(options(), outbox, Redactor())
+        alerter = Alerter(options(), outbox)
         await alerter.resume([])  # nothing open any more
         await alerter.flush()
         await alerter.flush()  # and never a second time

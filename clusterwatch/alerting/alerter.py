@@ -22,14 +22,14 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from clusterwatch import redact
 from clusterwatch.alerting import messages
-from clusterwatch.alerting.channels import Channels
+from clusterwatch.alerting.channels import Channels, remember_secrets
 from clusterwatch.alerting.messages import Incident
 from clusterwatch.alerting.routing import Silence, channels_for, held_by
 from clusterwatch.config.schema import AlertOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Status
-from clusterwatch.redact import Redactor
 from clusterwatch.store.outbox import Message, Outbox
 
 log = logging.getLogger("clusterwatch.alerts")
@@ -70,7 +70,6 @@ class Alerter:
         self,
         options: AlertOptions,
         outbox: Outbox,
-        redactor: Redactor,
         *,
         env_channels: dict[str, str] | None = None,
         kind_of: Callable[[str], str] = lambda _: "",
@@ -83,7 +82,6 @@ class Alerter:
         self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-outbox")
         self._send_executor = ThreadPoolExecutor(SENDERS, thread_name_prefix="clusterwatch-send")
         self.root_down = root_down
-        self.redactor = redactor
         self.kind_of = kind_of
         self.incidents: dict[str, Incident] = {}
         self.closed: dict[str, Incident] = {}  # recently closed: the healer's verdict may come just after
@@ -97,13 +95,15 @@ class Alerter:
         self._dirty: dict[str, Incident] = {}  # incidents whose alert state changed (written in flush)
         self.configure(options, env_channels or {})
 
-    def configure(self, options: AlertOptions, env_channels: dict[str, str], redactor: Redactor | None = None) -> None:
-        self.redactor = redactor or self.redactor
+    def configure(self, options: AlertOptions, env_channels: dict[str, str]) -> None:
+        """Secrets are masked by the current redactor (redact.current()), which a reload replaces."""
         self.options = options
         urls = {**env_channels, **options.channels}  # the config's own channels win
         if not options.channels and env_channels:
             self.options = options.model_copy(update={"channels": urls})
-        self.channels = Channels(urls, self.redactor)
+        self.channels = Channels(urls)
+        if options.heartbeat is not None:
+            remember_secrets(options.heartbeat.url)  # its ping token stays out of "heartbeat failed" lines
 
     @property
     def enabled(self) -> bool:
@@ -320,8 +320,8 @@ class Alerter:
                     channel,
                     parts[0][0].kind if len(parts) == 1 else "group",
                     severity,
-                    self.redactor.text(title),
-                    self.redactor.text(body),
+                    redact.text(title),
+                    redact.text(body),
                     incidents,
                 )
             )
@@ -483,7 +483,7 @@ class Alerter:
                     if resp.status >= 400:
                         log.warning("heartbeat ping answered HTTP %d", resp.status)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.warning("heartbeat ping failed: %s", self.redactor.text(str(exc) or type(exc).__name__))
+                log.warning("heartbeat ping failed: %s", redact.text(str(exc) or type(exc).__name__))
             await asyncio.sleep(beat.every)
 
     async def stop(self, *, drain: bool = False) -> None:

@@ -70,6 +70,11 @@ class Pipeline:
 
     def handle(self, item: Item, observations: list[Observation]) -> None:
         now = self._clock()
+        # A check that cannot be reached (the Docker daemon, the Dask scheduler) reports none of what it
+        # watches: those are not gone, only unseen, and become `unknown` (affected by it), not vanished.
+        primary = next((o for o in observations if o.name == item.name and o.down), None)
+        if primary is not None:
+            observations = observations + self._unseen(item.name, {o.name for o in observations}, primary)
         seen = set()
         every = self._expected_every(item.name)
         for obs in observations:
@@ -83,7 +88,24 @@ class Pipeline:
             self.store.entity(state, obs.kind)
             for event in events:
                 self.emit(event)
-        self._vanished(item.name, seen, now)
+        if primary is None:
+            self._vanished(item.name, seen, now)
+
+    def _unseen(self, check: str, seen: set[str], primary: Observation) -> list[Observation]:
+        return [
+            Observation(
+                state.name,
+                state.last.kind if state.last else primary.kind,
+                state.last.target if state.last else "",
+                Status.UNKNOWN,
+                f"not seen: {check} is not answering",
+                check=check,
+                group=state.last.group if state.last else primary.group,
+                node=state.node,
+            )
+            for state in self.states.entities_of(check)
+            if state.name not in seen
+        ]
 
     async def reprobe(self, check: CheckBase) -> list[Observation]:
         observations = await self.probe(check)

@@ -143,7 +143,7 @@ class Healer:
             if budget is not None:
                 await self._recovery(policy, budget, states, now)
             for state in states:
-                if state.hard is Status.CRITICAL:
+                if state.hard is Status.CRITICAL and self._can_help(check, policy, state.name):
                     self.consider(check, state, state.last.message if state.last else "critical")
                     break
 
@@ -191,6 +191,12 @@ class Healer:
         if budget.exhausted is not None:
             return
         self._spawn(policy.target, self._remediate(check, policy, state.name, reason))
+
+    @staticmethod
+    def _can_help(check: CheckBase, policy: RestartPolicy, entity: str) -> bool:
+        """A container is restarted through the Docker daemon: when the daemon itself does not answer
+        (the check's own entity), restarting a container cannot help."""
+        return not (policy.action == "docker" and entity == check.name)
 
     def _wants_action(self, state: EntityState | None) -> bool:
         """Hard critical, seen so in this run (not only restored from the store), its own failure."""

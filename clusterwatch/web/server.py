@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from clusterwatch import redact
 from clusterwatch.web import api, dashboard
 from clusterwatch.web.cache import Snapshot
 from clusterwatch.web.metrics import counts, render
@@ -43,7 +44,7 @@ class WebServer:
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
         self.token = monitor.config.web.resolve_token()
-        monitor.loaded.redactor.add(self.token)
+        redact.current().add(self.token)
         self.history = History(monitor.store.path)
         self.counts: dict[str, list[dict[str, Any]]] = {}
         self.runner: web.AppRunner | None = None
