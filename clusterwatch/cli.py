@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 import traceback
 import typing
 from typing import Any
@@ -113,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     heal_sub = heal.add_subparsers(dest="heal_command", required=True, metavar="ACTION")
     reset = action(heal_sub, "reset", help="give an exhausted restart budget back")
     reset.add_argument("name", help="check name or restart target")
+    pause = action(heal_sub, "pause", help="leave a target alone: it was stopped on purpose")
+    pause.add_argument("name", help="check name or restart target")
+    pause.add_argument("--for", dest="duration", default="1h", metavar="DURATION", help="e.g. 30m, 2h (default 1h)")
+    pause.add_argument("--reason", default="", help="shown in the log while the healer leaves it alone")
+    resume = action(heal_sub, "resume", help="let the healer restart a paused target again")
+    resume.add_argument("name", help="check name or restart target")
 
     alerts = command("alerts", help="test the alert channels, or see their delivery")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
@@ -303,18 +310,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_heal(args: argparse.Namespace) -> int:
+    from clusterwatch.config.durations import format_duration, positive_duration
+    from clusterwatch.store.healing import HealLedger
     from clusterwatch.store.sqlite import Store
 
     loaded = _load(args)
     if loaded is None:
         return EXIT_CONFIG
-    store = Store(loaded.config.store).open()
+    if args.heal_command == "reset":
+        store = Store(loaded.config.store).open()
+        try:
+            store.command("heal_reset", args.name)
+            store.flush()
+        finally:
+            store.close()
+        print(f"asked the running monitor to reset the restart budget of {args.name}")
+        return 0
+    check = next((c for c in loaded.config.checks if c.name == args.name and c.restart), None)
+    target = check.restart.target if check and check.restart else args.name
+    if check is None and not any(c.restart and c.restart.target == target for c in loaded.config.checks):
+        print(f"clusterwatch: no check with a restart action is named {args.name!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    ledger = HealLedger(loaded.config.store.path)
+    ledger.open()
     try:
-        store.command("heal_reset", args.name)
-        store.flush()
+        if args.heal_command == "pause":
+            try:
+                seconds = positive_duration(args.duration)
+            except ValueError as exc:
+                print(f"clusterwatch: --for {args.duration!r}: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
+            ledger.pause(loaded.redactor.text(target), time.time() + seconds, args.reason)
+            print(f"the healer leaves {args.name} alone for {format_duration(seconds)} (`heal resume` to undo)")
+        else:
+            ledger.pause(loaded.redactor.text(target), None)
+            print(f"the healer may restart {args.name} again")
     finally:
-        store.close()
-    print(f"asked the running monitor to reset the restart budget of {args.name}")
+        ledger.close()
     return 0
 
 
@@ -343,7 +375,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     from clusterwatch.alerting.channels import Channels
-    from clusterwatch.alerting.outbox import Outbox
+    from clusterwatch.store.outbox import Outbox
 
     loaded = _load(args)
     if loaded is None:
@@ -393,10 +425,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_silence(args: argparse.Namespace) -> int:
     import getpass
 
-    from clusterwatch.alerting.outbox import Outbox
     from clusterwatch.alerting.routing import Silence
     from clusterwatch.config.durations import parse_duration
     from clusterwatch.config.schema import MATCH_KEYS
+    from clusterwatch.store.outbox import Outbox
 
     loaded = _load(args)
     if loaded is None:

@@ -7,9 +7,9 @@ from datetime import datetime
 from pathlib import Path
 
 from clusterwatch.alerting.channels import channels_from_env
-from clusterwatch.alerting.outbox import Message, Outbox, retry_delay
 from clusterwatch.alerting.routing import Silence, channels_for, held_by, in_window
 from clusterwatch.config.schema import AlertOptions, MaintenanceWindow
+from clusterwatch.store.outbox import Message, Outbox, retry_delay
 
 HOOK = "json://127.0.0.1:9/a"
 

@@ -59,6 +59,7 @@ class Healer:
         self.budgets: dict[str, BudgetRow] = {}  # by stored target (see _key)
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.paused: dict[str, str] = {}  # stored target -> why a person stopped it on purpose
+        self._told_paused: set[str] = set()
         self.started_at = clock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-heal-ledger")
 
@@ -135,6 +136,7 @@ class Healer:
         now = self._clock()
         if only is None:
             self.paused = await self._db(self.ledger.paused, now)
+            self._told_paused &= set(self.paused)
         for check, policy in self._policies():
             if only is not None and check.name != only:
                 continue
@@ -186,6 +188,9 @@ class Healer:
             return  # never two actions at once on one target
         key = self._key(policy.target)
         if key in self.paused:
+            if key not in self._told_paused:
+                self._told_paused.add(key)
+                log.info("not restarting %s for %s: %s", policy.target, state.name, self.paused[key])
             return  # a person stopped it on purpose
         budget = self.budgets.setdefault(key, BudgetRow(key))
         if budget.exhausted is not None:

@@ -134,3 +134,42 @@ def test_restart_budget_holds_across_a_monitor_restart(tmp_path: Path, service: 
         assert not port_open(port)
     finally:
         d.stop()
+
+
+def test_a_target_paused_by_a_person_is_not_restarted_until_resumed(tmp_path: Path, service: Path):
+    from tests.helpers import run_cli
+
+    port, counter = free_port(), tmp_path / "restarts"
+    d = Daemon(
+        tmp_path,
+        {
+            "interval": "300ms",
+            "checks": [
+                {
+                    "name": "api",
+                    "kind": "tcp",
+                    "port": port,
+                    "timeout": "1s",
+                    "restart": {
+                        "command": helper("--count", str(counter), "--serve", str(port), "--pidfile", str(service)),
+                        "verify_timeout": "10s",
+                    },
+                }
+            ],
+        },
+    )
+    # Stopped on purpose before the monitor even starts: maintenance.
+    paused = run_cli("heal", "pause", "api", "--for", "1h", "--reason", "maintenance", "-c", str(d.config_path))
+    assert paused.returncode == 0, paused.stderr
+    try:
+        d.start()
+        d.wait_event("incident_opened", "api", timeout=30)
+        time.sleep(3)
+        assert lines(counter) == 0, "restarted a service a person stopped on purpose"
+        assert "maintenance" in d.log()
+        resumed = run_cli("heal", "resume", "-c", str(d.config_path), "api")
+        assert resumed.returncode == 0, resumed.stderr
+        d.wait_event("remediation_succeeded", "api", timeout=30)
+        assert lines(counter) == 1
+    finally:
+        d.stop()
