@@ -118,12 +118,12 @@ class Rollups:
         """Rewrite the minute rows this batch touched from their raw observations, add the seconds
         credited, and rebuild the hours those minutes belong to from their minutes."""
         batch = self._batch
+        minute_rows = []
         for entity, minute in batch.minutes:
             bucket = self._read_minute(conn, entity, minute)  # the raw rows, this batch's included
             latencies = bucket.latencies
             seconds_ok, seconds_known = batch.seconds.pop((entity, minute), (0.0, 0.0))
-            conn.execute(
-                _MINUTE_ROW,
+            minute_rows.append(
                 (
                     entity,
                     minute,
@@ -134,14 +134,12 @@ class Rollups:
                     latencies[-1] if latencies else None,
                     seconds_ok,
                     seconds_known,
-                ),
+                )
             )
-        hours = {(entity, minute // HOUR * HOUR) for entity, minute in batch.minutes}
-        for (entity, minute), (seconds_ok, seconds_known) in batch.seconds.items():
-            conn.execute(_MINUTE_SECONDS, (entity, minute, seconds_ok, seconds_known))
-            hours.add((entity, minute // HOUR * HOUR))
-        for entity, hour in hours:
-            conn.execute(_HOUR_ROW, (hour, entity, hour, hour + HOUR))
+        conn.executemany(_MINUTE_ROW, minute_rows)
+        conn.executemany(_MINUTE_SECONDS, [(e, m, ok, known) for (e, m), (ok, known) in batch.seconds.items()])
+        hours = {(entity, minute // HOUR * HOUR) for entity, minute in (*batch.minutes, *batch.seconds)}
+        conn.executemany(_HOUR_ROW, [(hour, entity, hour, hour + HOUR) for entity, hour in hours])
 
     @staticmethod
     def _read_minute(conn: sqlite3.Connection, entity: str, minute: int) -> _Minute:
