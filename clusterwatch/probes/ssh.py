@@ -51,7 +51,7 @@ async def probe_node(node: Node, config: Config, timeout: float | None = None) -
         async with asyncio.timeout(budget):
             async with asyncssh.connect(node.host, **options) as conn:
                 latency = (time.perf_counter() - started) * 1000
-                result = await conn.run(REMOTE_SCRIPT, check=False)
+                exit_status, stdout, stderr = await _run_script(conn)
     except TimeoutError:
         return [
             _down(
@@ -81,12 +81,46 @@ async def probe_node(node: Node, config: Config, timeout: float | None = None) -
         return [_down(node, where, f"SSH connection refused at {where} — {hint}")]
     except OSError as exc:
         return [_down(node, where, f"SSH: {describe_os_error(exc, where)}")]
-    if result.exit_status not in (0, None) or "end=1" not in str(result.stdout):
-        err = str(result.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        return [
-            _down(node, where, f"node script failed (exit {result.exit_status}): {err[0][:120]}", status=Status.UNKNOWN)
-        ]
-    return [judge(node, config, parse_report(str(result.stdout)), where, latency)]
+    if stdout is None:
+        too_much = f"node printed more than {_MAX_OUTPUT} bytes: not our script's report"
+        return [_down(node, where, too_much, status=Status.UNKNOWN)]
+    if exit_status not in (0, None) or "end=1" not in stdout:
+        err = stderr.strip().splitlines()[-1:] or ["no output"]
+        return [_down(node, where, f"node script failed (exit {exit_status}): {err[0][:120]}", status=Status.UNKNOWN)]
+    return [judge(node, config, parse_report(stdout), where, latency)]
+
+
+async def _run_script(conn: Any) -> tuple[int | None, str | None, str]:
+    """The script's exit status, stdout (None when it is over the limit) and the end of its stderr.
+
+    Bytes, decoded with replacement: a node that prints forever, or prints bytes that are not
+    UTF-8, gives an observation, not a memory blow-up or a UnicodeDecodeError.
+    """
+    process = await conn.create_process(REMOTE_SCRIPT, encoding=None)
+    errors = asyncio.ensure_future(_read_upto(process.stderr, 4096, drain=True))
+    errors.add_done_callback(lambda task: task.cancelled() or task.exception())  # a stderr error is no report
+    try:
+        stdout, complete = await _read_upto(process.stdout, _MAX_OUTPUT)
+        if not complete:
+            return None, None, ""
+        stderr, _ = await errors
+        await process.wait_closed()
+        return process.exit_status, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+    finally:
+        errors.cancel()
+        process.close()
+
+
+async def _read_upto(reader: Any, limit: int, *, drain: bool = False) -> tuple[bytes, bool]:
+    """Up to `limit` bytes until EOF, and whether EOF came within them (`drain`: read the rest, keep the end)."""
+    data = b""
+    while chunk := await reader.read(65536):
+        data += chunk
+        if len(data) > limit:
+            if not drain:
+                return data[:limit], False
+            data = data[-limit:]
+    return data, True
 
 
 def _host_key_message(node: Node, options: dict[str, Any], port: int, reason: str) -> str:
@@ -129,6 +163,7 @@ def _observation(node: Node, where: str, status: Status, message: str, **extra: 
     )
 
 
+_MAX_OUTPUT = 64 * 1024  # the script prints about 1 kB
 _COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only ("²".isdigit() is True) and within a float's range
 _MAX_REPORT_LINES, _MAX_DF_LINES = 1000, 64
 
