@@ -91,33 +91,8 @@ class Monitor:
         self._io = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-io")  # config loads, command reads
         redact.install(loaded.redactor)
 
-    async def _blocking(self, fn: Any, *args: Any) -> Any:
+    async def blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, partial(fn, *args))
-
-    # --- what the live view reads ------------------------------------------------------------------
-
-    @property
-    def items(self) -> dict[str, Item]:
-        return self.plan.items
-
-    @property
-    def kinds(self) -> dict[str, str]:
-        return self.pipeline.kinds
-
-    @property
-    def versions(self) -> dict[str, int]:
-        return self.pipeline.versions
-
-    @property
-    def version(self) -> int:
-        return self.pipeline.version
-
-    @property
-    def latencies(self) -> Any:
-        return self.pipeline.latencies
-
-    def interval(self, item: Item) -> float:
-        return self.plan.interval(item)
 
     # --- configuration -------------------------------------------------------------------------------
 
@@ -133,7 +108,7 @@ class Monitor:
     async def reload(self, why: str) -> bool:
         """A broken new config is rejected with its error logged; the old one keeps running."""
         try:
-            loaded = await self._blocking(load_config, self.config_arg)
+            loaded = await self.blocking(load_config, self.config_arg)
         except ConfigError as exc:
             log.error("config reload (%s) rejected, still running the previous config:\n%s", why, exc)
             return False
@@ -180,13 +155,13 @@ class Monitor:
     # --- life cycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._blocking(self.store.open)
-        rows = await self._blocking(self.store.load_entities)
+        await self.blocking(self.store.open)
+        rows = await self.blocking(self.store.load_entities)
         restored = self.pipeline.restore(rows, known=lambda check: check in self.plan.items)
         open_incidents = self.pipeline.open_incidents()
         self._session = new_http_session(limit=self.config.concurrency)
         self._ctx = self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
-        self.outbox = await self._blocking(Outbox, self.store.path)
+        self.outbox = await self.blocking(Outbox, self.store.path)
         self.alerter = Alerter(
             self.config.alerts,
             self.outbox,
@@ -235,7 +210,7 @@ class Monitor:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._session.close(), 1.0)
         if self.outbox is not None:
-            await self._blocking(self.outbox.close)
+            await self.blocking(self.outbox.close)
         await asyncio.to_thread(self.store.close, 2.0)
         self._io.shutdown(wait=False)
 
@@ -261,8 +236,9 @@ class Monitor:
             for name, work in self.alerter.loops(self._session):
                 self.supervisor.spawn(name, work)
             from clusterwatch.web.server import start_web
+            from clusterwatch.web.view import MonitorView
 
-            self.web = await start_web(self)
+            self.web = await start_web(MonitorView(self))
             self.notifier.ready(f"monitoring {len(self.plan.items)} checks")
             await self.stop_event.wait()
         finally:
@@ -299,7 +275,7 @@ class Monitor:
                 self._file_stamp = stamp
                 await self.reload("config file changed")
             try:
-                commands = await self._blocking(self.store.pending_commands)
+                commands = await self.blocking(self.store.pending_commands)
             except Exception as exc:
                 log.error("reading commands failed: %s", exc)
                 commands = []

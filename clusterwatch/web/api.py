@@ -3,7 +3,6 @@ silences. Reads are cheap (live state in memory, history paginated by cursor); w
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import json
 import time
@@ -20,7 +19,7 @@ from clusterwatch.web.openapi import spec
 from clusterwatch.web.queries import MAX_LIMIT
 
 if TYPE_CHECKING:
-    from clusterwatch.daemon import Monitor
+    from clusterwatch.web.view import MonitorView as Monitor
 
 STATUSES = {s.value for s in Status}
 SNAPSHOT_AT = 1000  # entities above which the unfiltered answers come from a snapshot
@@ -78,7 +77,7 @@ def selected(m: Monitor, request: web.Request) -> list[EntityState]:
         raise BadRequest(f"status must be one of {', '.join(sorted(STATUSES))}")
     since = _int(request, "since_version", None)
     out = []
-    for state in m.states.entities.values():
+    for state in m.entities.values():
         last = state.last
         if status and (last is None or last.status.value != status):
             continue
@@ -96,26 +95,26 @@ def selected(m: Monitor, request: web.Request) -> list[EntityState]:
 
 async def status(request: web.Request) -> web.Response:
     m = monitor_of(request)
-    if not request.query and len(m.states.entities) > SNAPSHOT_AT:
+    if not request.query and len(m.entities) > SNAPSHOT_AT:
         return web.Response(body=await m.web.snapshots["status"].get(), content_type="application/json")
     return web.json_response(status_body(m, selected(m, request)), dumps=_dumps)
 
 
 async def render_status(m: Monitor) -> bytes:
-    return _dumps(status_body(m, list(m.states.entities.values()))).encode()
+    return _dumps(status_body(m, list(m.entities.values()))).encode()
 
 
 def status_body(m: Monitor, states: list[EntityState]) -> dict[str, Any]:
     counts = {s: 0 for s in STATUSES}
-    for state in m.states.entities.values():
+    for state in m.entities.values():
         counts[state.last.status.value if state.last else "unknown"] += 1
-    worst = Status.worst([e.last.status for e in m.states.entities.values() if e.last])
+    worst = Status.worst([e.last.status for e in m.entities.values() if e.last])
     body = {
         "status": worst.value,
         "version": m.version,
         "generated_at": time.time(),
         "summary": counts,
-        "open_incidents": sum(1 for e in m.states.entities.values() if e.incident),
+        "open_incidents": sum(1 for e in m.entities.values() if e.incident),
         "checks": [entity_json(m, s) for s in states],
     }
     return body
@@ -138,7 +137,7 @@ async def checks(request: web.Request) -> web.Response:
                 "interval": m.interval(item),
                 "depends_on": list(item.depends_on),
                 "restart": restart.action if restart else None,
-                "entities": [e.name for e in m.states.entities_of(name)],
+                "entities": [e.name for e in m.entities_of(name)],
             }
         )
     return web.json_response({"items": items}, dumps=_dumps)
@@ -147,7 +146,7 @@ async def checks(request: web.Request) -> web.Response:
 async def check(request: web.Request) -> web.Response:
     m = monitor_of(request)
     name = request.match_info["name"]
-    state = m.states.entities.get(name)
+    state = m.entities.get(name)
     if state is None:
         raise web.HTTPNotFound(
             text=json.dumps({"error": f"no check or entity {name!r}"}), content_type="application/json"
@@ -233,14 +232,12 @@ def silence_json(s: Silence) -> dict[str, Any]:
 
 async def silences(request: web.Request) -> web.Response:
     m = monitor_of(request)
-    assert m.outbox is not None
-    found = await asyncio.to_thread(m.outbox.silences)
+    found = await m.silences()
     return web.json_response({"items": [silence_json(s) for s in found]}, dumps=_dumps)
 
 
 async def create_silence(request: web.Request) -> web.Response:
     m = monitor_of(request)
-    assert m.outbox is not None
     try:
         data = await request.json()
     except (ValueError, UnicodeDecodeError):
@@ -265,14 +262,13 @@ async def create_silence(request: web.Request) -> web.Response:
     if not 0 < seconds <= 366 * 86400:
         raise BadRequest("duration must be between 1s and 366d")
     silence = Silence.new(matchers, seconds, reason.strip()[:500], request.get("actor", "api"))
-    await asyncio.to_thread(m.outbox.add_silence, silence)
+    await m.add_silence(silence)
     return web.json_response(silence_json(silence), status=201, dumps=_dumps)
 
 
 async def delete_silence(request: web.Request) -> web.Response:
     m = monitor_of(request)
-    assert m.outbox is not None
-    if not await asyncio.to_thread(m.outbox.remove_silence, request.match_info["id"]):
+    if not await m.remove_silence(request.match_info["id"]):
         raise web.HTTPNotFound(text=json.dumps({"error": "no such silence"}), content_type="application/json")
     return web.Response(status=204)
 

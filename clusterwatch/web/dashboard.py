@@ -15,8 +15,8 @@ from clusterwatch.model import Group
 from clusterwatch.web.api import SNAPSHOT_AT, BadRequest, selected
 
 if TYPE_CHECKING:
-    from clusterwatch.daemon import Monitor
     from clusterwatch.engine.state import EntityState
+    from clusterwatch.web.view import MonitorView as Monitor
 
 PAGE_ROWS = 500
 GROUPS = [
@@ -166,10 +166,10 @@ def page(title: str, body: str, m: Monitor, *, partial: bool = False) -> web.Res
 
 def page_html(title: str, body: str, m: Monitor, *, partial: bool = False) -> str:
     worst = min(
-        (e.last.status.value for e in m.states.entities.values() if e.last), key=SEVERITY.get, default="unknown"
+        (e.last.status.value for e in m.entities.values() if e.last), key=SEVERITY.get, default="unknown"
     )
     counts: dict[str, int] = {}
-    for e in m.states.entities.values():
+    for e in m.entities.values():
         key = e.last.status.value if e.last else "unknown"
         counts[key] = counts.get(key, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: SEVERITY[i[0]]))
@@ -195,7 +195,7 @@ def _options(values: Iterable[str], chosen: str | None, label: str) -> str:
 
 async def overview(request: web.Request) -> web.Response:
     m: Monitor = request.app["monitor"]
-    if not request.query and len(m.states.entities) > SNAPSHOT_AT:
+    if not request.query and len(m.entities) > SNAPSHOT_AT:
         text = await m.web.snapshots["overview"].get()
         return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
     try:
@@ -210,7 +210,7 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def render_overview(m: Monitor) -> str:
-    return await overview_html(m, list(m.states.entities.values()), {})
+    return await overview_html(m, list(m.entities.values()), {})
 
 
 async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
@@ -220,13 +220,13 @@ async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
         f'value="{esc(q.get("q", ""))}"><select name="status">'
         f"{_options(['ok', 'warning', 'critical', 'unknown'], q.get('status'), 'status')}</select>"
         f'<select name="kind">{_options(m.kinds.values(), q.get("kind"), "kind")}</select>'
-        f'<select name="node">{_options((e.node for e in m.states.entities.values() if e.node), q.get("node"), "node")}'
+        f'<select name="node">{_options((e.node for e in m.entities.values() if e.node), q.get("node"), "node")}'
         f"</select><button>filter</button></form>"
     )
     show_all = q.get("all") == "1"
     parts = [filters]
     partial = bool(q)
-    if not m.states.entities:
+    if not m.entities:
         parts.append("<p>Nothing checked yet: the first results arrive within one interval.</p>")
     for group, title in GROUPS:
         members = [s for s in states if s.last is not None and s.last.group is group]
@@ -267,7 +267,7 @@ def incidents_box(m: Monitor, now: float) -> str:
         f'<tr><td><a href="/checks/{esc(e.name)}">{esc(e.name)}</a></td>'
         f"<td>{format_duration(now - (e.incident_started or now))}</td>"
         f"<td>{esc(e.last.message if e.last else '')}</td></tr>"
-        for e in m.states.entities.values()
+        for e in m.entities.values()
         if e.incident
     ]
     body = "".join(rows) or '<tr><td colspan="3" class="muted">none</td></tr>'
@@ -295,9 +295,8 @@ async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> 
 
 
 async def silences_box(m: Monitor) -> str:
-    import asyncio
 
-    found = await asyncio.to_thread(m.outbox.silences) if m.outbox else []
+    found = await m.silences()
     body = (
         "".join(
             f"<tr><td>{esc(s.id)}</td><td>{esc(' '.join(f'{k}={v}' for k, v in s.matchers.items()))}</td>"
@@ -315,7 +314,7 @@ async def silences_box(m: Monitor) -> str:
 async def check_page(request: web.Request) -> web.Response:
     m: Monitor = request.app["monitor"]
     name = request.match_info["name"]
-    state = m.states.entities.get(name)
+    state = m.entities.get(name)
     if state is None:
         raise web.HTTPNotFound(text=f"no check named {name}")
     now = time.time()

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from clusterwatch.daemon import Monitor
+    from clusterwatch.web.view import MonitorView as Monitor
 
 # (observation kind, metric key) -> (metric name, help, extra labels from the entity)
 _FACTS: dict[tuple[str, str], tuple[str, str]] = {
@@ -64,7 +64,7 @@ class Collector:
         flapping = GaugeMetricFamily("clusterwatch_check_flapping", "1 while flapping", labels=["name"])
         facts: dict[str, GaugeMetricFamily] = {}
         workers = Counter[str]()
-        for state in m.states.entities.values():
+        for state in m.entities.values():
             last = state.last
             if last is None:
                 continue
@@ -96,18 +96,18 @@ class Collector:
             dask.add_metric([worker_state], count)
         yield dask
         incidents = GaugeMetricFamily("clusterwatch_open_incidents", "incidents not yet resolved")
-        incidents.add_metric([], sum(1 for e in m.states.entities.values() if e.incident))
+        incidents.add_metric([], sum(1 for e in m.entities.values() if e.incident))
         yield incidents
         yield from self._counters()
         yield from self._uptime()
         yield from self._store()
         lag = GaugeMetricFamily("clusterwatch_scheduling_lag_seconds", "how late checks start", labels=["quantile"])
-        p50, p99 = m.scheduler.lag_percentiles()
+        p50, p99 = m.lag_percentiles()
         lag.add_metric(["0.5"], p50)
         lag.add_metric(["0.99"], p99)
         yield lag
         probes = CounterMetricFamily("clusterwatch_probes", "probes started")
-        probes.add_metric([], m.scheduler.started)
+        probes.add_metric([], m.probes_started)
         yield probes
 
     def _counters(self) -> Iterator[Metric]:
@@ -141,7 +141,7 @@ class Collector:
 
     def _store(self) -> Iterator[Metric]:
         """History keeping: what waits for the writer, and what was lost on the way."""
-        health = self.monitor.store.health()
+        health = self.monitor.store_health()
         depth = GaugeMetricFamily("clusterwatch_store_queue_depth", "writes waiting for the store's writer")
         depth.add_metric([], health["queue_depth"])
         yield depth

@@ -25,7 +25,7 @@ from clusterwatch.web.metrics import counts, render
 from clusterwatch.web.queries import History
 
 if TYPE_CHECKING:
-    from clusterwatch.daemon import Monitor
+    from clusterwatch.web.view import MonitorView as Monitor
 
 log = logging.getLogger("clusterwatch.web")
 COOKIE = "clusterwatch_token"
@@ -43,9 +43,10 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 class WebServer:
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
+        monitor.web = self
         self.token = monitor.config.web.resolve_token()
         redact.current().add(self.token)
-        self.history = History(monitor.store.path)
+        self.history = History(monitor.store_path)
         self.counts: dict[str, list[dict[str, Any]]] = {}
         self.runner: web.AppRunner | None = None
         # The answers that grow with the number of checks, kept fresh within these ages.
@@ -122,7 +123,7 @@ class WebServer:
     # --- small handlers ------------------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.Response:
-        if len(self.monitor.states.entities) > api.SNAPSHOT_AT:
+        if len(self.monitor.entities) > api.SNAPSHOT_AT:
             body = await self.snapshots["metrics"].get()
         else:
             body = render(self.monitor)
@@ -131,15 +132,15 @@ class WebServer:
     async def healthz(self, request: web.Request) -> web.Response:
         """Healthy only while the monitor does its job: the scheduler makes progress, the store writes."""
         m = self.monitor
-        problems = m.health.problems()
-        store = m.store.health()
+        problems = m.problems()
+        store = m.store_health()
         body = {
             "status": "degraded" if problems else "ok",
             "problems": problems,
             "uptime_s": round(time.time() - m.started_at, 1),
             "checks": len(m.items),
-            "entities": len(m.states.entities),
-            "lag_p99_s": round(m.scheduler.lag_percentiles()[1], 3),
+            "entities": len(m.entities),
+            "lag_p99_s": round(m.lag_percentiles()[1], 3),
             "store": {k: store.get(k) for k in ("queue_depth", "written", "failures", "dropped", "last_commit_age_s")},
         }
         return web.json_response(body, status=503 if problems else 200)

@@ -1,0 +1,96 @@
+"""What the web may see of the running monitor: read-only mappings and a few questions, plus the
+one thing it may change (silences, behind the token). The web never reaches into the monitor."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from clusterwatch.alerting.routing import Silence
+from clusterwatch.config.schema import Config
+from clusterwatch.engine.pipeline import Item
+from clusterwatch.engine.state import EntityState
+
+if TYPE_CHECKING:
+    from clusterwatch.daemon import Monitor
+
+
+class MonitorView:
+    def __init__(self, monitor: Monitor) -> None:
+        self._m = monitor
+        self.web: Any = None  # the web server itself: its history reader, snapshots and counters
+
+    @property
+    def config(self) -> Config:
+        return self._m.config
+
+    @property
+    def started_at(self) -> float:
+        return self._m.started_at
+
+    # --- the live state ----------------------------------------------------------------------------
+
+    @property
+    def entities(self) -> Mapping[str, EntityState]:
+        return MappingProxyType(self._m.states.entities)
+
+    def entities_of(self, check: str) -> list[EntityState]:
+        return self._m.states.entities_of(check)
+
+    @property
+    def kinds(self) -> Mapping[str, str]:
+        return MappingProxyType(self._m.pipeline.kinds)
+
+    @property
+    def versions(self) -> Mapping[str, int]:
+        return MappingProxyType(self._m.pipeline.versions)
+
+    @property
+    def version(self) -> int:
+        return self._m.pipeline.version
+
+    @property
+    def latencies(self) -> Mapping[str, Any]:
+        return MappingProxyType(self._m.pipeline.latencies)
+
+    @property
+    def items(self) -> Mapping[str, Item]:
+        return MappingProxyType(self._m.plan.items)
+
+    def interval(self, item: Item) -> float:
+        return self._m.plan.interval(item)
+
+    # --- the monitor's own health --------------------------------------------------------------------
+
+    def lag_percentiles(self) -> tuple[float, float]:
+        return self._m.scheduler.lag_percentiles()
+
+    @property
+    def probes_started(self) -> int:
+        return self._m.scheduler.started
+
+    def problems(self) -> list[str]:
+        return self._m.health.problems()
+
+    def store_health(self) -> dict[str, Any]:
+        return self._m.store.health()
+
+    @property
+    def store_path(self) -> Path:
+        return self._m.store.path
+
+    # --- silences (a change, so the web asks for the token first) ------------------------------------
+
+    async def silences(self) -> list[Silence]:
+        outbox = self._m.outbox
+        return await self._m.blocking(outbox.silences) if outbox is not None else []
+
+    async def add_silence(self, silence: Silence) -> None:
+        assert self._m.outbox is not None, "the monitor has not started"
+        await self._m.blocking(self._m.outbox.add_silence, silence)
+
+    async def remove_silence(self, silence_id: str) -> bool:
+        assert self._m.outbox is not None, "the monitor has not started"
+        return bool(await self._m.blocking(self._m.outbox.remove_silence, silence_id))
