@@ -79,7 +79,8 @@ class Observation:
         self.message = one_line(self.message, MESSAGE_LIMIT)
         self.latency_ms = finite_number(self.latency_ms)
         self.metrics = finite_metrics(self.metrics)
-        self.details = json_safe(self.details, depth=DETAILS_DEPTH, items=DETAILS_ITEMS, text=DETAILS_TEXT)
+        if self.details:
+            self.details = json_safe(self.details, depth=DETAILS_DEPTH, items=DETAILS_ITEMS, text=DETAILS_TEXT)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +101,8 @@ class Observation:
 
 def one_line(text: object, limit: int = MESSAGE_LIMIT) -> str:
     """Text as one printable line of at most `limit` characters (control characters become spaces)."""
+    if type(text) is str and len(text) <= limit and text.isprintable():
+        return text  # nearly every message: no copy, no regex
     line = _CONTROL.sub(" ", text if isinstance(text, str) else str(text))
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
