@@ -55,10 +55,15 @@ class Note:
     kind: str
     severity: str
     labels: dict[str, str]
-    due: float
+    due: float  # on the monotonic clock: a wall clock set back an hour must not hold an alert an hour
     incident: Incident | None = None
     title: str = ""
     body: str = ""
+
+
+def due_at(wall: float) -> float:
+    """A wall-clock due time (an event's time plus a wait) on the monotonic clock."""
+    return time.monotonic() + max(0.0, wall - time.time())
 
 
 def severity_of(status: Status | None) -> str:
@@ -218,7 +223,7 @@ class Alerter:
                     "flapping",
                     "warning",
                     labels,
-                    now + self.options.group_wait,
+                    due_at(now + self.options.group_wait),
                     title=f"[WARNING] {event.entity} is flapping",
                     body=event.message,
                 )
@@ -236,7 +241,7 @@ class Alerter:
                     "monitor",
                     "warning",
                     labels,
-                    now,
+                    due_at(now),
                     title="[WARNING] clusterwatch is falling behind",
                     body=event.message,
                 )
@@ -244,7 +249,7 @@ class Alerter:
         self._wake.set()
 
     def _queue(self, kind: str, incident: Incident, due: float) -> None:
-        self.notes.append(Note(kind, incident.severity, incident.labels, due, incident))
+        self.notes.append(Note(kind, incident.severity, incident.labels, due_at(due), incident))
         self._wake.set()
 
     def _drop_pending(self, incident: Incident) -> bool:
@@ -261,7 +266,7 @@ class Alerter:
             self._silences_at = now
         self._repeats(now)
         sent = 0
-        if any(everything or n.due <= now for n in self.notes):
+        if any(everything or n.due <= time.monotonic() for n in self.notes):
             # As Alertmanager does: once the first of a group is due, everything waiting goes with it.
             due, self.notes = self.notes, []
             try:
@@ -297,7 +302,7 @@ class Alerter:
                     if note.incident.silenced is None:
                         log.info("notification for %s held back: %s", note.labels["entity"], reason)
                     note.incident.silenced = now
-                    note.due = now + SILENCE_REFRESH  # sent when the silence ends, if still firing
+                    note.due = time.monotonic() + SILENCE_REFRESH  # sent when the silence ends, if still firing
                     self.notes.append(note)
                     self._dirty[note.incident.id] = note.incident
                 continue
@@ -457,8 +462,8 @@ class Alerter:
                 await self.flush()
             except Exception:
                 log.exception("alert flush failed; will retry")
-            next_due = min((n.due for n in self.notes), default=time.time() + TICK * 4)
-            await _wait(self._wake, max(0.0, min(next_due - time.time(), TICK * 4)))
+            next_due = min((n.due for n in self.notes), default=time.monotonic() + TICK * 4)
+            await _wait(self._wake, max(0.0, min(next_due - time.monotonic(), TICK * 4)))
 
     async def _deliver_loop(self) -> None:
         while True:
