@@ -16,7 +16,7 @@ from clusterwatch.config.schema import CheckBase, Node
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.once import run_probe
 from clusterwatch.engine.state import EntityState, StateMachine
-from clusterwatch.model import Observation, Status
+from clusterwatch.model import Observation, Status, json_safe
 from clusterwatch.probes.base import ProbeContext
 from clusterwatch.redact import Redactor
 
@@ -151,7 +151,7 @@ class Pipeline:
     def emit(self, event: Event) -> None:
         redactor = self._redactor()
         event.message = redactor.text(event.message)
-        event.details = redactor.data(event.details)
+        event.details = json_safe(redactor.data(event.details))
         level = LEVELS.get(event.kind, logging.INFO)
         if event.kind is EventKind.STATE_CHANGE:
             level = logging.INFO if event.new is Status.OK or event.affected_by else logging.WARNING

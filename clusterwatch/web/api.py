@@ -14,7 +14,7 @@ from clusterwatch.alerting.routing import Silence
 from clusterwatch.config.durations import parse_duration
 from clusterwatch.config.schema import MATCH_KEYS
 from clusterwatch.engine.state import EntityState
-from clusterwatch.model import Status
+from clusterwatch.model import Status, json_safe
 from clusterwatch.web.openapi import spec
 from clusterwatch.web.queries import MAX_LIMIT
 
@@ -121,7 +121,8 @@ def status_body(m: Monitor, states: list[EntityState]) -> dict[str, Any]:
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), default=str)
+    """Always valid JSON (RFC 8259 has no NaN): whatever a service answered, the API answers JSON."""
+    return json.dumps(json_safe(data), separators=(",", ":"), default=str, allow_nan=False)
 
 
 async def checks(request: web.Request) -> web.Response:
