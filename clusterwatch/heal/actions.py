@@ -11,11 +11,15 @@ import re
 import signal
 import subprocess
 import xmlrpc.client
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from clusterwatch.config.schema import CheckBase, Config, DockerCheck, Node, RestartPolicy
 from clusterwatch.probes.base import Unreachable
 from clusterwatch.sshclient import run_remote
+
+# supervisord's XML-RPC client blocks: a thread of its own, never the default executor's (DNS uses those)
+_XMLRPC = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-xmlrpc")
 
 
 @dataclass
@@ -114,7 +118,9 @@ async def _compose(policy: RestartPolicy, check: CheckBase, config: Config) -> O
 
 async def _supervisor(policy: RestartPolicy, check: CheckBase, config: Config) -> Outcome:
     assert policy.supervisor is not None
-    return await asyncio.to_thread(_supervisor_restart, policy.supervisor_url, policy.supervisor, policy.timeout)
+    return await asyncio.get_running_loop().run_in_executor(
+        _XMLRPC, _supervisor_restart, policy.supervisor_url, policy.supervisor, policy.timeout
+    )
 
 
 def _supervisor_restart(url: str, program: str, timeout: float) -> Outcome:
