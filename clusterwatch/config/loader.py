@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from clusterwatch.config import clusterai
+from clusterwatch.config.files import FileProblem
 from clusterwatch.config.schema import CHECK_KINDS, Config
-from clusterwatch.config.yamlpos import Path_, Position, YAMLProblem, read_yaml
+from clusterwatch.config.yamlpos import Path_, Position, YAMLProblems, read_yaml
 from clusterwatch.redact import Redactor
 
 SYSTEM_CONFIG = "/etc/clusterwatch/clusterwatch.yaml"
@@ -96,9 +97,16 @@ def find_config(explicit: str | None, env: typing.Mapping[str, str], cwd: Path) 
         if not candidate:
             continue
         path = Path(candidate).expanduser()
-        if path.is_file() or must_exist:
+        if must_exist or _is_file(path):
             return path
     return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        return False
 
 
 def load_config(
@@ -115,11 +123,13 @@ def load_config(
             data["cluster_ai"] = _discover_cluster_ai(cwd, env)
         else:
             source = str(path)
-            if not path.is_file():
+            if not _is_file(path):
                 raise ConfigError([Problem(source, 0, "", "no such file")])
             data, positions = read_yaml(path)
-            if data is None:
-                data = {}
+            if data is None or data == {}:
+                # A truncated file must not pass for a healthy cluster: nothing checked is not "ok".
+                message = "no checks: the file is empty or only comments (truncated?)"
+                raise ConfigError([Problem(source, 1, "", message)])
             if not isinstance(data, dict):
                 raise ConfigError([Problem(source, 1, "", "expected a mapping of keys (interval:, checks:, ...)")])
         unset: list[tuple[Path_, str]] = []
@@ -136,8 +146,11 @@ def load_config(
                 ]
             )
         cluster_env = _import_cluster_ai(data, positions, path.parent if path else cwd, redactor, notes)
-    except YAMLProblem as exc:
-        raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from exc
+    except FileProblem as exc:
+        raise ConfigError([Problem(exc.file, exc.line, _field(exc.path) if exc.path else "", exc.message)]) from None
+    except YAMLProblems as exc:
+        found = [Problem(p.file, p.line, _field(p.path or (), exc.data), p.message) for p in exc.problems]
+        raise ConfigError(list(dict.fromkeys(found))) from None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -191,14 +204,17 @@ def _import_cluster_ai(
     if not isinstance(spec, dict):
         return {}
 
-    def resolve(p: str) -> Path:  # relative to the config file, as people expect
+    def resolve(p: str, *field: Any) -> Path:  # relative to the config file, as people expect
+        if "\0" in p:
+            file, line = _position(("cluster_ai", *field), positions, "")
+            raise FileProblem(file, line, "a file name cannot hold a NUL character", ("cluster_ai", *field))
         path = Path(os.path.expanduser(p))
         return path if path.is_absolute() else base / path
 
     env = clusterai.EnvFile()
     env_files = spec.get("env_files") or []
     if isinstance(env_files, list) and env_files:
-        env = clusterai.read_env_files([resolve(str(p)) for p in env_files])
+        env = clusterai.read_env_files([resolve(str(p), "env_files", i) for i, p in enumerate(env_files)])
         for name, value in env.values.items():
             if Redactor.is_sensitive_name(name):
                 redactor.add(value)
@@ -208,13 +224,13 @@ def _import_cluster_ai(
     skip_workers = env.values.get("SKIP_WORKERS", "false").strip().lower() in ("1", "true", "yes")
     for key, reader in (("cluster_yaml", clusterai.read_cluster_yaml), ("nodes_list", clusterai.read_nodes_list)):
         if isinstance(spec.get(key), str) and not skip_workers:
-            found = reader(resolve(spec[key]))
+            found = reader(resolve(spec[key], key))
             imported.extend(found)
             notes.append(f"{len(found)} node(s) from {spec[key]}")
 
     nodes = data.setdefault("nodes", [])
     if isinstance(nodes, list) and imported:
-        names = {n.get("name") for n in nodes if isinstance(n, dict)}
+        names = {n.get("name") for n in nodes if isinstance(n, dict) and isinstance(n.get("name"), str)}
         for item in imported:
             if item.data["name"] in names:
                 continue  # the config's own definition wins
@@ -223,17 +239,18 @@ def _import_cluster_ai(
             nodes.append(item.data)
             for sub in ((), ("name",), ("host",), ("ssh",), ("ssh", "user"), ("ssh", "port")):
                 positions[("nodes", index, *sub)] = item.position
-        for check in _checks(data, "dask"):
+        for _, check in _checks(data, "dask"):
             check.setdefault("expect_workers", [{"name": n.data["name"], "host": n.data["host"]} for n in imported])
     _apply_env(data, positions, env)
     return env.values
 
 
-def _checks(data: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+def _checks(data: dict[str, Any], kind: str) -> list[tuple[int, dict[str, Any]]]:
+    """The checks of one kind, with their index (for positions)."""
     checks = data.get("checks")
     if not isinstance(checks, list):
         return []
-    return [c for c in checks if isinstance(c, dict) and c.get("kind") == kind]
+    return [(i, c) for i, c in enumerate(checks) if isinstance(c, dict) and c.get("kind") == kind]
 
 
 _THRESHOLD_VARS = {
@@ -284,32 +301,31 @@ def _apply_env(data: dict[str, Any], positions: dict[Path_, Position], env: clus
     url_vars = (("ollama", "url", "OLLAMA_BASE_URL"), ("dask", "scheduler", "DASK_SCHEDULER_ADDRESS"))
     for kind, key, var in url_vars:
         if var in values:
-            for check in _checks(data, kind):
+            for index, check in _checks(data, kind):
                 if key not in check:
                     check[key] = values[var]
-                    mark(("checks", checks.index(check), key), var)
+                    mark(("checks", index, key), var)
     if values.get("DOCKER_SERVICES", "").strip():
         containers = values["DOCKER_SERVICES"].split()
         docker_checks = _checks(data, "docker")
         if not docker_checks:
-            docker_checks = [{"name": "docker", "kind": "docker"}]
-            checks.append(docker_checks[0])
-        for check in docker_checks:
+            docker_checks = [(len(checks), {"name": "docker", "kind": "docker"})]
+            checks.append(docker_checks[0][1])
+        for index, check in docker_checks:
             if "containers" not in check:
                 check["containers"] = containers
-                mark(("checks", checks.index(check), "containers"), "DOCKER_SERVICES")
-    if values.get("DASHBOARD_HEALTH_URL", "").strip():
-        names = {c.get("name") for c in checks if isinstance(c, dict)}
-        if "dashboard" not in names:
-            check = {"name": "dashboard", "kind": "http", "url": values["DASHBOARD_HEALTH_URL"]}
-            if values.get("DASHBOARD_HEALTH_TIMEOUT"):
-                check["timeout"] = values["DASHBOARD_HEALTH_TIMEOUT"]
-            checks.append(check)
-            index = len(checks) - 1
-            mark(("checks", index), "DASHBOARD_HEALTH_URL")
-            mark(("checks", index, "url"), "DASHBOARD_HEALTH_URL")
-            if "timeout" in check:
-                mark(("checks", index, "timeout"), "DASHBOARD_HEALTH_TIMEOUT")
+                mark(("checks", index, "containers"), "DOCKER_SERVICES")
+    has_dashboard = any(isinstance(c, dict) and c.get("name") == "dashboard" for c in checks)
+    if values.get("DASHBOARD_HEALTH_URL", "").strip() and not has_dashboard:
+        check = {"name": "dashboard", "kind": "http", "url": values["DASHBOARD_HEALTH_URL"]}
+        if values.get("DASHBOARD_HEALTH_TIMEOUT"):
+            check["timeout"] = values["DASHBOARD_HEALTH_TIMEOUT"]
+        checks.append(check)
+        index = len(checks) - 1
+        mark(("checks", index), "DASHBOARD_HEALTH_URL")
+        mark(("checks", index, "url"), "DASHBOARD_HEALTH_URL")
+        if "timeout" in check:
+            mark(("checks", index, "timeout"), "DASHBOARD_HEALTH_TIMEOUT")
 
 
 # --- turning pydantic's errors into file:line: field: message ---------------------------------
@@ -389,8 +405,14 @@ def _message(error: Any, path: Path_, loc: Path_) -> str:
     value = error.get("input")
     if isinstance(value, dict | list):
         return f"{msg.lower()} (got a {'mapping' if isinstance(value, dict) else 'list'})"
-    shown = repr(value)
-    return f"{msg.lower()} (got {shown[:60]})"
+    return f"{msg.lower()} (got {_shown(value)})"
+
+
+def _shown(value: Any) -> str:
+    """A value in a message: at most 60 characters, and a huge int is not turned into its digits."""
+    if isinstance(value, int) and abs(value) > 10**60:
+        return f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    return repr(value)[:60]
 
 
 def _allowed_keys(loc: Path_) -> list[str]:
@@ -445,19 +467,27 @@ def _position(path: Path_, positions: dict[Path_, Position], source: str) -> Pos
 
 
 def _field(path: Path_, data: Any = None) -> str:
+    """`checks[0](ollama).expect_models`: a check's name helps find it in a long list."""
     text = ""
     current = data
-    for element in path:
-        if isinstance(element, int):
+    for element in path[:_FIELD_DEPTH]:
+        if isinstance(element, int) and not isinstance(element, bool):
             text += f"[{element}]"
-            if isinstance(current, list) and element < len(current):
+            if isinstance(current, list) and 0 <= element < len(current):
                 current = current[element]
                 name = current.get("name") if isinstance(current, dict) else None
-                if name:
-                    text += f"({name})"
+                if isinstance(name, str) and name:
+                    text += f"({_clip(name)})"
             else:
                 current = None
         else:
-            text += f".{element}" if text else str(element)
+            text += f".{_clip(str(element))}" if text else _clip(str(element))
             current = current.get(element) if isinstance(current, dict) else None
-    return text
+    return text + "..." if len(path) > _FIELD_DEPTH else text
+
+
+_FIELD_DEPTH = 12  # deeper fields are shown by their first steps: the line says the rest
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
