@@ -1,9 +1,15 @@
-"""What a configuration is. Loading, imports and error messages live in `loader.py`."""
+"""What a configuration is. Loading, imports and error messages live in `loader.py`.
+
+Every number is finite and bounded, and every timeout, interval, window and backoff is more than
+zero: a value the monitor cannot run with is refused here, with its line, not found later by a
+division by zero in the scheduler.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,25 +21,27 @@ from pydantic import (
     model_validator,
 )
 
-from clusterwatch.config.durations import parse_duration, parse_size
+from clusterwatch.config.durations import parse_duration, parse_size, positive_duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(positive_duration)]  # timeouts, intervals, windows: 1ms to 10 years
+Delay = Annotated[float, BeforeValidator(parse_duration)]  # a wait that may be zero: "at once"
 Size = Annotated[int, BeforeValidator(parse_size)]
+Percent = Annotated[float, Field(ge=0, le=100)]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo must never silently disable a check."""
+    """Unknown keys are errors: a typo must never silently disable a check. NaN and infinity too."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Level(Strict):
     """A warning and a critical limit, in percent unless said otherwise. `null` turns it off."""
 
-    warning: float | None = None
-    critical: float | None = None
+    warning: Annotated[float, Field(ge=0, le=1000)] | None = None
+    critical: Annotated[float, Field(ge=0, le=1000)] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Level:
@@ -52,6 +60,16 @@ class Thresholds(Strict):
     gpu_utilization: Level = Level()
     gpu_memory: Level = Level(warning=90, critical=98)
     gpu_temperature: Level = Level(warning=80, critical=90)  # degrees Celsius
+
+    @model_validator(mode="after")
+    def _percents(self) -> Thresholds:
+        for resource in ("cpu", "memory", "disk", "gpu_utilization", "gpu_memory"):
+            level = getattr(self, resource)
+            for which in ("warning", "critical"):
+                value = getattr(level, which)
+                if value is not None and value > 100:
+                    raise FieldError((resource, which), f"{value:g} is above 100 (percent)")
+        return self
 
 
 def _worker_thresholds() -> Thresholds:
@@ -99,7 +117,7 @@ class RestartPolicy(Strict):
     timeout: Duration = 30.0  # for the action itself
     verify_timeout: Duration = 60.0  # re-probe until healthy or this long
     stable_for: Duration = 30.0  # healthy this long before the budget comes back (a blip is no recovery)
-    grace: Duration = 0.0  # wait before the first attempt (let the service's own manager try first)
+    grace: Delay = 0.0  # wait before the first attempt (let the service's own manager try first)
     dry_run: bool = False
     supervisor_url: str = "http://127.0.0.1:9001/RPC2"
     docker_socket: str | None = None  # default: the docker check's socket, else /var/run/docker.sock
@@ -143,11 +161,16 @@ class CheckBase(Strict):
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    shown = repr(value) if len(value) <= 80 else repr(value[:77] + "...")
     if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", value):
-        raise ValueError(f"invalid URL {value!r} (expected e.g. {schemes[0]}://127.0.0.1:8080)")
+        raise ValueError(f"invalid URL {shown} (expected e.g. {schemes[0]}://127.0.0.1:8080)")
     scheme = value.split("://", 1)[0].lower()
     if scheme not in schemes:
-        raise ValueError(f"URL scheme {scheme!r} not supported here (use {' or '.join(schemes)})")
+        raise ValueError(f"URL scheme {scheme[:20]!r} not supported here (use {' or '.join(schemes)})")
+    try:  # the port, as the client will read it: a number from 0 to 65535
+        urllib.parse.urlsplit(value).port  # noqa: B018 - evaluated for its check
+    except ValueError as exc:
+        raise ValueError(f"invalid URL {shown}: {exc}") from None
     return value
 
 
@@ -160,15 +183,15 @@ class HttpCheck(CheckBase):
     method: Literal["GET", "HEAD", "POST", "PUT"] = "GET"
     headers: dict[str, str] = {}
     body: str | None = None
-    expect_status: list[int] | None = None  # default: any 2xx or 3xx
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = None  # default: any 2xx or 3xx
     body_contains: str | None = None
     expect_json: dict[str, Any] = {}  # dotted path -> expected value
     latency_warning: Duration | None = None
     latency_critical: Duration | None = None
     tls_verify: bool = True
     ca_file: str | None = None
-    cert_days_warning: int = 14
-    cert_days_critical: int = 7
+    cert_days_warning: Annotated[int, Field(ge=0, le=3650)] = 14
+    cert_days_critical: Annotated[int, Field(ge=0, le=3650)] = 7
     max_body: Size = 1024 * 1024
 
     @field_validator("expect_status", mode="before")
@@ -195,7 +218,7 @@ class DaskCheck(CheckBase):
     kind: Literal["dask"]
     scheduler: Annotated[str, BeforeValidator(lambda v: _check_url(str(v), ("tcp", "tls")))] = "tcp://127.0.0.1:8786"
     dashboard: HttpUrl | None = None  # default: the scheduler's host, port 8787
-    min_workers: Annotated[int, Field(ge=0)] = 1
+    min_workers: Annotated[int, Field(ge=0, le=1_000_000)] = 1
     expect_workers: list[ExpectedWorker] = []  # a plain string is a name or a host
 
     @field_validator("expect_workers", mode="before")
@@ -207,8 +230,8 @@ class DaskCheck(CheckBase):
 
     heartbeat_warning: Duration = 5.0
     heartbeat_critical: Duration = 10.0
-    memory_warning: float = 80.0  # percent of the worker's memory limit (Dask pauses at 80)
-    memory_critical: float = 95.0  # Dask's nanny kills the worker at 95
+    memory_warning: Percent = 80.0  # percent of the worker's memory limit (Dask pauses at 80)
+    memory_critical: Percent = 95.0  # Dask's nanny kills the worker at 95
     max_body: Size = 8 * 1024 * 1024
 
     @model_validator(mode="after")
@@ -226,11 +249,8 @@ class DaskCheck(CheckBase):
 
     @property
     def scheduler_host_port(self) -> tuple[str, int]:
-        hostport = self.scheduler.split("://", 1)[1].split("/", 1)[0]
-        host, _, port = hostport.rpartition(":")
-        if not host:
-            return hostport.strip("[]"), 8786
-        return host.strip("[]"), int(port)
+        url = urllib.parse.urlsplit(self.scheduler)  # its port was checked when the config was loaded
+        return url.hostname or "", url.port or 8786
 
 
 class DockerCheck(CheckBase):
@@ -325,8 +345,8 @@ class Node(Strict):
     termux: bool | None = None  # default: guessed from port 8022 / a u0_a user
     thresholds: Thresholds | None = None  # default: node_thresholds
     expect_dask_worker: bool = True
-    battery_warning: float = 20.0
-    battery_critical: float = 10.0
+    battery_warning: Percent = 20.0
+    battery_critical: Percent = 10.0
     interval: Duration | None = None
     retry_interval: Duration | None = None
     timeout: Duration | None = None
@@ -360,7 +380,7 @@ class StoreOptions(Strict):
     """History in SQLite (WAL): nothing to install, survives kill -9."""
 
     path: str = Field(default_factory=lambda: os.path.join(_default_state_dir(), "state.db"))
-    raw_per_check: Annotated[int, Field(ge=10)] = 500  # recent raw observations kept per entity
+    raw_per_check: Annotated[int, Field(ge=10, le=1_000_000)] = 500  # recent raw observations kept per entity
     raw_max_age: Duration = 2 * 86400.0
     minute_rollups_max_age: Duration = 14 * 86400.0
     hour_rollups_max_age: Duration = 400 * 86400.0
@@ -377,8 +397,8 @@ class LogOptions(Strict):
 class FlappingOptions(Strict):
     """Nagios' method: weighted share of state changes over the last 21 observations."""
 
-    high: float = 30.0  # percent: starts flapping above this
-    low: float = 15.0  # stops flapping below this
+    high: Percent = 30.0  # starts flapping above this
+    low: Percent = 15.0  # stops flapping below this
 
     @model_validator(mode="after")
     def _ordered(self) -> FlappingOptions:
@@ -430,7 +450,7 @@ class Heartbeat(Strict):
 class AlertOptions(Strict):
     channels: dict[Name, str] = {}  # name -> Apprise URL
     routes: list[Route] = []  # none: every channel, critical only
-    group_wait: Duration = 10.0
+    group_wait: Delay = 10.0
     repeat_interval: Duration = 4 * 3600.0
     max_age: Duration = 24 * 3600.0  # undelivered this long: given up, with an error
     heartbeat: Heartbeat | None = None
@@ -474,7 +494,7 @@ class WebOptions(Strict):
     @classmethod
     def _hostport(cls, value: str) -> str:
         host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
             raise ValueError(f"listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9877")
         return value
 
@@ -575,24 +595,28 @@ class Config(Strict):
         return self
 
     def _no_cycles(self) -> None:
+        """Depth-first, with a stack of its own: a chain of thousands of dependencies is no recursion limit."""
         graph = {c.name: list(c.depends_on) + ([c.node] if c.node and c.node != "local" else []) for c in self.checks}
         graph.update({n.name: list(n.depends_on) for n in self.nodes})
-        state: dict[str, int] = {}
-
-        def visit(name: str, trail: list[str]) -> None:
-            if state.get(name) == 2:
-                return
-            if state.get(name) == 1:
-                cycle = " -> ".join([*trail[trail.index(name) :], name])
-                section, index = self._locate(trail[-1])
-                raise DependencyCycle(section, index, cycle)
-            state[name] = 1
-            for root in graph.get(name, []):
-                visit(root, [*trail, name])
-            state[name] = 2
-
-        for name in graph:
-            visit(name, [])
+        done: set[str] = set()
+        for start in graph:
+            if start in done:
+                continue
+            trail, on_trail = [start], {start}
+            stack = [iter(graph[start])]
+            while stack:
+                root = next(stack[-1], None)
+                if root is None:
+                    done.add(trail[-1])
+                    on_trail.discard(trail.pop())
+                    stack.pop()
+                elif root in on_trail:
+                    section, index = self._locate(trail[-1])
+                    raise DependencyCycle(section, index, [*trail[trail.index(root) :], root])
+                elif root not in done:
+                    trail.append(root)
+                    on_trail.add(root)
+                    stack.append(iter(graph.get(root, [])))
 
     def _locate(self, name: str) -> tuple[str, int]:
         for index, check in enumerate(self.checks):
@@ -628,9 +652,9 @@ class UnknownDependency(ValueError):
 class FieldError(ValueError):
     """A model-level rule that is about one field: the error names that field's line."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str | tuple[Any, ...], message: str) -> None:
         super().__init__(message)
-        self.loc = (field,)
+        self.loc = field if isinstance(field, tuple) else (field,)
 
 
 class BadChannel(ValueError):
@@ -646,6 +670,8 @@ class UnknownChannel(ValueError):
 
 
 class DependencyCycle(ValueError):
-    def __init__(self, section: str, index: int, cycle: str) -> None:
-        super().__init__(f"dependency cycle: {cycle}")
+    def __init__(self, section: str, index: int, cycle: list[str]) -> None:
+        if len(cycle) > 9:  # a cycle through thousands of checks: its ends say enough
+            cycle = [*cycle[:4], f"... {len(cycle) - 8} more ...", *cycle[-4:]]
+        super().__init__(f"dependency cycle: {' -> '.join(cycle)}")
         self.loc = (section, index, "depends_on")
