@@ -31,6 +31,7 @@ from clusterwatch.store.schema import migrate
 log = logging.getLogger("clusterwatch.store")
 _STOP = object()
 BATCH = 5000
+LINGER = 0.05  # seconds the writer lets writes gather after the first of a batch
 QUEUE_MAX = 100_000  # items waiting for the writer; beyond this they are dropped and counted
 RETRIES = 3  # further attempts of a failed batch before it is split to find the bad item
 RETRY_DELAY = 0.05  # seconds before the first retry; doubles each time
@@ -187,6 +188,8 @@ class Store:
         try:
             while True:
                 batch = [self._queue.get()]
+                if isinstance(batch[0], tuple) and self._queue.qsize() < BATCH:
+                    self._stopping.wait(LINGER)  # let a batch gather: one transaction for many writes
                 while len(batch) < BATCH:
                     try:
                         batch.append(self._queue.get_nowait())
