@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,200 @@ def test_missing_config_file_is_an_error(tmp_path):
     result = run_cli("check", "-c", str(tmp_path / "nope.yaml"))
     assert result.returncode == 3
     assert f"{tmp_path / 'nope.yaml'}: no such file" in result.stderr
+
+
+# --- hostile input: an error naming file, line and field, never a traceback ------------------------
+
+
+def test_number_with_hundreds_of_digits(write):
+    text = "interval: " + "9" * 400 + "\nchecks:\n  - name: t\n    kind: tcp\n    port: " + "9" * 5000 + "\n"
+    path = write("c.yaml", text)
+    assert problems(path) == [
+        f"{path}:1: interval: number too long (400 characters)",
+        f"{path}:5: checks[0](t).port: number too long (5000 characters)",
+    ]
+
+
+def test_duration_written_as_a_huge_string(write):
+    path = write("c.yaml", f"timeout: '{'9' * 400}s'\nchecks: [{{name: t, kind: tcp, port: 1, interval: 3651d}}]\n")
+    assert problems(path) == [
+        f"{path}:1: timeout: duration '999999999999999999999999999999999999... is too long (at most 3650d)",
+        f"{path}:2: checks[0](t).interval: duration '3651d' is too long (at most 3650d)",
+    ]
+
+
+def test_lists_nested_hundreds_deep(write):
+    check = "checks:\n  - name: h\n    kind: http\n    url: http://127.0.0.1:1/\n"
+    path = write("c.yaml", check + "    expect_json: {a: " + "[" * 300 + "]" * 300 + "}\n")
+    assert problems(path) == [
+        f"{path}:5: checks[0](h).expect_json.a[0][0][0][0][0][0][0][0]...: nested more than 64 levels deep"
+    ]
+
+
+def test_nesting_beyond_what_libyaml_parses(write):
+    path = write("c.yaml", "x: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert problems(path) == [f"{path}:1: invalid YAML: exceeded maximum nesting depth"]
+
+
+def test_alias_bomb_is_refused_quickly(write):
+    """A "billion laughs" file: ten lines that would expand to 10^9 values, minutes of CPU and gigabytes."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path = write("c.yaml", "\n".join(lines) + "\n")
+    started = time.monotonic()
+    assert problems(path) == [
+        f"{path}:1: a4[7][8][9][3][7]: aliases expand to more than 100,000 values (an alias bomb?)"
+    ]
+    assert time.monotonic() - started < 20  # about a second on a busy 2-core machine; minutes before
+
+
+def test_alias_bomb_through_merge_keys(write):
+    lines = ["a0: &a0 {" + ", ".join(f"k{j}: x" for j in range(10)) + "}"]
+    lines += [f"a{i}: &a{i} {{" + ", ".join(f"k{j}: *a{i - 1}" for j in range(10)) + "}" for i in range(1, 9)]
+    lines.append("checks: [{<<: *a8, name: t, kind: tcp, port: 1}]")
+    path = write("c.yaml", "\n".join(lines) + "\n")
+    [problem] = problems(path)
+    assert problem.endswith(": aliases expand to more than 100,000 values (an alias bomb?)")
+
+
+def test_recursive_alias(write):
+    path = write("c.yaml", "checks: &a [*a]\nnodes: &b {<<: *b}\n")
+    assert problems(path) == [
+        f"{path}:1: checks[0]: an alias refers to the value that contains it (a recursive structure)",
+        f"{path}:2: nodes: an alias refers to the value that contains it (a recursive structure)",
+    ]
+
+
+def test_long_dependency_cycle_is_named_by_its_ends(write):
+    n = 3000
+    lines = [f"  - {{name: c{i}, kind: tcp, port: 1, depends_on: [c{(i + 1) % n}]}}" for i in range(n)]
+    path = write("c.yaml", "checks:\n" + "\n".join(lines) + "\n")
+    assert problems(path) == [
+        f"{path}:{n + 1}: checks[{n - 1}](c{n - 1}).depends_on: dependency cycle: "
+        f"c0 -> c1 -> c2 -> c3 -> ... {n - 7} more ... -> c{n - 3} -> c{n - 2} -> c{n - 1} -> c0"
+    ]
+
+
+def test_short_dependency_cycle(write):
+    path = write(
+        "c.yaml",
+        "checks:\n  - {name: a, kind: tcp, port: 1, depends_on: [b]}\n  - {name: b, kind: tcp, port: 1, node: n}\n"
+        "nodes:\n  - {name: n, host: 127.0.0.1, depends_on: [a]}\n",
+    )
+    assert problems(path) == [f"{path}:5: nodes[0](n).depends_on: dependency cycle: a -> b -> n -> a"]
+
+
+def test_nan_and_infinite_durations_and_thresholds(write):
+    path = write(
+        "c.yaml",
+        "interval: .inf\ntimeout: .nan\nthresholds: {cpu: {warning: .nan, critical: -.inf}}\n"
+        "flapping: {high: .inf}\nchecks:\n  - {name: d, kind: dask, memory_warning: .nan, heartbeat_warning: -.inf}\n",
+    )
+    assert problems(path) == [
+        f"{path}:1: interval: duration inf is too long (at most 3650d)",
+        f"{path}:2: timeout: invalid duration nan: not a number (use e.g. 500ms, 30s, 10m, 1h)",
+        f"{path}:4: flapping.high: input should be a finite number (got inf)",
+        f"{path}:3: thresholds.cpu.warning: input should be a finite number (got nan)",
+        f"{path}:3: thresholds.cpu.critical: input should be a finite number (got -inf)",
+        f"{path}:6: checks[0](d).heartbeat_warning: invalid duration -inf: must not be negative",
+        f"{path}:6: checks[0](d).memory_warning: input should be a finite number (got nan)",
+    ]
+
+
+def test_zero_interval_and_other_zero_durations(write):
+    """`interval: 0` passed and then killed the scheduler with a division by zero."""
+    path = write(
+        "c.yaml",
+        "interval: 0\nalerts: {heartbeat: {url: 'http://127.0.0.1:1/', every: 0s}, repeat_interval: 0}\n"
+        "checks:\n  - name: t\n    kind: tcp\n    port: 1\n    timeout: 0ms\n    retry_interval: 0.0001\n"
+        "    restart: {command: [/bin/true], backoff: 0, window: 0s}\n",
+    )
+    assert problems(path) == [
+        f"{path}:1: interval: duration 0 must be more than zero (at least 1ms)",
+        f"{path}:2: alerts.repeat_interval: duration 0 must be more than zero (at least 1ms)",
+        f"{path}:2: alerts.heartbeat.every: duration '0s' must be more than zero (at least 1ms)",
+        f"{path}:8: checks[0](t).retry_interval: duration 0.0001 must be more than zero (at least 1ms)",
+        f"{path}:7: checks[0](t).timeout: duration '0ms' must be more than zero (at least 1ms)",
+        f"{path}:9: checks[0](t).restart.window: duration '0s' must be more than zero (at least 1ms)",
+        f"{path}:9: checks[0](t).restart.backoff: duration 0 must be more than zero (at least 1ms)",
+    ]
+
+
+def test_a_wait_may_be_zero(write):
+    path = write(
+        "c.yaml", "alerts: {group_wait: 0s}\nchecks: [{name: t, kind: tcp, port: 1, restart: {systemd: x, grace: 0}}]\n"
+    )
+    loaded = load_config(str(path), env={}, cwd=path.parent)
+    assert loaded.config.alerts.group_wait == 0 and loaded.config.checks[0].restart.grace == 0  # type: ignore[union-attr]
+
+
+def test_numbers_out_of_range(write):
+    path = write(
+        "c.yaml",
+        "thresholds: {disk: {warning: 80, critical: 101}}\nstore: {raw_per_check: 10000000000}\n"
+        "checks:\n  - {name: h, kind: http, url: 'http://127.0.0.1:99999/', expect_status: [200, 1000],"
+        " max_body: 2048GiB}\n",
+    )
+    assert problems(path) == [
+        f"{path}:2: store.raw_per_check: input should be less than or equal to 1000000 (got 10000000000)",
+        f"{path}:1: thresholds.disk.critical: 101 is above 100 (percent)",
+        f"{path}:4: checks[0](h).url: invalid URL 'http://127.0.0.1:99999/': Port out of range 0-65535",
+        f"{path}:4: checks[0](h).expect_status[1]: input should be less than or equal to 599 (got 1000)",
+        f"{path}:4: checks[0](h).max_body: size '2048GiB' is too large (at most 1TiB)",
+    ]
+
+
+def test_empty_config_is_no_checks(write):
+    for text in ("", "\n\n", "# clusterwatch\n# (everything below was lost)\n", "---\n", "{}\n"):
+        path = write("c.yaml", text)
+        assert problems(path) == [f"{path}:1: no checks: the file is empty or only comments (truncated?)"], text
+
+
+def test_empty_config_exits_3(write):
+    path = write("c.yaml", "# nothing here\n")
+    result = run_cli("config", "validate", "-c", str(path))
+    assert result.returncode == 3
+    assert f"{path}:1: no checks: the file is empty or only comments (truncated?)" in result.stderr
+
+
+def test_config_too_large(write, tmp_path):
+    path = tmp_path / "c.yaml"
+    with path.open("w") as f:
+        f.write("checks:\n")
+        line = "  - {name: t, kind: tcp, port: 1}  # " + "x" * 60 + "\n"
+        f.write(line * (17 * 1024 * 1024 // len(line)))
+    assert problems(path) == [f"{path}: file too large (more than 16 MiB)"]
+
+
+def test_config_not_utf8_names_the_line(write, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes("# ok\nchecks: [{name: t, kind: tcp, port: 1}]\n# configuração\n".encode("latin-1"))
+    assert problems(path) == [f"{path}:3: not UTF-8 text: invalid continuation byte (byte 0xe7)"]
+
+
+def test_included_file_that_is_not_a_file(write):
+    path = write("c.yaml", "cluster_ai: {nodes_list: /dev/zero, cluster_yaml: \"a\\0b\"}\n")
+    assert problems(path) == [f"{path}:1: cluster_ai.cluster_yaml: a file name cannot hold a NUL character"]
+    path = write("c.yaml", "cluster_ai: {nodes_list: /dev/zero}\n")
+    assert problems(path) == ["/dev/zero: cannot read: not a regular file"]
+
+
+def test_bad_values_in_cluster_ai_files(tmp_path, write):
+    nodes = write("nodes_list.conf", "w1 w1 127.0.0.1 ubuntu ²\n")
+    config = write("c.yaml", "cluster_ai: {nodes_list: nodes_list.conf}\n")
+    assert problems(config) == [f"{nodes}:1: port '²' is not a port number"]
+    env = write(".env", "DISK_CRIT_THRESHOLD=nan\nDASHBOARD_HEALTH_URL=http://127.0.0.1:5000/\nDASHBOARD_HEALTH_TIMEOUT=0\n")
+    config = write("c.yaml", "cluster_ai: {env_files: [.env]}\n")
+    assert problems(config) == [
+        f"{env}:1: thresholds.disk.critical: input should be a finite number (got 'nan')",
+        f"{env}:3: checks[0](dashboard).timeout: duration '0' must be more than zero (at least 1ms)",
+    ]
+
+
+def test_odd_yaml_values(write):
+    path = write("c.yaml", "checks:\n  - {name: !!timestamp 2020-13-01, kind: tcp, port: !!int x}\n  - <<: [1]\n")
+    assert problems(path) == [
+        f"{path}:2: checks[0].name: cannot read '2020-13-01' as timestamp: month must be in 1..12",
+        f"{path}:2: checks[0].port: cannot read 'x' as int: invalid literal for int() with base 10: 'x'",
+        f"{path}:3: checks[1].<<: `<<:` merges a mapping or a list of mappings only",
+    ]

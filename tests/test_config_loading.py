@@ -189,3 +189,70 @@ def test_example_config_validates():
     result = run_cli("config", "validate", "-c", str(ROOT / "examples" / "clusterwatch.yaml"))
     assert result.returncode == 0, result.stderr
     assert "ok (6 checks, 2 nodes)" in result.stdout
+
+
+def test_cluster_ai_files_saved_in_latin1(tmp_path: Path):
+    """Portuguese-speaking users' files are often Latin-1: read them, don't crash on them."""
+    files = {
+        ".env": "# configuração do cluster\nDOCKER_SERVICES=frontend backend  # serviços\n",
+        "nodes_list.conf": "# nós\nestação est 127.0.0.1 joão 22\n",
+        "cluster.yaml": "workers:\n  gpu-box:  # máquina\n    host: 127.0.0.2\n    user: josé\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_bytes(text.encode("latin-1"))
+    (tmp_path / "c.yaml").write_text(
+        "cluster_ai: {env_files: [.env], nodes_list: nodes_list.conf, cluster_yaml: cluster.yaml}\n"
+    )
+    loaded = load_config(str(tmp_path / "c.yaml"), env={}, cwd=tmp_path)
+    assert loaded.cluster_env["DOCKER_SERVICES"] == "frontend backend"
+    assert [(n.name, n.ssh.user) for n in loaded.config.nodes] == [("gpu-box", "josé"), ("est", "joão")]
+    assert [c.name for c in loaded.config.checks] == ["docker"]  # from DOCKER_SERVICES: not an empty config
+
+
+def test_cluster_ai_files_with_a_utf8_bom(tmp_path: Path):
+    (tmp_path / ".env").write_bytes("\ufeffDOCKER_SERVICES=frontend\nSMTP_PASSWORD=sénha\n".encode())
+    (tmp_path / "nodes_list.conf").write_bytes("\ufeffw1 w1 127.0.0.1 joão 22\n".encode())
+    (tmp_path / "c.yaml").write_bytes("\ufeffcluster_ai: {env_files: [.env], nodes_list: nodes_list.conf}\n".encode())
+    loaded = load_config(str(tmp_path / "c.yaml"), env={}, cwd=tmp_path)
+    assert loaded.cluster_env == {"DOCKER_SERVICES": "frontend", "SMTP_PASSWORD": "sénha"}
+    assert [(n.name, n.ssh.user) for n in loaded.config.nodes] == [("w1", "joão")]
+
+
+def test_nodes_without_checks_is_not_an_empty_config(write, tmp_path: Path):
+    config = write("c.yaml", "nodes:\n  - {name: gpu-box, host: 127.0.0.1}\n")
+    loaded = load_config(str(config), env={}, cwd=tmp_path)
+    assert loaded.config.checks == [] and [n.name for n in loaded.config.nodes] == ["gpu-box"]
+
+
+def test_long_depends_on_chain(write, tmp_path: Path):
+    n = 3000
+    lines = [f"  - {{name: c{i}, kind: tcp, port: 1, depends_on: [c{i + 1}]}}" for i in range(n - 1)]
+    config = write("c.yaml", "checks:\n" + "\n".join(lines) + f"\n  - {{name: c{n - 1}, kind: tcp, port: 1}}\n")
+    loaded = load_config(str(config), env={}, cwd=tmp_path)
+    assert len(loaded.config.checks) == n and loaded.config.checks[0].depends_on == ["c1"]
+
+
+def test_merge_keys(write, tmp_path: Path):
+    import pytest
+
+    from clusterwatch.config.loader import ConfigError
+
+    config = write(
+        "c.yaml",
+        "checks:\n  - &base {name: a, kind: tcp, port: 1, interval: 5s}\n  - {<<: *base, name: b, port: 2}\n"
+        "  - <<: [{timeout: 1s}, *base]\n    name: c\n",
+    )
+    checks = load_config(str(config), env={}, cwd=tmp_path).config.checks
+    assert [(c.name, c.port, c.interval, c.timeout) for c in checks] == [  # type: ignore[union-attr]
+        ("a", 1, 5.0, None),
+        ("b", 2, 5.0, None),
+        ("c", 1, 5.0, 1.0),
+    ]
+    base = "checks:\n  - &base {name: a, kind: tcp, port: 1, interval: 0}\n"
+    config = write("c.yaml", base + "  - {<<: *base, name: b}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(config), env={}, cwd=tmp_path)
+    assert [str(p) for p in info.value.problems] == [  # the line where the bad value is written
+        f"{config}:2: checks[0](a).interval: duration 0 must be more than zero (at least 1ms)",
+        f"{config}:2: checks[1](b).interval: duration 0 must be more than zero (at least 1ms)",
+    ]
