@@ -10,6 +10,9 @@ from clusterwatch.config.schema import CheckBase, Config, Node
 from clusterwatch.engine.state import Rules
 
 Item = CheckBase | Node
+# A failure is confirmed (`fall`) a tenth of an interval later: a refused port stays refused, and a
+# check every second must be known down, and its service restarted, about a second after a kill.
+RETRY_FLOOR = 0.1
 
 
 @dataclass
@@ -67,7 +70,7 @@ class Plan:
             return min(item.retry_interval, self.interval(item))
         if self.config.retry_interval is not None:
             return min(self.config.retry_interval, self.interval(item))
-        return min(self.interval(item), max(0.25, self.interval(item) / 4))
+        return min(self.interval(item), max(RETRY_FLOOR, self.interval(item) / 10))
 
     def longest_heal(self) -> float:
         """The longest one restart and its verification may take (for `run --once` to wait)."""
