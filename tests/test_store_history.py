@@ -86,9 +86,7 @@ def test_schema_5_recovers_the_severity_of_older_incidents(tmp_path: Path, monke
 
 def test_pages_filter_by_value_and_refuse_sql(store: Store):
     for i in range(5):
-        store.observation(
-            Observation("a" if i % 2 else "b", "tcp", "t", Status.OK, f"m{i}", metrics={"x": i}), T0 + i
-        )
+        store.observation(Observation("a" if i % 2 else "b", "tcp", "t", Status.OK, f"m{i}", metrics={"x": i}), T0 + i)
     store.event(event(EventKind.INCIDENT_OPENED, T0, Status.CRITICAL, incident="open1"))
     store.event(event(EventKind.INCIDENT_OPENED, T0, Status.CRITICAL, incident="done1", entity="db"))
     store.event(event(EventKind.INCIDENT_CLOSED, T0 + 5, Status.OK, incident="done1", entity="db"))
@@ -143,3 +141,32 @@ def test_counts_for_metrics(store: Store):
     counts = History(store.path).counts()
     assert sorted((r["outcome"], r["n"]) for r in counts["restarts"]) == [("failed", 2), ("succeeded", 1)]
     assert counts["alerts"] == []
+
+
+def test_metrics_show_time_based_uptime_and_the_store(store: Store):
+    """/metrics renders the web's uptime cache (from the store's time-based uptime) and the writer's health."""
+    from types import SimpleNamespace
+
+    from clusterwatch.web.metrics import counts, render
+
+    for i in range(7):  # up for 60 s, then down for 10 s, probed every 10 s
+        store.observation(
+            Observation("api", "tcp", "t", Status.OK if i < 6 else Status.CRITICAL, "m"), T0 + 10 * i, expected_every=10
+        )
+    store.observation(Observation("api", "tcp", "t", Status.OK, "m"), T0 + 70, expected_every=10)
+    assert store.flush(30)
+    web = WebHistory(store.path)
+    web.uptime = web.reads.uptime_windows({"24h": 86400}, T0 + 80)
+    monitor = SimpleNamespace(  # what the web is given of the monitor (web/view.py)
+        entities={},
+        kinds={},
+        lag_percentiles=lambda: (0.0, 0.0),
+        probes_started=8,
+        store_health=store.health,
+        web=SimpleNamespace(history=web, counts=counts(web)),
+    )
+    text = render(monitor).decode()  # type: ignore[arg-type]
+    assert 'clusterwatch_uptime_ratio{name="api",window="24h"} 0.857142857142857' in text  # 60 of 70 s
+    assert "clusterwatch_store_writes_total 8.0" in text
+    assert "clusterwatch_store_queue_depth 0.0" in text
+    assert 'clusterwatch_store_dropped_total{reason="queue_full"} 0.0' in text

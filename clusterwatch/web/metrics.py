@@ -124,7 +124,6 @@ class Collector:
             alerts.add_metric([row["channel"], row["outcome"]], row["n"])
         yield alerts
 
-
     def _uptime(self) -> Iterator[Metric]:
         """Time-based uptime (seconds ok / seconds known) from the web's cache, one series per window."""
         uptime = GaugeMetricFamily(
