@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from clusterwatch.config import clusterai
 from clusterwatch.config.files import FileProblem
-from clusterwatch.config.schema import CHECK_KINDS, Config
+from clusterwatch.config.schema import CHECK_KINDS, NAME_PATTERN, Config
 from clusterwatch.config.yamlpos import Path_, Position, YAMLProblems, read_yaml
 from clusterwatch.redact import Redactor
 
@@ -31,9 +31,20 @@ class Problem:
     field: str
     message: str
 
+    def __post_init__(self) -> None:  # one line each, whatever a value held
+        for name in ("file", "field", "message"):
+            object.__setattr__(self, name, _one_line(getattr(self, name)))
+
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+def _one_line(text: str) -> str:
+    """Newlines and other control characters escaped, so one problem is one line of a log or terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(Exception):
@@ -146,11 +157,11 @@ def load_config(
                 ]
             )
         cluster_env = _import_cluster_ai(data, positions, path.parent if path else cwd, redactor, notes)
-    except FileProblem as exc:
-        raise ConfigError([Problem(exc.file, exc.line, _field(exc.path) if exc.path else "", exc.message)]) from None
     except YAMLProblems as exc:
         found = [Problem(p.file, p.line, _field(p.path or (), exc.data), p.message) for p in exc.problems]
         raise ConfigError(list(dict.fromkeys(found))) from None
+    except FileProblem as exc:
+        raise ConfigError([Problem(exc.file, exc.line, _field(exc.path) if exc.path else "", exc.message)]) from None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -403,9 +414,10 @@ def _message(error: Any, path: Path_, loc: Path_) -> str:
     if kind in ("value_error", "assertion_error"):
         return re.sub(r"^(Value|Assertion) error, ", "", msg)
     value = error.get("input")
+    msg = msg[:1].lower() + msg[1:]  # not the rest: a pattern in it would change meaning
     if isinstance(value, dict | list):
-        return f"{msg.lower()} (got a {'mapping' if isinstance(value, dict) else 'list'})"
-    return f"{msg.lower()} (got {_shown(value)})"
+        return f"{msg} (got a {'mapping' if isinstance(value, dict) else 'list'})"
+    return f"{msg} (got {_shown(value)})"
 
 
 def _shown(value: Any) -> str:
@@ -476,7 +488,7 @@ def _field(path: Path_, data: Any = None) -> str:
             if isinstance(current, list) and 0 <= element < len(current):
                 current = current[element]
                 name = current.get("name") if isinstance(current, dict) else None
-                if isinstance(name, str) and name:
+                if isinstance(name, str) and _NAME.match(name):
                     text += f"({_clip(name)})"
             else:
                 current = None
@@ -486,6 +498,7 @@ def _field(path: Path_, data: Any = None) -> str:
     return text + "..." if len(path) > _FIELD_DEPTH else text
 
 
+_NAME = re.compile(NAME_PATTERN)
 _FIELD_DEPTH = 12  # deeper fields are shown by their first steps: the line says the rest
 
 

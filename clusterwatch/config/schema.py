@@ -494,7 +494,7 @@ class WebOptions(Strict):
     @classmethod
     def _hostport(cls, value: str) -> str:
         host, _, port = value.rpartition(":")
-        if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+        if not re.fullmatch(r"[^\s/]+", host) or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
             raise ValueError(f"listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:9877")
         return value
 

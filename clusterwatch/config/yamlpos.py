@@ -31,11 +31,13 @@ _MERGE = "tag:yaml.org,2002:merge"
 _NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 
-class YAMLProblems(Exception):
+class YAMLProblems(FileProblem):
     """Values that could not be read; `data` is the document with them left out, to name fields by."""
 
     def __init__(self, problems: list[FileProblem], data: Any) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
+        first = problems[0]
+        super().__init__(first.file, first.line, first.message, first.path)
+        self.args = ("\n".join(str(p) for p in problems),)
         self.problems, self.data = problems, data
 
 
@@ -55,8 +57,13 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Path_, Position]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         raise FileProblem(file, line, f"invalid YAML: {exc.problem or exc.context}") from exc
+    except yaml.reader.ReaderError as exc:  # a control character: libyaml counts bytes, PyYAML characters
+        before = text.encode("utf-8", "replace")[: exc.position] if _Loader is not yaml.SafeLoader else text
+        line = before.count(b"\n" if isinstance(before, bytes) else "\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise FileProblem(file, line, f"invalid YAML: {exc.reason} (U+{code:04X})") from None
     except yaml.YAMLError as exc:
-        raise FileProblem(file, 0, f"invalid YAML: {exc}") from exc
+        raise FileProblem(file, 0, f"invalid YAML: {' '.join(str(exc).split())}") from exc
     finally:
         loader.dispose()
     if builder.problems:
