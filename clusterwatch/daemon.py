@@ -63,7 +63,7 @@ class Monitor:
             self.states,
             self.store,
             redactor=redact.current,
-            expected_every=lambda name: self.plan.interval_of(name),
+            expected_every=lambda name: self.plan.expected_every(name),
         )
         self.healer = Healer(
             self.config,

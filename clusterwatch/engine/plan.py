@@ -60,9 +60,10 @@ class Plan:
     def interval(self, item: Item) -> float:
         return item.interval if item.interval is not None else self.config.interval
 
-    def interval_of(self, name: str) -> float | None:
+    def expected_every(self, name: str) -> float | None:
+        """How long an observation's status holds for uptime: its interval, with room for jitter."""
         item = self.items.get(name)
-        return self.interval(item) if item is not None else None
+        return self.interval(item) * 1.5 if item is not None else None
 
     def retry_interval(self, item: Item) -> float:
         """How soon to look again after a soft failure, so `fall` is reached in seconds, not intervals."""

@@ -165,45 +165,37 @@ async def history(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     limit = _int(request, "limit", 100, 1, MAX_LIMIT) or 100
     page = await m.web.history.page(
-        "observations", limit=limit, before=_int(request, "before", None), where=["entity = ?"], args=[name]
+        "observations", limit=limit, before=_int(request, "before", None), equals={"entity": name}
     )
     return web.json_response(page, dumps=_dumps)
 
 
 async def events(request: web.Request) -> web.Response:
     m = monitor_of(request)
-    where, args = [], []
-    for param, column in (("entity", "entity"), ("kind", "kind"), ("check", "check_name")):
-        if request.query.get(param):
-            where.append(f"{column} = ?")
-            args.append(request.query[param])
+    equals = {
+        column: request.query[param]
+        for param, column in (("entity", "entity"), ("kind", "kind"), ("check", "check_name"))
+        if request.query.get(param)
+    }
     page = await m.web.history.page(
         "events",
         limit=_int(request, "limit", 100, 1, MAX_LIMIT) or 100,
         before=_int(request, "before", None),
-        where=where,
-        args=args,
+        equals=equals,
     )
     return web.json_response(page, dumps=_dumps)
 
 
 async def incidents(request: web.Request) -> web.Response:
     m = monitor_of(request)
-    where: list[str] = []
     state = request.query.get("state")
     if state not in (None, "", "open", "closed"):
         raise BadRequest("state must be open or closed")
-    if state == "open":
-        where.append("closed IS NULL")
-    elif state == "closed":
-        where.append("closed IS NOT NULL")
     page = await m.web.history.page(
         "incidents",
         limit=_int(request, "limit", 100, 1, MAX_LIMIT) or 100,
         before=_int(request, "before", None),
-        where=where,
-        args=[],
-        order="rowid",
+        closed={"open": False, "closed": True}.get(state or ""),
     )
     return web.json_response(page, dumps=_dumps)
 
@@ -214,8 +206,6 @@ async def actions(request: web.Request) -> web.Response:
         "actions",
         limit=_int(request, "limit", 100, 1, MAX_LIMIT) or 100,
         before=_int(request, "before", None),
-        where=[],
-        args=[],
     )
     return web.json_response(page, dumps=_dumps)
 

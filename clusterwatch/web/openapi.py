@@ -116,6 +116,8 @@ def spec() -> dict[str, Any]:
                         "entity": {"type": "string"},
                         "opened": {"type": "number"},
                         "closed": {"type": ["number", "null"]},
+                        "status": {"enum": ["warning", "critical", "unknown"], "description": "current or last"},
+                        "worst": {"enum": ["warning", "critical", "unknown"], "description": "worst seen"},
                     },
                 },
                 "Action": {

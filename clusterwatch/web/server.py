@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -22,7 +23,7 @@ from clusterwatch import redact
 from clusterwatch.web import api, dashboard
 from clusterwatch.web.cache import Snapshot
 from clusterwatch.web.metrics import counts, render
-from clusterwatch.web.queries import History
+from clusterwatch.web.queries import READS, History
 
 if TYPE_CHECKING:
     from clusterwatch.web.view import MonitorView as Monitor
@@ -53,10 +54,15 @@ class WebServer:
         self.snapshots = {
             "overview": Snapshot(lambda: dashboard.render_overview(monitor), ttl=1.0),
             "status": Snapshot(lambda: api.render_status(monitor), ttl=1.0),
-            "metrics": Snapshot(lambda: asyncio.to_thread(render, monitor), ttl=5.0),
+            "metrics": Snapshot(lambda: self.read(render, monitor), ttl=5.0),
         }
         self._task: asyncio.Task[None] | None = None
         self.url = ""
+
+    @staticmethod
+    async def read(fn: Callable[..., Any], *args: Any) -> Any:
+        """Blocking reads in the web's own threads, never the default executor (DNS lookups use it)."""
+        return await asyncio.get_running_loop().run_in_executor(READS, partial(fn, *args))
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
@@ -196,7 +202,7 @@ class WebServer:
     async def _refresh_counts(self) -> None:
         while True:
             with contextlib.suppress(Exception):
-                self.counts = await asyncio.to_thread(counts, self.history)
+                self.counts = await self.read(counts, self.history)
             await asyncio.sleep(COUNTS_EVERY)
 
     async def stop(self) -> None:

@@ -16,7 +16,8 @@ from tests.helpers import ServerThread, closed_port, run_cli, wait_until
 from tests.real.daemon import Daemon
 from tests.test_store_rollups import assert_rollups_match_raw, expected_minutes
 
-INTERVAL = 0.25  # the checks' interval: what the monitor passes as each observation's expected_every
+INTERVAL = 0.25  # the checks' interval
+EXPECTED_EVERY = INTERVAL * 1.5  # what the monitor passes as each observation's expected_every (room for jitter)
 
 
 def observations(d: Daemon, entity: str) -> int:
@@ -70,11 +71,11 @@ def test_rollups_and_report_after_kill_9_match_raw(tmp_path: Path):
         finally:
             d.stop()
 
-    total = assert_rollups_match_raw(d.db_path, INTERVAL)
+    total = assert_rollups_match_raw(d.db_path, EXPECTED_EVERY)
     assert total >= observations(d, "api") >= 70
 
     raw = [dict(r) for r in d.query("SELECT * FROM observations")]
-    minutes = expected_minutes(raw, INTERVAL)
+    minutes = expected_minutes(raw, EXPECTED_EVERY)
     result = run_cli("report", "--since", "1h", "--json", "-c", str(d.config_path))
     assert result.returncode == 0, result.stderr
     services = {s["entity"]: s for s in json.loads(result.stdout)["services"]}
