@@ -15,7 +15,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 
@@ -38,7 +38,6 @@ from clusterwatch.store.sqlite import Store
 from clusterwatch.supervise import EXIT_FAILURE, Health, Supervisor
 
 log = logging.getLogger("clusterwatch.engine")
-T = TypeVar("T")
 WATCH_EVERY = 2.0
 STATS_EVERY = float(os.environ.get("CLUSTERWATCH_STATS_EVERY", "30"))
 LAG_ALERT = 2.0  # seconds of scheduling lag (p99 over a stats window) that count as falling behind
@@ -258,9 +257,9 @@ class Monitor:
         while not self.stop_event.is_set():
             await asyncio.sleep(min(WATCH_EVERY, self.notifier.watchdog_interval or WATCH_EVERY))
             now = time.monotonic()
+            if stuck := self.health.stuck():
+                self.supervisor.fail(f"the monitor is stuck ({stuck}); exiting so that the service manager restarts it")
             problems = self.health.problems()
-            if problems and not self.supervisor.failure and now - self.scheduler.beat > 4 * 15.0:
-                self.supervisor.fail(f"the monitor is stuck: {'; '.join(problems)}")
             if (
                 self.notifier.watchdog_interval
                 and now - last_watchdog >= self.notifier.watchdog_interval * 0.9

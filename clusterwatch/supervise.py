@@ -17,7 +17,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("clusterwatch.engine")
-STALL_AFTER = 15.0  # seconds without a scheduler beat before the monitor calls itself stuck
+STALL_AFTER = 15.0  # seconds without a scheduler beat before the monitor calls itself unhealthy
+GIVE_UP_AFTER = 60.0  # ... and before it exits, for the service manager to start it afresh
 LAG_LIMIT = 5.0  # p99 scheduling lag (seconds) above which it is degraded
 EXIT_FAILURE = 3
 
@@ -102,3 +103,10 @@ class Health:
 
     def healthy(self) -> bool:
         return not self.problems()
+
+    def stuck(self) -> str | None:
+        """Why the monitor cannot go on (no scheduler progress for long), or None."""
+        stalled = self._clock() - self._beat()
+        if self._has_work() and stalled > GIVE_UP_AFTER:
+            return f"the scheduler has made no progress for {stalled:.0f}s"
+        return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from clusterwatch.supervise import STALL_AFTER, Health, Supervisor
+from clusterwatch.supervise import GIVE_UP_AFTER, STALL_AFTER, Health, Supervisor
 
 
 def test_a_loop_that_dies_stops_the_monitor_with_the_reason():
@@ -69,6 +69,9 @@ def test_healthy_only_while_the_scheduler_beats_and_the_store_writes():
     assert health.healthy()
     now[0] += STALL_AFTER + 1
     assert any("no progress" in p for p in health.problems())
+    assert health.stuck() is None  # unhealthy for now; not yet a reason to exit
+    now[0] += GIVE_UP_AFTER
+    assert health.stuck() is not None
     beat[0] = now[0]
     assert health.healthy()
     store["writer_alive"] = False
