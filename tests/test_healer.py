@@ -220,3 +220,36 @@ def test_a_target_a_person_paused_is_left_alone_until_resumed(tmp_path: Path):
     finally:
         ledger.close()
     assert w.actions()[0] == (1, "failed")
+
+
+def test_backoff_after_failed_attempts_survives_a_restart(tmp_path: Path):
+    w = World(tmp_path / "s.db", max_attempts=3, backoff="10s")
+
+    async def first_life() -> None:
+        await w.healer.start()
+        w.observe()
+        await w.healer.reconcile()
+        # Attempt 1 fails; the healer now waits 10 s before attempt 2 — and the monitor dies meanwhile.
+        await asyncio.sleep(0.5)
+        await w.healer.stop()
+
+    run(first_life())
+    assert w.actions() == [(1, "failed")]
+    w.now += 4
+    w.healer = w.new_healer()
+
+    async def second_life() -> float:
+        await w.healer.start()
+        [budget] = w.healer.budgets.values()
+        assert budget.failed_streak == 1 and budget.last_finished == w.now - 4
+        policy = w.config.checks[0].restart
+        assert policy is not None
+        wait = w.healer._backoff(policy, budget, w.now)
+        w.observe()
+        await w.healer.reconcile()
+        await asyncio.sleep(0.3)
+        assert w.actions() == [(1, "failed")], "the restart skipped the backoff"
+        await w.healer.stop()
+        return wait
+
+    assert run(second_life()) == 6.0

@@ -107,6 +107,9 @@ class Healer:
         deadline = attempt.started + policy.timeout + policy.verify_timeout
         look = max(deadline - self._clock(), min(policy.verify_timeout, LOOK_AFTER_CRASH))
         if await self._verify(check, attempt.entity, look):
+            budget = self.budgets.get(self._key(policy.target))
+            if budget is not None:
+                budget.failed_streak = 0
             state = self.states.entities.get(attempt.entity)
             self._emit(
                 Event(
@@ -154,7 +157,7 @@ class Healer:
         down = any(s.down for s in states)
         changed = False
         if not down and states and budget.recovered_at is None and (budget.attempts or budget.exhausted):
-            budget.recovered_at, budget.exhausted, changed = now, None, True
+            budget.recovered_at, budget.exhausted, budget.failed_streak, changed = now, None, 0, True
         elif budget.recovered_at is not None and (down or now - budget.recovered_at >= policy.stable_for):
             if now - budget.recovered_at >= policy.stable_for:
                 if budget.attempts:
@@ -240,6 +243,7 @@ class Healer:
             return False
         log.info("restart budget of %s reset by a person", target)
         budget.counts_from, budget.attempts, budget.exhausted, budget.recovered_at = self._clock(), [], None, None
+        budget.failed_streak = 0
         await self._db(self.ledger.save_budget, budget)
         check = check or next((c for c, p in self._policies() if p.target == target), None)
         if check is not None:
@@ -253,7 +257,7 @@ class Healer:
         key = self._key(target)
         budget = self.budgets.setdefault(key, BudgetRow(key))
         # A dependant may notice a failure a moment before its root does: give the root that moment.
-        delay = max(policy.grace, ROOT_GRACE if self.states.rules(check.name).roots else 0.0)
+        grace = max(policy.grace, ROOT_GRACE if self.states.rules(check.name).roots else 0.0)
         while True:
             if not self._wants_action(self.states.entities.get(entity)) or key in self.paused:
                 return
@@ -261,7 +265,8 @@ class Healer:
             if used(budget, policy.window, now) >= policy.max_attempts:
                 await self._exhausted(check, policy, budget, entity, now)
                 return
-            if delay:
+            delay = max(grace, self._backoff(policy, budget, now))
+            if delay > 0:
                 await asyncio.sleep(delay)
                 if not self._wants_action(self.states.entities.get(entity)):
                     return
@@ -269,10 +274,17 @@ class Healer:
                 if root is not None:
                     log.info("not restarting %s for %s: its root %s is down (heal it first)", target, entity, root)
                     return
+            grace = 0.0
             attempt = used(budget, policy.window, self._clock()) + 1
             if await self._attempt(check, policy, budget, entity, attempt, reason):
                 return
-            delay = policy.backoff * 2 ** (attempt - 1)
+
+    @staticmethod
+    def _backoff(policy: RestartPolicy, budget: BudgetRow, now: float) -> float:
+        """Seconds still to wait after attempts that did not help (from the store: it survives a restart)."""
+        if not budget.failed_streak or budget.last_finished is None:
+            return 0.0
+        return budget.last_finished + policy.backoff * 2 ** (budget.failed_streak - 1) - now
 
     async def _exhausted(
         self, check: CheckBase, policy: RestartPolicy, budget: BudgetRow, entity: str, now: float
@@ -339,6 +351,9 @@ class Healer:
             healthy = outcome.ok and await self._verify(check, entity, policy.verify_timeout)
         finished = self._clock()
         result = "dry_run" if dry_run else "succeeded" if healthy else "failed"
+        if not dry_run:
+            budget.failed_streak = 0 if healthy else budget.failed_streak + 1
+            budget.last_finished = finished
         detail = outcome.detail if outcome.ok else f"action failed: {outcome.detail}"
         if outcome.ok and not healthy and not dry_run:
             detail += f"; still not healthy after {policy.verify_timeout:g}s"

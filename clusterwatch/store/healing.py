@@ -20,6 +20,7 @@ from clusterwatch.store.sqlite import connect
 
 RUNNING = "running"
 INTERRUPTED = "interrupted"
+FAILED = ("failed", INTERRUPTED)  # outcomes after which the next attempt backs off
 
 
 @dataclass
@@ -39,6 +40,8 @@ class BudgetRow:
     exhausted: float | None = None  # when the healer gave up; None while it may act
     recovered_at: float | None = None  # healthy since; the budget comes back after `stable_for`
     attempts: list[float] = field(default_factory=list)  # starts of the attempts that count
+    failed_streak: int = 0  # attempts in a row that did not help: the backoff grows with them
+    last_finished: float | None = None  # when the last attempt ended: the backoff counts from there
 
 
 class HealLedger:
@@ -109,13 +112,15 @@ class HealLedger:
             budget = found.setdefault(target, BudgetRow(target))
             # A clock set back (no RTC at boot) leaves attempts "in the future": they still count.
             since = max(budget.counts_from, now - window)
-            budget.attempts = [
-                r[0]
-                for r in self._rows(
-                    "SELECT started FROM actions WHERE target = ? AND dry_run = 0 AND started >= ? ORDER BY started",
-                    (target, since),
-                )
-            ]
+            rows = self._rows(
+                "SELECT started, finished, outcome FROM actions WHERE target = ? AND dry_run = 0 AND started >= ? "
+                "ORDER BY started",
+                (target, since),
+            )
+            budget.attempts = [r[0] for r in rows]
+            for _started, finished, outcome in rows:
+                budget.failed_streak = budget.failed_streak + 1 if outcome in FAILED else 0
+                budget.last_finished = finished
         return found
 
     # --- while running ------------------------------------------------------------------------------
