@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +131,10 @@ class Healer:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.reconcile()
+            try:
+                await self.reconcile()
+            except sqlite3.Error as exc:  # a busy or full disk: look again, the state is still in the store
+                log.error("healer: the store did not answer (%s); looking again in %gs", exc, RECONCILE_EVERY)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RECONCILE_EVERY)
 
