@@ -328,3 +328,11 @@ def test_odd_yaml_values(write):
         f"{path}:2: checks[0].port: cannot read 'x' as int: invalid literal for int() with base 10: 'x'",
         f"{path}:3: checks[1].<<: `<<:` merges a mapping or a list of mappings only",
     ]
+
+
+def test_token_file_that_is_not_text(write, tmp_path):
+    (tmp_path / "token").write_bytes(b"\xff\xfe")
+    path = write("c.yaml", f"web: {{token_file: {tmp_path / 'token'}}}\nchecks: [{{name: t, kind: tcp, port: 1}}]\n")
+    assert problems(path) == [
+        f"{path}:1: web.token_file: token file '{tmp_path / 'token'}': not UTF-8 text: invalid start byte (byte 0xff)"
+    ]

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from clusterwatch.config.durations import parse_duration, parse_size, positive_duration
+from clusterwatch.config.files import FileProblem, read_text
 
 Duration = Annotated[float, BeforeValidator(positive_duration)]  # timeouts, intervals, windows: 1ms to 10 years
 Delay = Annotated[float, BeforeValidator(parse_duration)]  # a wait that may be zero: "at once"
@@ -503,10 +504,14 @@ class WebOptions(Strict):
     def _token_file(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        path = os.path.expanduser(value)
+        path = os.path.expanduser(value) if "\0" not in value else value
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise ValueError(f"token file {value!r} does not exist or is not readable")
-        if not open(path, encoding="utf-8").read().strip():  # noqa: SIM115 - read once at load
+        try:
+            token = read_text(path)
+        except FileProblem as exc:
+            raise ValueError(f"token file {value!r}: {exc.message}") from None
+        if not token.strip():
             raise ValueError(f"token file {value!r} is empty")
         return path
 
@@ -536,8 +541,7 @@ class WebOptions(Strict):
         if self.token:
             return self.token
         if self.token_file:
-            with open(self.token_file, encoding="utf-8") as f:
-                return f.read().strip()
+            return read_text(self.token_file).strip()
         return None
 
 
