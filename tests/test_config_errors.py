@@ -336,3 +336,8 @@ def test_token_file_that_is_not_text(write, tmp_path):
     assert problems(path) == [
         f"{path}:1: web.token_file: token file '{tmp_path / 'token'}': not UTF-8 text: invalid start byte (byte 0xff)"
     ]
+
+
+def test_control_character_names_its_line(write):
+    path = write("c.yaml", "# ação\nchecks: [{name: t, kind: tcp, port: 1}]\nnote: é\x01\n")
+    assert problems(path) == [f"{path}:3: invalid YAML: control characters are not allowed (U+0001)"]

@@ -18,7 +18,6 @@ Path_ = tuple[Any, ...]
 # libyaml when present: 10,000 checks parse in a fraction of a second instead of seconds.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Position = tuple[str, int]  # file, line (1-based)
-YAMLProblem = FileProblem  # a problem in a YAML file is a problem in a file
 
 MAX_DEPTH = 64  # mappings and lists inside each other; the schema itself needs fewer than ten
 # Aliases may add this many values, or as many as the file itself holds, whichever is more.
@@ -57,10 +56,11 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Path_, Position]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         raise FileProblem(file, line, f"invalid YAML: {exc.problem or exc.context}") from exc
-    except yaml.reader.ReaderError as exc:  # a control character: libyaml counts bytes, PyYAML characters
-        before = text.encode("utf-8", "replace")[: exc.position] if _Loader is not yaml.SafeLoader else text
-        line = before.count(b"\n" if isinstance(before, bytes) else "\n", 0, exc.position) + 1
-        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    except yaml.reader.ReaderError as exc:  # a control character
+        if isinstance(exc.character, int):  # libyaml: a code point, and the offset in UTF-8 bytes
+            code, line = exc.character, text.encode("utf-8", "replace")[: exc.position].count(b"\n") + 1
+        else:
+            code, line = ord(exc.character), text[: exc.position].count("\n") + 1
         raise FileProblem(file, line, f"invalid YAML: {exc.reason} (U+{code:04X})") from None
     except yaml.YAMLError as exc:
         raise FileProblem(file, 0, f"invalid YAML: {' '.join(str(exc).split())}") from exc
