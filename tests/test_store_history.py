@@ -106,12 +106,12 @@ def test_pages_filter_by_value_and_refuse_sql(store: Store):
     web = WebHistory(store.path)
 
     async def through_the_web() -> None:
-        legacy = await web.page("observations", limit=10, before=None, where=["entity = ?"], args=["a"])
-        assert [o["message"] for o in legacy["items"]] == ["m3", "m1"]
-        closed = await web.page("incidents", limit=10, before=None, where=["closed IS NOT NULL"], args=[])
+        by_entity = await web.page("observations", limit=10, before=None, equals={"entity": "a"})
+        assert [o["message"] for o in by_entity["items"]] == ["m3", "m1"]
+        closed = await web.page("incidents", limit=10, before=None, closed=True)
         assert [i["id"] for i in closed["items"]] == ["done1"]
         with pytest.raises(ValueError):
-            await web.page("events", limit=10, before=None, where=["1=1 OR entity = ?"], args=["a"])
+            await web.page("events", limit=10, before=None, equals={"1=1 OR entity": "a"})
         assert [o["message"] for o in await web.recent_observations("a", 1)] == ["m3"]
         assert [e["kind"] for e in await web.recent_events("db")] == ["incident_closed", "incident_opened"]
         assert await web.recent_actions() == []
