@@ -97,7 +97,7 @@ setInterval(side, 3000);
 """
 
 
-_OUTCOME = {"succeeded": "ok", "failed": "critical"}
+_OUTCOME = {"succeeded": "ok", "failed": "critical", "interrupted": "warning", "running": "warning"}
 
 
 def _ms(value: float | None) -> str:
@@ -283,7 +283,7 @@ async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> 
             f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.localtime(r['started']))}</td>"
             f"<td>{esc(r['check_name'])}</td><td>{esc(r['action'])} #{r['attempt']}</td>"
             f'<td><span class="badge b-{_OUTCOME.get(r["outcome"], "unknown")}">'
-            f"{esc(r['outcome'])}</span></td><td>{esc(r['detail'])}</td><td>{r['duration'] or 0:.1f}s</td></tr>"
+            f"{esc(r['outcome'])}</span></td><td>{esc(r['detail'] or '')}</td><td>{r['duration'] or 0:.1f}s</td></tr>"
             for r in rows
         )
         or '<tr><td colspan="6" class="muted">none</td></tr>'
