@@ -8,15 +8,17 @@ Blocking calls on one connection: the healer runs them in an executor of its own
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clusterwatch.store.schema import migrate
-from clusterwatch.store.sqlite import connect
+from clusterwatch.store.sqlite import connect, transaction
 
 RUNNING = "running"
 INTERRUPTED = "interrupted"
@@ -46,7 +48,7 @@ class BudgetRow:
 
 class HealLedger:
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.expanduser(path))  # as the store reads `~/...`
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -61,18 +63,10 @@ class HealLedger:
                 self._conn.close()
                 self._conn = None
 
-    def _tx(self, statements: list[tuple[str, Any]]) -> list[sqlite3.Cursor]:
-        """One transaction, rolled back on any error: the connection is never left half-way."""
-        assert self._conn is not None, "ledger not open"
+    def _tx(self, statements: Iterable[tuple[str, Any]]) -> list[sqlite3.Cursor]:
+        assert self._conn is not None, "not open"
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursors = [self._conn.execute(sql, args) for sql, args in statements]
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return cursors
+            return transaction(self._conn, statements)
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         assert self._conn is not None, "ledger not open"

@@ -8,6 +8,7 @@ notifications that tell it: a crash can neither send a firing twice nor lose a r
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 from clusterwatch.alerting.routing import Silence
 from clusterwatch.store.schema import migrate
-from clusterwatch.store.sqlite import connect
+from clusterwatch.store.sqlite import connect, transaction
 
 RETRY_FIRST, RETRY_MAX = 2.0, 300.0
 
@@ -42,7 +43,7 @@ class Outbox:
     """Blocking SQLite calls on one connection, serialised by a lock: call them from a thread."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.expanduser(path))  # as the store reads `~/...`
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._conn = connect(self.path)
         migrate(self._conn)
@@ -56,16 +57,9 @@ class Outbox:
         return self._tx([(sql, args)])[0]
 
     def _tx(self, statements: Iterable[tuple[str, Any]]) -> list[sqlite3.Cursor]:
-        """One transaction, rolled back on any error: a failed write never wedges the connection."""
+        assert self._conn is not None, "not open"
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursors = [self._conn.execute(sql, args) for sql, args in statements]
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return cursors
+            return transaction(self._conn, statements)
 
     def _rows(self, sql: str, args: Any = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,20 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def transaction(conn: sqlite3.Connection, statements: Iterable[tuple[str, Any]]) -> list[sqlite3.Cursor]:
+    """Statements in one transaction, rolled back on any error (unless SQLite already did: a trigger's
+    RAISE(ROLLBACK), a full disk), so a failed write never leaves the connection half-way."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cursors = [conn.execute(sql, args) for sql, args in statements]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return cursors
 
 
 def _transient(error: BaseException) -> bool:
