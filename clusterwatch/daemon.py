@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -22,14 +23,14 @@ import psutil
 from clusterwatch import redact
 from clusterwatch.alerting.alerter import Alerter
 from clusterwatch.config.loader import BUILTIN, ConfigError, LoadedConfig, load_config
-from clusterwatch.config.schema import Config
+from clusterwatch.config.schema import CheckBase, Config
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.pipeline import Item, Pipeline
 from clusterwatch.engine.plan import Plan
 from clusterwatch.engine.scheduler import Job, Scheduler
 from clusterwatch.engine.state import StateMachine
 from clusterwatch.heal.healer import Healer
-from clusterwatch.model import Status
+from clusterwatch.model import Observation, Status
 from clusterwatch.probes.base import ProbeContext, new_http_session
 from clusterwatch.sdnotify import Notifier
 from clusterwatch.store.healing import HealLedger
@@ -68,7 +69,7 @@ class Monitor:
             self.config,
             self.states,
             HealLedger(self.store.path),
-            reprobe=self.pipeline.reprobe,
+            reprobe=self._reprobe,
             emit=self.pipeline.emit,
             redactor=redact.current,
         )
@@ -137,6 +138,12 @@ class Monitor:
             change.unchanged,
         )
         return True
+
+    async def _reprobe(self, check: CheckBase) -> list[Observation]:
+        """The healer's verification: a check reloaded away meanwhile is not probed back to life."""
+        if check.name not in self.plan.items:
+            return []
+        return await self.pipeline.reprobe(check)
 
     # --- the scheduler's work ------------------------------------------------------------------------
 
@@ -280,7 +287,11 @@ class Monitor:
                 commands = []
             for command in commands:
                 if command["kind"] == "heal_reset":
-                    found = await self.healer.reset(command["target"])
+                    try:
+                        found = await self.healer.reset(command["target"])
+                    except sqlite3.Error as exc:
+                        log.error("heal reset %s failed (%s): run it again", command["target"], exc)
+                        continue
                     log.info("heal reset %s: %s", command["target"], "done" if found else "no such restart budget")
 
     def _stats(self, now: float) -> None:

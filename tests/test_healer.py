@@ -58,9 +58,15 @@ class World:
         )
 
     def observe(self) -> list[Observation]:
-        obs = Observation("api", "tcp", "t", Status.OK if self.up else Status.CRITICAL, "seen", check="api", down=True)
-        self.events += self.states.process(obs, self.now)
-        return [obs]
+        """"api" is up or down as the test says; any other check is up."""
+        seen = []
+        for check in self.config.checks:
+            up = self.up if check.name == "api" else True
+            obs = Observation(check.name, "tcp", "t", Status.OK if up else Status.CRITICAL, "seen", check=check.name,
+                              down=not up)
+            self.events += self.states.process(obs, self.now)
+            seen.append(obs)
+        return seen
 
     async def reprobe(self, _check: object) -> list[Observation]:
         return self.observe()
@@ -79,6 +85,15 @@ class World:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def until(predicate, timeout: float = 20.0) -> None:
+    """A condition, waited for with a generous bound (never a fixed sleep that a busy machine outruns)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 def test_restored_critical_is_acted_on_only_after_a_fresh_look(tmp_path: Path):
@@ -193,7 +208,7 @@ def test_an_attempt_cut_short_is_recorded_once_and_looked_at_before_acting(tmp_p
         await w.healer.stop()
 
     run(scenario())
-    assert w.actions() == [(1, "interrupted")]
+    assert w.actions() == [(1, "succeeded")], "one row for the cut attempt, with the verdict looked at after"
     [event] = [e for e in w.events if e.kind is EventKind.REMEDIATION_SUCCEEDED]
     assert event.details["interrupted"] is True and "cut short" in event.message
 
@@ -230,7 +245,7 @@ def test_backoff_after_failed_attempts_survives_a_restart(tmp_path: Path):
         w.observe()
         await w.healer.reconcile()
         # Attempt 1 fails; the healer now waits 10 s before attempt 2 — and the monitor dies meanwhile.
-        await asyncio.sleep(0.5)
+        await until(lambda: "remediation_failed" in w.kinds())
         await w.healer.stop()
 
     run(first_life())
@@ -253,3 +268,53 @@ def test_backoff_after_failed_attempts_survives_a_restart(tmp_path: Path):
         return wait
 
     assert run(second_life()) == 6.0
+
+
+def test_a_pause_that_comes_during_the_backoff_holds_the_next_attempt(tmp_path: Path):
+    w = World(tmp_path / "s.db", max_attempts=3, backoff="1s")
+    ledger = HealLedger(w.db)
+    ledger.open()
+
+    async def scenario() -> None:
+        await w.healer.start()
+        w.observe()
+        await w.healer.reconcile()
+        await until(lambda: "remediation_failed" in w.kinds())  # attempt 1 did not help: 1 s backoff now
+        ledger.pause("command:/bin/true", until=w.now + 3600, reason="maintenance")
+        await w.healer.reconcile()  # the tick reads the pause
+        await w.healer.drain(10)  # the backoff ends, and the healer asks again before acting
+        await w.healer.stop()
+
+    try:
+        run(scenario())
+    finally:
+        ledger.close()
+    assert w.actions() == [(1, "failed")], "a person's pause was overrun by a backoff already under way"
+
+
+def test_two_checks_on_one_target_share_one_budget_and_one_escalation(tmp_path: Path):
+    w = World(tmp_path / "s.db", max_attempts=1)
+    restart = w.config.checks[0].restart
+    assert restart is not None
+    w.config = Config.model_validate(
+        {
+            "checks": [
+                {"name": "api", "kind": "tcp", "port": 9, "restart": restart.model_dump(exclude_none=True)},
+                {"name": "port", "kind": "tcp", "port": 10, "restart": restart.model_dump(exclude_none=True)},
+            ]
+        }
+    )
+    w.healer = w.new_healer()
+
+    async def scenario() -> None:
+        await w.healer.start()
+        for _ in range(6):  # one check of the target stays up, the other down: six looks
+            w.now += 1
+            w.observe()
+            await w.healer.reconcile()
+            await w.healer.drain(5)
+        await w.healer.stop()
+
+    run(scenario())
+    assert w.kinds().count("remediation_exhausted") == 1, w.kinds()
+    assert len(w.actions()) == 1

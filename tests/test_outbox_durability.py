@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -127,5 +128,38 @@ def test_resolved_notice_survives_a_crash_between_close_and_send(tmp_path: Path)
         titles = asyncio.run(second_life())
         assert len(titles) == 2 and titles[0].startswith("[CRITICAL] api") and titles[1].startswith("[RESOLVED] api")
         assert outbox.alert_states() == [], "the incident's state goes in the same commit as its resolved notice"
+    finally:
+        outbox.close()
+
+
+def test_an_incident_closing_while_its_firing_is_written_still_gets_its_resolved(tmp_path: Path):
+    """The service recovers while the firing is being committed (the store's writer holds the lock)."""
+    outbox = Outbox(tmp_path / "s.db")
+    real_add = outbox.add
+    entered, release = threading.Event(), threading.Event()
+
+    def held_add(*args, **kwargs):
+        entered.set()
+        release.wait(10)
+        return real_add(*args, **kwargs)
+
+    async def scenario() -> None:
+        alerter = Alerter(options(), outbox)
+        alerter.on_event(opened("inc1"))
+        outbox.add = held_add  # type: ignore[method-assign]
+        flush = asyncio.create_task(alerter.flush())
+        await asyncio.to_thread(entered.wait, 10)
+        alerter.on_event(closed("inc1"))  # ... while the firing is on its way into the outbox
+        release.set()
+        await flush
+        outbox.add = real_add  # type: ignore[method-assign]
+        await alerter.flush(everything=True)
+        await alerter.stop()
+
+    try:
+        asyncio.run(scenario())
+        kinds = [r["kind"] for r in outbox.pending()]
+        assert kinds == ["firing", "resolved"], kinds
+        assert outbox.alert_states() == []
     finally:
         outbox.close()

@@ -98,6 +98,7 @@ class Alerter:
         self._expired_logged: set[int] = set()
         self._dropped: list[str] = []  # incidents whose alert state is to be deleted (written in flush)
         self._dirty: dict[str, Incident] = {}  # incidents whose alert state changed (written in flush)
+        self._telling: set[str] = set()  # incidents whose firing is being committed to the outbox
         self.configure(options, env_channels or {})
 
     def configure(self, options: AlertOptions, env_channels: dict[str, str]) -> None:
@@ -202,7 +203,8 @@ class Alerter:
             # The healer's verdict arrives just after the recovery it caused: give it a moment.
             settle = min(2.0, self.options.group_wait)
             # Its stored state goes with the notice that ends it, in one transaction (see _send_group).
-            if incident.notified is not None:
+            # A firing being written to the outbox right now counts as told: its resolved notice must follow.
+            if incident.notified is not None or incident.id in self._telling:
                 self._queue("resolved", incident, now + (settle if incident.trying else 0.0))
             elif incident.trying:
                 self._queue("healed", incident, now + settle)  # fixed before anyone was told: said once
@@ -349,7 +351,11 @@ class Alerter:
                 )
         if batch or rows or done:
             # The notifications and what they tell, in one transaction: durable before any send.
-            await self._db(self.outbox.add, batch, told=rows, done=done)
+            self._telling = {row[0] for row in rows}
+            try:
+                await self._db(self.outbox.add, batch, told=rows, done=done)
+            finally:
+                self._telling = set()
             self._deliver_wake.set()
         for note in told:  # only once the outbox holds them: a failed write tells nobody anything
             incident = note.incident

@@ -36,6 +36,7 @@ class EntityState:
     since: float = 0.0
     last: Observation | None = None
     last_at: float = 0.0
+    seen: bool = False  # observed by this process (not only restored from the store)
     fail_streak: int = 0
     same_streak: int = 0  # consecutive observations at exactly last.status
     ok_streak: int = 0
@@ -125,7 +126,7 @@ class StateMachine:
         rules = self.rules(check)
         events: list[Event] = []
         previous = state.last.status if state.last else None
-        state.last, state.last_at = obs, now
+        state.last, state.last_at, state.seen = obs, now, True
         state.history.append(obs.status)
 
         if obs.status is Status.OK:

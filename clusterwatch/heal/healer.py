@@ -24,7 +24,7 @@ from clusterwatch.config.schema import CheckBase, Config, RestartPolicy
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState, StateMachine
 from clusterwatch.heal.actions import Outcome, perform
-from clusterwatch.model import Observation, Status
+from clusterwatch.model import Observation, Status, one_line
 from clusterwatch.redact import Redactor
 from clusterwatch.store.healing import Attempt, BudgetRow, HealLedger
 
@@ -61,7 +61,7 @@ class Healer:
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.paused: dict[str, str] = {}  # stored target -> why a person stopped it on purpose
         self._told_paused: set[str] = set()
-        self.started_at = clock()
+        self._dry_run_done: set[str] = set()  # stored targets a dry run has spoken for, until they recover
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-heal-ledger")
 
     def update_config(self, config: Config) -> None:
@@ -85,7 +85,6 @@ class Healer:
 
     async def start(self) -> None:
         """Budgets from the store; attempts a crash cut short are looked at before anything else runs."""
-        self.started_at = self._clock()
         await self._db(self.ledger.open)
         cut = await self._db(self.ledger.interrupted, self._clock())
         windows = {self._key(policy.target): policy.window for _, policy in self._policies()}
@@ -105,12 +104,20 @@ class Healer:
 
     async def _after_crash(self, check: CheckBase, policy: RestartPolicy, attempt: Attempt) -> None:
         """The cut attempt may still be taking effect: give it the time it would have had, probing."""
-        deadline = attempt.started + policy.timeout + policy.verify_timeout
-        look = max(deadline - self._clock(), min(policy.verify_timeout, LOOK_AFTER_CRASH))
+        longest = policy.timeout + policy.verify_timeout
+        left = attempt.started + longest - self._clock()  # a clock set back makes this huge: bounded
+        look = min(max(left, min(policy.verify_timeout, LOOK_AFTER_CRASH)), longest)
         if await self._verify(check, attempt.entity, look):
             budget = self.budgets.get(self._key(policy.target))
             if budget is not None:
                 budget.failed_streak = 0
+            await self._db(
+                self.ledger.finish,
+                attempt.id,
+                finished=self._clock(),
+                outcome="succeeded",
+                detail="cut short when the monitor stopped; healthy again after the monitor's restart",
+            )
             state = self.states.entities.get(attempt.entity)
             self._emit(
                 Event(
@@ -144,29 +151,43 @@ class Healer:
         if only is None:
             self.paused = await self._db(self.ledger.paused, now)
             self._told_paused &= set(self.paused)
+        by_target: dict[str, list[tuple[CheckBase, RestartPolicy]]] = {}
         for check, policy in self._policies():
-            if only is not None and check.name != only:
+            by_target.setdefault(self._key(policy.target), []).append((check, policy))
+        for key, users in by_target.items():
+            if only is not None and all(check.name != only for check, _ in users):
                 continue
-            states = self.states.entities_of(check.name)
-            budget = self.budgets.get(self._key(policy.target))
-            if budget is not None:
-                await self._recovery(policy, budget, states, now)
-            for state in states:
-                if state.hard is Status.CRITICAL and self._can_help(check, policy, state.name):
+            budget = self.budgets.get(key)
+            if budget is not None:  # one target, one budget: its recovery is judged over every check using it
+                states = [s for check, _ in users for s in self.states.entities_of(check.name)]
+                await self._recovery(users[0][1], budget, states, now)
+            for check, policy in users:
+                state = next(
+                    (
+                        e
+                        for e in self.states.entities_of(check.name)
+                        if self._wants_action(e) and self._can_help(check, policy, e.name)
+                    ),
+                    None,
+                )
+                if state is not None:
                     self.consider(check, state, state.last.message if state.last else "critical")
                     break
 
     async def _recovery(self, policy: RestartPolicy, budget: BudgetRow, states: list[EntityState], now: float) -> None:
-        """A target healthy for `stable_for` gets its budget back; a blip is no recovery."""
+        """A target healthy for `stable_for` gets its budget back (and may be restarted again after it
+        gave up); a blip is no recovery."""
         down = any(s.down for s in states)
+        key = budget.target
         changed = False
         if not down and states and budget.recovered_at is None and (budget.attempts or budget.exhausted):
-            budget.recovered_at, budget.exhausted, budget.failed_streak, changed = now, None, 0, True
+            budget.recovered_at, budget.failed_streak, changed = now, 0, True
+            self._dry_run_done.discard(key)
         elif budget.recovered_at is not None and (down or now - budget.recovered_at >= policy.stable_for):
             if now - budget.recovered_at >= policy.stable_for:
-                if budget.attempts:
+                if budget.attempts or budget.exhausted:
                     log.info("restart budget of %s back: healthy for %gs", policy.target, policy.stable_for)
-                budget.counts_from, budget.attempts = now, []
+                budget.counts_from, budget.attempts, budget.exhausted = now, [], None
             budget.recovered_at, changed = None, True
         if changed:
             await self._db(self.ledger.save_budget, budget)
@@ -189,20 +210,29 @@ class Healer:
 
     def consider(self, check: CheckBase, state: EntityState, reason: str) -> None:
         policy = check.restart
-        if policy is None or not self.config.healing.enabled or not self._wants_action(state):
-            return
-        if policy.target in self.busy:
+        if policy is None or policy.target in self.busy:
             return  # never two actions at once on one target
+        if not self._may_act(check, policy, state):
+            return
+        key = self._key(policy.target)
+        budget = self.budgets.setdefault(key, BudgetRow(key))
+        if budget.exhausted is not None or key in self._dry_run_done:
+            return
+        self._spawn(policy.target, self._remediate(check, policy, state.name, reason))
+
+    def _may_act(self, check: CheckBase, policy: RestartPolicy, state: EntityState | None) -> bool:
+        """Everything that must hold for an action, asked again right before each one runs."""
+        if state is None or not self.config.healing.enabled or self._check(check.name) is None:
+            return False
+        if not self._wants_action(state) or not self._can_help(check, policy, state.name):
+            return False
         key = self._key(policy.target)
         if key in self.paused:
             if key not in self._told_paused:
                 self._told_paused.add(key)
                 log.info("not restarting %s for %s: %s", policy.target, state.name, self.paused[key])
-            return  # a person stopped it on purpose
-        budget = self.budgets.setdefault(key, BudgetRow(key))
-        if budget.exhausted is not None:
-            return
-        self._spawn(policy.target, self._remediate(check, policy, state.name, reason))
+            return False
+        return True
 
     @staticmethod
     def _can_help(check: CheckBase, policy: RestartPolicy, entity: str) -> bool:
@@ -210,15 +240,10 @@ class Healer:
         (the check's own entity), restarting a container cannot help."""
         return not (policy.action == "docker" and entity == check.name)
 
-    def _wants_action(self, state: EntityState | None) -> bool:
-        """Hard critical, seen so in this run (not only restored from the store), its own failure."""
-        return (
-            state is not None
-            and state.hard is Status.CRITICAL
-            and not state.flapping
-            and not state.affected_by
-            and state.last_at >= self.started_at
-        )
+    @staticmethod
+    def _wants_action(state: EntityState) -> bool:
+        """Hard critical, seen so by this process (not only restored from the store), its own failure."""
+        return state.hard is Status.CRITICAL and state.seen and not state.flapping and not state.affected_by
 
     def _spawn(self, key: str, work: Awaitable[None]) -> None:
         if key in self.busy:
@@ -263,7 +288,7 @@ class Healer:
         # A dependant may notice a failure a moment before its root does: give the root that moment.
         grace = max(policy.grace, ROOT_GRACE if self.states.rules(check.name).roots else 0.0)
         while True:
-            if not self._wants_action(self.states.entities.get(entity)) or key in self.paused:
+            if not self._may_act(check, policy, self.states.entities.get(entity)):
                 return
             now = self._clock()
             if used(budget, policy.window, now) >= policy.max_attempts:
@@ -272,7 +297,8 @@ class Healer:
             delay = max(grace, self._backoff(policy, budget, now))
             if delay > 0:
                 await asyncio.sleep(delay)
-                if not self._wants_action(self.states.entities.get(entity)):
+                # Anything may have changed while waiting: a person's pause, a reload, a recovery, the root.
+                if not self._may_act(check, policy, self.states.entities.get(entity)):
                     return
                 root = self.states.root_failing(check.name, entity, Status.CRITICAL)
                 if root is not None:
@@ -288,11 +314,14 @@ class Healer:
         """Seconds still to wait after attempts that did not help (from the store: it survives a restart)."""
         if not budget.failed_streak or budget.last_finished is None:
             return 0.0
-        return budget.last_finished + policy.backoff * 2 ** (budget.failed_streak - 1) - now
+        wait = policy.backoff * 2 ** (budget.failed_streak - 1)
+        return min(max(0.0, budget.last_finished + wait - now), wait)  # a clock set back never stretches it
 
     async def _exhausted(
         self, check: CheckBase, policy: RestartPolicy, budget: BudgetRow, entity: str, now: float
     ) -> None:
+        if budget.exhausted is not None:
+            return  # said once: not again until the budget is back
         budget.exhausted = now
         await self._db(self.ledger.save_budget, budget)
         state = self.states.entities.get(entity)
@@ -347,12 +376,17 @@ class Healer:
                 details={"target": target, "attempt": attempt},
             )
         )
-        if dry_run:
-            outcome = Outcome(True, f"dry run: would run {policy.action} on {target}")
-            healthy = False
-        else:
-            outcome = await perform(policy, check, self.config)
-            healthy = outcome.ok and await self._verify(check, entity, policy.verify_timeout)
+        outcome, healthy = Outcome(False, "the healer failed while running it (logged)"), False
+        try:
+            if dry_run:
+                outcome = Outcome(True, f"dry run: would run {policy.action} on {target}")
+            else:
+                outcome = await perform(policy, check, self.config)
+                healthy = outcome.ok and await self._verify(check, entity, policy.verify_timeout)
+        except asyncio.CancelledError:
+            raise  # left `running`: the next monitor records it as interrupted and looks before acting
+        except Exception:
+            log.exception("healer: restarting %s failed unexpectedly", target)
         finished = self._clock()
         result = "dry_run" if dry_run else "succeeded" if healthy else "failed"
         if not dry_run:
@@ -361,13 +395,17 @@ class Healer:
         detail = outcome.detail if outcome.ok else f"action failed: {outcome.detail}"
         if outcome.ok and not healthy and not dry_run:
             detail += f"; still not healthy after {policy.verify_timeout:g}s"
-        await self._db(
-            self.ledger.finish, attempt_id, finished=finished, outcome=result, detail=self._redactor().text(detail)
-        )
+        detail = one_line(self._redactor().text(detail))
+        for wait in (1.0, 2.0, 0.0):
+            try:
+                await self._db(self.ledger.finish, attempt_id, finished=finished, outcome=result, detail=detail)
+                break
+            except sqlite3.Error as exc:  # the outcome still reaches the events, the log and the alerts
+                log.error("healer: could not record the outcome of attempt %d on %s: %s", attempt, target, exc)
+                await asyncio.sleep(wait)
         if dry_run:
             log.warning("dry run: would restart %s for %s", target, entity)
-            budget.exhausted = finished  # a dry run acts once per episode: quiet until it recovers
-            await self._db(self.ledger.save_budget, budget)
+            self._dry_run_done.add(self._key(target))  # a dry run acts once per episode: quiet until it recovers
             return True
         message = (
             f"{target} restarted by {policy.action}; {entity} healthy again after {finished - started:.1f}s"

@@ -78,7 +78,8 @@ def test_kill_9_while_a_restart_is_in_flight(tmp_path: Path, service: Path):
         time.sleep(2)  # anything the new monitor would wrongly do next, it would do now
         assert lines(counter) == 1, "a second restart ran while the first one's service was coming up"
         [action] = d.actions("api")
-        assert action["outcome"] == "interrupted" and action["attempt"] == 1 and action["finished"] is not None
+        assert action["outcome"] == "succeeded" and action["attempt"] == 1 and action["finished"] is not None
+        assert "cut short when the monitor stopped" in action["detail"]
         succeeded = d.events("remediation_succeeded", "api")
         assert len(succeeded) == 1 and "cut short" in succeeded[0]["message"]
         # (the first monitor's own remediation_started may be lost with the batch it died in: history,
