@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 import time
 import traceback
@@ -181,8 +182,24 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`| head`): nothing more to print, and Python must not try to flush to it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_UNKNOWN
+    except (OSError, sqlite3.OperationalError) as exc:
+        return environment_error(args, exc)
     except Exception as exc:
         return internal_error(args, exc)
+
+
+def environment_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """A disk, a permission or a database in the way: the operator's to fix, not a bug."""
+    if args.verbose:
+        sys.stderr.write(redact.text("".join(traceback.format_exception(exc))))
+    what = " ".join(redact.text(str(exc)).split())[:300] or type(exc).__name__
+    name = " ".join(p for p in (args.command, _action(args)) if p)
+    print(
+        f"clusterwatch: `{name}` could not go on: {what} (check the store path, its directory's permissions "
+        "and free disk space)",
+        file=sys.stderr,
+    )
+    return EXIT_UNKNOWN
 
 
 def internal_error(args: argparse.Namespace, exc: BaseException) -> int:

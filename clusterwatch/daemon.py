@@ -165,6 +165,11 @@ class Monitor:
         rows = await self.blocking(self.store.load_entities)
         restored = self.pipeline.restore(rows, known=lambda check: check in self.plan.items)
         open_incidents = self.pipeline.open_incidents()
+        stray = await self.blocking(
+            self.store.close_stray_incidents, {e.incident for e in open_incidents if e.incident}, time.time()
+        )
+        if stray:
+            log.info("closed %d incident(s) whose recovery the last monitor did not get to record", len(stray))
         self._session = new_http_session(limit=self.config.concurrency)
         self._ctx = self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
         self.outbox = await self.blocking(Outbox, self.store.path)
@@ -174,7 +179,7 @@ class Monitor:
             env_channels=self.loaded.alert_channels(),
             kind_of=lambda e: self.pipeline.kinds.get(e, ""),
             root_down=lambda check, entity: self.states.root_failing(check, entity, Status.CRITICAL),
-            healthy=self.health.healthy,
+            healthy=self.health.alive,
         )
         await self.alerter.resume(
             [
@@ -266,11 +271,10 @@ class Monitor:
             now = time.monotonic()
             if stuck := self.health.stuck():
                 self.supervisor.fail(f"the monitor is stuck ({stuck}); exiting so that the service manager restarts it")
-            problems = self.health.problems()
             if (
                 self.notifier.watchdog_interval
                 and now - last_watchdog >= self.notifier.watchdog_interval * 0.9
-                and not problems
+                and self.health.alive()
             ):
                 self.notifier.watchdog()  # systemd restarts a monitor that stops saying this
                 last_watchdog = now

@@ -20,6 +20,7 @@ log = logging.getLogger("clusterwatch.engine")
 STALL_AFTER = 15.0  # seconds without a scheduler beat before the monitor calls itself unhealthy
 GIVE_UP_AFTER = 60.0  # ... and before it exits, for the service manager to start it afresh
 LAG_LIMIT = 5.0  # p99 scheduling lag (seconds) above which it is degraded
+STORE_STALL = 30.0  # seconds with writes waiting and none committed: the store is not keeping history
 EXIT_FAILURE = 3
 
 
@@ -86,23 +87,31 @@ class Health:
         self._supervisor = supervisor
         self._clock = clock
 
-    def problems(self) -> list[str]:
+    def failures(self) -> list[str]:
+        """What no amount of waiting fixes: systemd's watchdog and the heartbeat stop on these."""
         found = []
         if self._supervisor.failure:
             found.append(self._supervisor.failure)
         stalled = self._clock() - self._beat()
         if self._has_work() and stalled > STALL_AFTER:
             found.append(f"the scheduler has made no progress for {stalled:.0f}s")
-        lag = self._lag()
-        if lag > LAG_LIMIT:
-            found.append(f"checks start {lag:.1f}s late (p99)")
         store = self._store()
         if not store.get("writer_alive", True):
             found.append("the store's writer has stopped: history is not being kept")
+        elif store.get("queue_depth", 0) and store.get("last_commit_age_s", 0.0) > STORE_STALL:
+            found.append(f"the store has committed nothing for {store['last_commit_age_s']:.0f}s")
         return found
 
-    def healthy(self) -> bool:
-        return not self.problems()
+    def problems(self) -> list[str]:
+        """Failures, and being far behind (an overloaded monitor is degraded, not dead): /healthz."""
+        found = self.failures()
+        lag = self._lag()
+        if lag > LAG_LIMIT:
+            found.append(f"checks start {lag:.1f}s late (p99)")
+        return found
+
+    def alive(self) -> bool:
+        return not self.failures()
 
     def stuck(self) -> str | None:
         """Why the monitor cannot go on (no scheduler progress for long), or None."""

@@ -145,3 +145,20 @@ def test_ctrl_c_is_a_line_not_a_traceback(config_file: Path, tmp_path: Path):
                 proc.communicate()
     assert proc.returncode == 130
     assert stderr.strip() == "clusterwatch: interrupted"
+
+
+def test_a_store_in_the_way_is_the_operators_to_fix_not_a_bug(tmp_path: Path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store's directory should be")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"store: {{path: {blocker}/state.db}}\n"
+        "checks:\n  - {name: a, kind: tcp, port: 1, restart: {command: [/bin/true]}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "clusterwatch", "heal", "pause", "a", "-c", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 3
+    assert "could not go on" in done.stderr and "bug" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

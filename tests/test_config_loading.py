@@ -252,7 +252,7 @@ def test_merge_keys(write, tmp_path: Path):
     config = write("c.yaml", base + "  - {<<: *base, name: b}\n")
     with pytest.raises(ConfigError) as info:
         load_config(str(config), env={}, cwd=tmp_path)
-    assert [str(p) for p in info.value.problems] == [  # the line where the bad value is written
+    assert [str(p) for p in info.value.problems] == [  # each check's own line
         f"{config}:2: checks[0](a).interval: duration 0 must be more than zero (at least 1ms)",
-        f"{config}:2: checks[1](b).interval: duration 0 must be more than zero (at least 1ms)",
+        f"{config}:3: checks[1](b).interval: duration 0 must be more than zero (at least 1ms)",
     ]

@@ -163,3 +163,41 @@ def test_an_incident_closing_while_its_firing_is_written_still_gets_its_resolved
         assert outbox.alert_states() == []
     finally:
         outbox.close()
+
+
+def test_an_incident_whose_close_was_lost_in_a_crash_is_closed_and_resolved(tmp_path: Path):
+    """The entity's recovery was committed, the incident_closed event was in the batch the crash lost:
+    the next start closes the stray incident and the people told about it hear it is resolved."""
+    from clusterwatch.config.schema import StoreOptions
+    from clusterwatch.store.sqlite import Store
+
+    db = tmp_path / "s.db"
+    outbox = Outbox(db)
+    now = time.time()
+    conn = connect(db)
+    conn.execute(
+        "INSERT INTO incidents (id, entity, check_name, node, opened, status, message, last_message) "
+        "VALUES ('inc1', 'api', 'api', NULL, ?, 'critical', 'connection refused', 'connection refused')",
+        (now - 60,),
+    )
+    conn.close()
+    outbox.save_states([("inc1", "api", "critical", now - 50, None, None, None)])  # it was told
+    store = Store(StoreOptions(path=str(db))).open()
+    try:
+        assert store.close_stray_incidents(set(), now) == ["inc1"]
+        assert store.close_stray_incidents(set(), now) == []
+    finally:
+        store.close()
+
+    async def restart() -> None:
+        alerter = Alerter(options(), outbox)
+        await alerter.resume([])
+        await alerter.flush()
+        await alerter.stop()
+
+    try:
+        asyncio.run(restart())
+        assert [r["title"][:13] for r in outbox.pending()] == ["[RESOLVED] ap"]
+        assert outbox.alert_states() == []
+    finally:
+        outbox.close()

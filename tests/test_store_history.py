@@ -14,6 +14,7 @@ from clusterwatch.config.schema import StoreOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Observation, Status
 from clusterwatch.store import schema
+from clusterwatch.store.healing import HealLedger
 from clusterwatch.store.history import History
 from clusterwatch.store.sqlite import Store
 from clusterwatch.web.queries import History as WebHistory
@@ -134,10 +135,12 @@ def test_counts_for_metrics(store: Store):
         "duration": 1.0,
         "dry_run": 0,
     }
-    store.action(row)
-    store.action({**row, "attempt": 2, "outcome": "failed"})
-    store.action({**row, "attempt": 3, "outcome": "failed"})
-    assert store.flush(30)
+    ledger = HealLedger(store.path)  # the healer's own writes: committed before and after each attempt
+    ledger.open()
+    for attempt, outcome in ((1, "succeeded"), (2, "failed"), (3, "failed")):
+        attempt_id = ledger.begin({**row, "attempt": attempt})
+        ledger.finish(attempt_id, finished=T0 + 1, outcome=outcome, detail="")
+    ledger.close()
     counts = History(store.path).counts()
     assert sorted((r["outcome"], r["n"]) for r in counts["restarts"]) == [("failed", 2), ("succeeded", 1)]
     assert counts["alerts"] == []

@@ -75,22 +75,7 @@ def test_a_failing_insert_is_isolated_and_the_rest_is_written(store: Store, db: 
     store.event(Event(EventKind.STATE_CHANGE, "a", "a", T0, "poison", new=Status.CRITICAL))
     store.event(Event(EventKind.STATE_CHANGE, "a", "a", T0 + 1, "fine", new=Status.OK))
     store.observation(obs("a"), T0 + 10, expected_every=10)
-    store.action(
-        {
-            "started": T0,
-            "finished": T0 + 1,
-            "check": "a",
-            "entity": "a",
-            "target": "a",
-            "action": "command",
-            "reason": "test",
-            "attempt": 1,
-            "outcome": "succeeded",
-            "detail": "",
-            "duration": 1.0,
-            "dry_run": 0,
-        }
-    )
+    store.command("heal_reset", "a")
     assert store.flush(30)
     health = store.health()
     assert health["failed_items"] == 1
@@ -98,7 +83,7 @@ def test_a_failing_insert_is_isolated_and_the_rest_is_written(store: Store, db: 
     assert health["writer_alive"] and health["queue_depth"] == 0
     assert [r["message"] for r in rows(db, "SELECT message FROM events")] == ["fine"]
     assert len(rows(db, "SELECT * FROM observations")) == 2
-    assert len(rows(db, "SELECT * FROM actions")) == 1
+    assert len(rows(db, "SELECT * FROM commands")) == 1
     assert_not_in_transaction(db)
 
     # The writer goes on: later batches are written, nothing else is lost.

@@ -52,7 +52,7 @@ def test_a_loop_that_returns_is_a_failure_a_finished_job_is_not():
     assert failure is not None and "watch" in failure and "returned" in failure
 
 
-def test_healthy_only_while_the_scheduler_beats_and_the_store_writes():
+def test_alive_only_while_the_scheduler_beats_and_the_store_commits():
     now = [100.0]
     beat = [100.0]
     store = {"writer_alive": True}
@@ -66,19 +66,24 @@ def test_healthy_only_while_the_scheduler_beats_and_the_store_writes():
         supervisor=supervisor,
         clock=lambda: now[0],
     )
-    assert health.healthy()
+    assert health.alive() and health.problems() == []
     now[0] += STALL_AFTER + 1
     assert any("no progress" in p for p in health.problems())
     assert health.stuck() is None  # unhealthy for now; not yet a reason to exit
     now[0] += GIVE_UP_AFTER
     assert health.stuck() is not None
     beat[0] = now[0]
-    assert health.healthy()
+    assert health.alive()
     store["writer_alive"] = False
     assert any("writer" in p for p in health.problems())
     store["writer_alive"] = True
+    store.update(queue_depth=500, last_commit_age_s=45.0)  # alive, but committing nothing (a full disk)
+    assert any("committed nothing" in p for p in health.failures())
+    store.update(queue_depth=0)
+    assert health.alive()
     lag[0] = 9.0
     assert any("late" in p for p in health.problems())
+    assert health.alive(), "an overloaded monitor is degraded, not dead: no watchdog restart for lag"
     lag[0] = 0.0
     supervisor.failure = "background task scheduler stopped"
     assert health.problems() == ["background task scheduler stopped"]

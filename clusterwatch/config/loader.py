@@ -44,13 +44,20 @@ def _one_line(text: str) -> str:
     """Newlines and other control characters escaped, so one problem is one line of a log or terminal."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+MAX_PROBLEMS = 100  # a file of 500,000 broken checks is one mistake, not 500,000 lines to read
 
 
 class ConfigError(Exception):
-    """Every problem found, each naming file, line and field."""
+    """The problems found, each naming file, line and field (the first hundred, then how many more)."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], more: int = 0) -> None:
+        more += max(0, len(problems) - MAX_PROBLEMS)
+        problems = problems[:MAX_PROBLEMS]
+        if more:
+            problems.append(Problem(problems[-1].file, 0, "", f"{more} more problems not shown"))
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
 
@@ -165,7 +172,8 @@ def load_config(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, data, positions, source)) from None
+        found = _problems(exc, data, positions, source)
+        raise ConfigError(found, more=exc.error_count() - len(found)) from None
     return LoadedConfig(config, source, redactor, notes, cluster_env)
 
 
@@ -343,8 +351,11 @@ def _apply_env(data: dict[str, Any], positions: dict[Path_, Position], env: clus
 
 
 def _problems(exc: ValidationError, data: Any, positions: dict[Path_, Position], source: str) -> list[Problem]:
-    problems: list[Problem] = []
-    for error in exc.errors():
+    """The first problems pydantic found, as file:line: field: message, each once."""
+    problems: dict[Problem, None] = {}
+    for error in exc.errors(include_url=False):
+        if len(problems) == MAX_PROBLEMS:
+            break
         loc = tuple(error["loc"])
         ctx = error.get("ctx") or {}
         custom_loc = getattr(ctx.get("error"), "loc", None)
@@ -355,10 +366,8 @@ def _problems(exc: ValidationError, data: Any, positions: dict[Path_, Position],
             path = (*path, "kind")
         message = _message(error, path, schema_loc)
         file, line = _position(path, positions, source)
-        problem = Problem(file, line, _field(path, data), message)
-        if problem not in problems:
-            problems.append(problem)
-    return problems
+        problems[Problem(file, line, _field(path, data), message)] = None
+    return list(problems)
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path_, Path_]:

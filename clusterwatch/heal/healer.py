@@ -86,7 +86,7 @@ class Healer:
     async def start(self) -> None:
         """Budgets from the store; attempts a crash cut short are looked at before anything else runs."""
         await self._db(self.ledger.open)
-        cut = await self._db(self.ledger.interrupted, self._clock())
+        cut = await self._db(self.ledger.take_interrupted, self._clock())
         windows = {self._key(policy.target): policy.window for _, policy in self._policies()}
         self.budgets = await self._db(self.ledger.budgets, windows, self._clock())
         self.paused = await self._db(self.ledger.paused, self._clock())

@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import aiodocker
@@ -21,6 +22,9 @@ import aiohttp
 from clusterwatch.model import one_line
 from clusterwatch.probes.base import Unreachable, describe_os_error
 from clusterwatch.probes.values import loads as parse_json
+
+# Parsing a large answer takes the GIL for a while: in a thread of its own, not the default executor's.
+_PARSER = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-docker-json")
 
 MAX_BODY = 16 * 1024 * 1024  # a container list of several thousand containers with their labels
 _PARSE_INLINE = 64 * 1024  # smaller answers parse faster than a thread hop
@@ -79,7 +83,7 @@ class _BoundedResponse(aiohttp.ClientResponse):
         try:
             if len(body) <= _PARSE_INLINE:
                 return parse_json(body)
-            return await asyncio.to_thread(parse_json, body)
+            return await asyncio.get_running_loop().run_in_executor(_PARSER, parse_json, body)
         except ValueError as exc:
             raise InvalidJson(str(exc)) from None
 

@@ -75,7 +75,7 @@ class HealLedger:
 
     # --- at start ---------------------------------------------------------------------------------
 
-    def interrupted(self, now: float | None = None) -> list[Attempt]:
+    def take_interrupted(self, now: float | None = None) -> list[Attempt]:
         """Attempts a crash cut short: recorded as such (once), and handed back to be looked at."""
         now = time.time() if now is None else now
         rows = self._rows(

@@ -189,9 +189,6 @@ class Store:
     def event(self, event: Event) -> None:
         self._put(("event", event))
 
-    def action(self, row: dict[str, Any]) -> None:
-        self._put(("action", row))
-
     def command(self, kind: str, target: str) -> None:
         self._put(("command", (self.clock(), kind, target)))
 
@@ -363,14 +360,6 @@ class Store:
                 {"new": severity, "message": e.message, "id": e.incident},
             )
 
-    def _w_action(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
-        conn.execute(
-            "INSERT INTO actions (started, finished, check_name, entity, target, action, reason, attempt, "
-            "outcome, detail, duration, dry_run) VALUES (:started, :finished, :check, :entity, :target, "
-            ":action, :reason, :attempt, :outcome, :detail, :duration, :dry_run)",
-            row,
-        )
-
     def _w_command(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         conn.execute("INSERT INTO commands (ts, kind, target) VALUES (?,?,?)", row)
 
@@ -411,6 +400,24 @@ class Store:
 
     def load_entities(self) -> list[sqlite3.Row]:
         return self.reader.execute("SELECT * FROM entities").fetchall()
+
+    def close_stray_incidents(self, still_open: set[str], at: float) -> list[str]:
+        """At start: incidents the table holds open that no entity does (their close was in the batch a
+        crash lost) are closed, so they neither stay open for ever nor lose their resolved notice."""
+        rows = self.reader.execute("SELECT id FROM incidents WHERE closed IS NULL").fetchall()
+        stray = [r[0] for r in rows if r[0] not in still_open]
+        transaction(
+            self.reader,
+            [
+                (
+                    "UPDATE incidents SET closed = ?, duration = ? - opened, last_message = ? "
+                    "WHERE id = ? AND closed IS NULL",
+                    (at, at, "recovered while the monitor was restarting", incident),
+                )
+                for incident in stray
+            ],
+        )
+        return stray
 
     def pending_commands(self) -> list[sqlite3.Row]:
         rows = self.reader.execute("SELECT * FROM commands WHERE done IS NULL ORDER BY id").fetchall()

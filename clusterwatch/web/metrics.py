@@ -64,7 +64,7 @@ class Collector:
         flapping = GaugeMetricFamily("clusterwatch_check_flapping", "1 while flapping", labels=["name"])
         facts: dict[str, GaugeMetricFamily] = {}
         workers = Counter[str]()
-        for state in m.entities.values():
+        for state in list(m.entities.values()):  # one copy (atomic): the loop may change the dict meanwhile
             last = state.last
             if last is None:
                 continue
