@@ -180,6 +180,7 @@ class Monitor:
             kind_of=lambda e: self.pipeline.kinds.get(e, ""),
             root_down=lambda check, entity: self.states.root_failing(check, entity, Status.CRITICAL),
             healthy=self.health.alive,
+            history_first=lambda: self.store.flush(10.0),
         )
         await self.alerter.resume(
             [

@@ -80,9 +80,13 @@ class Alerter:
         kind_of: Callable[[str], str] = lambda _: "",
         root_down: Callable[[str, str], str | None] = lambda _check, _entity: None,
         healthy: Callable[[], bool] = lambda: True,
+        history_first: Callable[[], object] = lambda: None,
     ) -> None:
         self.outbox = outbox
         self.healthy = healthy
+        # Blocks until the state the notifications describe (the incident, the entity) is committed:
+        # a crash right after must not leave a firing in the outbox for an incident the store never saw.
+        self.history_first = history_first
         # Blocking work in executors of its own: SQLite in one thread, Apprise's sends in a few.
         self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-outbox")
         self._send_executor = ThreadPoolExecutor(SENDERS, thread_name_prefix="clusterwatch-send")
@@ -353,6 +357,8 @@ class Alerter:
             # The notifications and what they tell, in one transaction: durable before any send.
             self._telling = {row[0] for row in rows}
             try:
+                if rows:
+                    await self._db(self.history_first)
                 await self._db(self.outbox.add, batch, told=rows, done=done)
             finally:
                 self._telling = set()
