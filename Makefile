@@ -24,6 +24,7 @@ bench:
 	.venv/bin/python bench/healing_vs_monit.py
 	.venv/bin/python bench/alert_latency.py
 	.venv/bin/python bench/web_10k.py
+	.venv/bin/python bench/config_load_10k.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache test-artifacts
