@@ -152,7 +152,7 @@ class RestartPolicy(Strict):
 class CheckBase(Strict):
     name: Name
     interval: Duration | None = None
-    retry_interval: Duration | None = None  # after a soft failure (Nagios' word); default interval / 4
+    retry_interval: Duration | None = None  # after a soft failure (Nagios' word); default interval / 10
     timeout: Duration | None = None
     node: Name | None = None  # the node this service runs on (for dependencies and filters)
     fall: Annotated[int, Field(ge=1, le=100)] | None = None
@@ -547,7 +547,7 @@ class WebOptions(Strict):
 
 class Config(Strict):
     interval: Duration = 30.0
-    retry_interval: Duration | None = None  # default: a quarter of each check's interval (at least 250ms)
+    retry_interval: Duration | None = None  # default: a tenth of each check's interval (at least 100ms)
     timeout: Duration = 5.0
     fall: Annotated[int, Field(ge=1, le=100)] = 2
     rise: Annotated[int, Field(ge=1, le=100)] = 2
