@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sqlite3
 import sys
 import time
 import traceback
 import typing
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import yaml
 
@@ -21,6 +23,7 @@ from clusterwatch.model import Group, Status
 
 EXIT_UNKNOWN = 3  # Nagios' "unknown": a usage, config or internal error says nothing about the cluster
 EXIT_CONFIG = EXIT_UNKNOWN  # a broken config is not a healthy cluster
+T = TypeVar("T")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 ONLY = {
     "services": {Group.SERVICES},
@@ -202,6 +205,27 @@ def environment_error(args: argparse.Namespace, exc: BaseException) -> int:
     return EXIT_UNKNOWN
 
 
+def run_interruptible(work: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, with Ctrl-C heard at once: the loop's own SIGINT handler wakes it through its
+    wakeup fd whichever thread the signal lands on (Python's handler alone waits for the main thread
+    to leave select(), which may be a minute away when a resolver thread took the signal)."""
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+        try:
+            return await work
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+
+
 def internal_error(args: argparse.Namespace, exc: BaseException) -> int:
     """One line that says what broke and what to do; with -v the traceback first, masked like every log."""
     if args.verbose:
@@ -270,7 +294,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     redact.install(loaded.redactor)
     for note in loaded.notes:
         logging.getLogger("clusterwatch.config").info("%s", note)
-    result = asyncio.run(run_once(loaded.config, only=only, timeout=args.timeout, redactor=loaded.redactor))
+    result = run_interruptible(run_once(loaded.config, only=only, timeout=args.timeout, redactor=loaded.redactor))
     if args.json:
         print_json(to_json(result, loaded.source))
     else:
@@ -322,7 +346,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     monitor = Monitor(loaded, args.config)
     if args.once:
-        return asyncio.run(monitor.once()).exit_code
+        return run_interruptible(monitor.once()).exit_code
     return asyncio.run(monitor.run())
 
 

@@ -122,7 +122,15 @@ async def run_once(
                 return await run_probe(item, ctx)
 
         tasks = {asyncio.ensure_future(bounded(item)): item for item in items}
-        done, pending = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=timeout) if tasks else (set(), set())
+        except asyncio.CancelledError:
+            # Ctrl-C: the probes stop before their HTTP session closes (a request still in flight to a
+            # hanging server would otherwise hold the session's close until its own timeout).
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         observations: list[Observation] = []
         for task, item in tasks.items():
             if task in done:
