@@ -86,7 +86,6 @@ class Monitor:
         self.once_mode = False
         self.started_at = time.time()
         self.web: Any = None
-        self._ctx: ProbeContext | None = None
         self._file_stamp = self._stamp()
         self._io = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-io")  # config loads, command reads
         redact.install(loaded.redactor)
@@ -117,8 +116,8 @@ class Monitor:
         change = self.plan.diff(plan)
         self.loaded, self.config, self.plan = loaded, loaded.config, plan
         redact.install(loaded.redactor)  # it keeps the previous one's secrets (the web token among them)
-        if self._ctx is not None:
-            self._ctx.config = self.config
+        if self.pipeline.ctx is not None:
+            self.pipeline.ctx.config = self.config
         self.healer.update_config(self.config)
         if self.alerter is not None:
             self.alerter.configure(self.config.alerts, loaded.alert_channels())
@@ -171,7 +170,7 @@ class Monitor:
         if stray:
             log.info("closed %d incident(s) whose recovery the last monitor did not get to record", len(stray))
         self._session = new_http_session(limit=self.config.concurrency)
-        self._ctx = self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
+        self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
         self.outbox = await self.blocking(Outbox, self.store.path)
         self.alerter = Alerter(
             self.config.alerts,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, port_open, wait_until
+from tests.helpers import free_port, port_open, run_cli, wait_until
 from tests.real.daemon import Daemon, helper, kill_pidfile
 
 
@@ -34,30 +34,18 @@ def service(tmp_path: Path):
     kill_pidfile(pidfile)
 
 
+def api_daemon(tmp_path: Path, port: int, counter: Path, service: Path, *extra: str, **restart: object) -> Daemon:
+    """One TCP check on `port`, restarted by a command that counts its runs and serves the port again."""
+    command = helper("--count", str(counter), "--serve", str(port), "--pidfile", str(service), *extra)
+    check = {"name": "api", "kind": "tcp", "port": port, "timeout": "1s", "restart": {"command": command, **restart}}
+    return Daemon(tmp_path, {"interval": "300ms", "checks": [check]})
+
+
 def test_kill_9_while_a_restart_is_in_flight(tmp_path: Path, service: Path):
     port, counter = free_port(), tmp_path / "restarts"
-    d = Daemon(
-        tmp_path,
-        {
-            "interval": "300ms",
-            "checks": [
-                {
-                    "name": "api",
-                    "kind": "tcp",
-                    "port": port,
-                    "timeout": "1s",
-                    "restart": {
-                        # The service takes 4 s to come up: the monitor dies in the middle of that.
-                        "command": helper(
-                            "--count", str(counter), "--serve", str(port), "--pidfile", str(service), "--delay", "4"
-                        ),
-                        "timeout": "20s",
-                        "verify_timeout": "20s",
-                        "backoff": "500ms",
-                    },
-                }
-            ],
-        },
+    # The service takes 4 s to come up: the monitor dies in the middle of that.
+    d = api_daemon(
+        tmp_path, port, counter, service, "--delay", "4", timeout="20s", verify_timeout="20s", backoff="500ms"
     )
     try:
         d.start()
@@ -94,27 +82,16 @@ def test_kill_9_while_a_restart_is_in_flight(tmp_path: Path, service: Path):
 
 def test_restart_budget_holds_across_a_monitor_restart(tmp_path: Path, service: Path):
     port, counter = free_port(), tmp_path / "restarts"
-    d = Daemon(
+    d = api_daemon(
         tmp_path,
-        {
-            "interval": "300ms",
-            "checks": [
-                {
-                    "name": "api",
-                    "kind": "tcp",
-                    "port": port,
-                    "timeout": "1s",
-                    "restart": {
-                        "command": helper("--count", str(counter), "--serve", str(port), "--pidfile", str(service)),
-                        "max_attempts": 3,
-                        "window": "10m",
-                        "stable_for": "10m",  # each recovery here is a blip: the budget never comes back
-                        "backoff": "200ms",
-                        "verify_timeout": "10s",
-                    },
-                }
-            ],
-        },
+        port,
+        counter,
+        service,
+        max_attempts=3,
+        window="10m",
+        stable_for="10m",  # each recovery here is a blip: the budget never comes back
+        backoff="200ms",
+        verify_timeout="10s",
     )
 
     def healed(n: int) -> None:
@@ -141,27 +118,8 @@ def test_restart_budget_holds_across_a_monitor_restart(tmp_path: Path, service: 
 
 
 def test_a_target_paused_by_a_person_is_not_restarted_until_resumed(tmp_path: Path, service: Path):
-    from tests.helpers import run_cli
-
     port, counter = free_port(), tmp_path / "restarts"
-    d = Daemon(
-        tmp_path,
-        {
-            "interval": "300ms",
-            "checks": [
-                {
-                    "name": "api",
-                    "kind": "tcp",
-                    "port": port,
-                    "timeout": "1s",
-                    "restart": {
-                        "command": helper("--count", str(counter), "--serve", str(port), "--pidfile", str(service)),
-                        "verify_timeout": "10s",
-                    },
-                }
-            ],
-        },
-    )
+    d = api_daemon(tmp_path, port, counter, service, verify_timeout="10s")
     # Stopped on purpose before the monitor even starts: maintenance.
     paused = run_cli("heal", "pause", "api", "--for", "1h", "--reason", "maintenance", "-c", str(d.config_path))
     assert paused.returncode == 0, paused.stderr
