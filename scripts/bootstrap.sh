@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes this machine ready for `make run` / `make test`: a virtualenv with the pinned
 # packages, and (for tests) the real services the suite starts: Docker Engine, sshd,
-# iproute2 for network namespaces, busybox for a container image.
+# iproute2 for network namespaces, busybox for a container image, PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-run}"
@@ -31,6 +31,8 @@ if [ "$what" = test ]; then
   need ip iproute2
   need ssh-keygen openssh-client
   need /usr/bin/chromium chromium
+  # PostgreSQL's binaries live under a versioned directory (Debian 12: 15), not on PATH.
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_missing+=(postgresql)
 fi
 
 if [ "${#apt_missing[@]}" -gt 0 ]; then
