@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import time
 import traceback
@@ -20,6 +19,8 @@ import yaml
 from clusterwatch import __version__, redact
 from clusterwatch.config.loader import ConfigError, LoadedConfig, load_config
 from clusterwatch.model import Group, Status
+from clusterwatch.store.db import errors as db_errors
+from clusterwatch.store.db import store_location
 
 EXIT_UNKNOWN = 3  # Nagios' "unknown": a usage, config or internal error says nothing about the cluster
 EXIT_CONFIG = EXIT_UNKNOWN  # a broken config is not a healthy cluster
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`| head`): nothing more to print, and Python must not try to flush to it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_UNKNOWN
-    except (OSError, sqlite3.OperationalError) as exc:
+    except (OSError, *db_errors()) as exc:
         return environment_error(args, exc)
     except Exception as exc:
         return internal_error(args, exc)
@@ -353,7 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_heal(args: argparse.Namespace) -> int:
     from clusterwatch.config.durations import format_duration, positive_duration
     from clusterwatch.store.healing import HealLedger
-    from clusterwatch.store.sqlite import Store
+    from clusterwatch.store.writer import Store
 
     loaded = _load(args)
     if loaded is None:
@@ -372,7 +373,7 @@ def cmd_heal(args: argparse.Namespace) -> int:
     if check is None and not any(c.restart and c.restart.target == target for c in loaded.config.checks):
         print(f"clusterwatch: no check with a restart action is named {args.name!r}", file=sys.stderr)
         return EXIT_CONFIG
-    ledger = HealLedger(loaded.config.store.path)
+    ledger = HealLedger(store_location(loaded.config.store))
     ledger.open()
     try:
         if args.heal_command == "pause":
@@ -423,7 +424,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     urls = {**loaded.alert_channels(), **loaded.config.alerts.channels}
     if args.alerts_command == "status":
-        outbox = Outbox(loaded.config.store.path)
+        outbox = Outbox(store_location(loaded.config.store))
         try:
             rows = {r["channel"]: r for r in outbox.status()}
         finally:
@@ -474,7 +475,7 @@ def cmd_silence(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if loaded is None:
         return EXIT_CONFIG
-    outbox = Outbox(loaded.config.store.path)
+    outbox = Outbox(store_location(loaded.config.store))
     try:
         if args.silence_command == "add":
             matchers = {}
@@ -538,8 +539,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"clusterwatch: --since: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    path = os.path.expanduser(loaded.config.store.path)
-    if not os.path.exists(path):
+    path = store_location(loaded.config.store)
+    if not loaded.config.store.url and not os.path.exists(path):
         print(f"clusterwatch: no history yet at {path} (run `clusterwatch run` first)", file=sys.stderr)
         return 1
     data = report.build(path, since)

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -33,9 +32,10 @@ from clusterwatch.heal.healer import Healer
 from clusterwatch.model import Observation, Status
 from clusterwatch.probes.base import ProbeContext, new_http_session
 from clusterwatch.sdnotify import Notifier
+from clusterwatch.store.db import errors as db_errors
 from clusterwatch.store.healing import HealLedger
 from clusterwatch.store.outbox import Outbox
-from clusterwatch.store.sqlite import Store
+from clusterwatch.store.writer import Store
 from clusterwatch.supervise import EXIT_FAILURE, Health, Supervisor
 
 log = logging.getLogger("clusterwatch.engine")
@@ -68,7 +68,7 @@ class Monitor:
         self.healer = Healer(
             self.config,
             self.states,
-            HealLedger(self.store.path),
+            HealLedger(self.store.location),
             reprobe=self._reprobe,
             emit=self.pipeline.emit,
             redactor=redact.current,
@@ -171,7 +171,7 @@ class Monitor:
             log.info("closed %d incident(s) whose recovery the last monitor did not get to record", len(stray))
         self._session = new_http_session(limit=self.config.concurrency)
         self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
-        self.outbox = await self.blocking(Outbox, self.store.path)
+        self.outbox = await self.blocking(Outbox, self.store.location)
         self.alerter = Alerter(
             self.config.alerts,
             self.outbox,
@@ -293,7 +293,7 @@ class Monitor:
                 if command["kind"] == "heal_reset":
                     try:
                         found = await self.healer.reset(command["target"])
-                    except sqlite3.Error as exc:
+                    except db_errors() as exc:
                         log.error("heal reset %s failed (%s): run it again", command["target"], exc)
                         continue
                     log.info("heal reset %s: %s", command["target"], "done" if found else "no such restart budget")

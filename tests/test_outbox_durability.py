@@ -15,7 +15,7 @@ from clusterwatch.config.schema import AlertOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Status
 from clusterwatch.store.outbox import Message, Outbox
-from clusterwatch.store.sqlite import connect
+from clusterwatch.store.db import sqlite_connect as connect
 
 
 def options(**extra) -> AlertOptions:
@@ -169,7 +169,7 @@ def test_an_incident_whose_close_was_lost_in_a_crash_is_closed_and_resolved(tmp_
     """The entity's recovery was committed, the incident_closed event was in the batch the crash lost:
     the next start closes the stray incident and the people told about it hear it is resolved."""
     from clusterwatch.config.schema import StoreOptions
-    from clusterwatch.store.sqlite import Store
+    from clusterwatch.store.writer import Store
 
     db = tmp_path / "s.db"
     outbox = Outbox(db)

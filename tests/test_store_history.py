@@ -14,9 +14,10 @@ from clusterwatch.config.schema import StoreOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Observation, Status
 from clusterwatch.store import schema
+from clusterwatch.store.db import SQLite
 from clusterwatch.store.healing import HealLedger
 from clusterwatch.store.history import History
-from clusterwatch.store.sqlite import Store
+from clusterwatch.store.writer import Store
 from clusterwatch.web.queries import History as WebHistory
 
 T0 = 1_700_000_000.0
@@ -61,10 +62,11 @@ def test_an_incident_keeps_its_severity_through_its_life_and_after(store: Store)
 
 def test_schema_5_recovers_the_severity_of_older_incidents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
+    db = SQLite(path)
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:4])
-    schema.migrate(conn)
+    schema.migrate(db)
     monkeypatch.undo()
+    conn = sqlite3.connect(path, isolation_level=None)
     # As schema 4 left them: a closed incident says 'ok', its severities only in its events.
     conn.executescript(
         """
@@ -79,9 +81,10 @@ def test_schema_5_recovers_the_severity_of_older_incidents(tmp_path: Path, monke
             (1, 'incident_opened', 'db', 'db', 'critical', 'm', 'b');
         """
     )
-    assert schema.migrate(conn) == len(schema.MIGRATIONS) >= 5
+    assert schema.migrate(db) == len(schema.MIGRATIONS) >= 5
     found = {r[0]: r[1:] for r in conn.execute("SELECT id, status, worst FROM incidents")}
     conn.close()
+    db.close()
     assert found == {"a": ("warning", "critical"), "b": ("critical", "critical"), "c": ("unknown", "unknown")}
 
 

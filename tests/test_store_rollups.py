@@ -21,7 +21,7 @@ from clusterwatch.config.schema import StoreOptions
 from clusterwatch.model import Observation, Status
 from clusterwatch.store.history import History
 from clusterwatch.store.rollups import split_by_minute
-from clusterwatch.store.sqlite import Store
+from clusterwatch.store.writer import Store
 from tests.helpers import ROOT, Proc, wait_until
 
 T0 = 1_700_000_000.0 // 3600 * 3600  # an hour boundary
@@ -220,7 +220,7 @@ WRITER = textwrap.dedent(
     import sys, time
     from clusterwatch.config.schema import StoreOptions
     from clusterwatch.model import Observation, Status
-    from clusterwatch.store.sqlite import Store
+    from clusterwatch.store.writer import Store
     path, start = sys.argv[1], float(sys.argv[2])
     store = Store(StoreOptions(path=path)).open()
     i = 0
@@ -292,7 +292,7 @@ def test_old_rows_without_seconds_fall_back_to_counts(db: Path):
 
 def test_the_raw_cap_spares_the_minutes_being_rolled_up(db: Path, monkeypatch: pytest.MonkeyPatch):
     """`raw_per_check` may be as small as 10; an entity probed every second must still roll up whole."""
-    from clusterwatch.store import sqlite as store_sqlite
+    from clusterwatch.store import writer as store_sqlite
 
     monkeypatch.setattr(store_sqlite, "RETENTION_EVERY", 0.0)  # after every batch
     now = {"t": T0 + 30}

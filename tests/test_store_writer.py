@@ -14,8 +14,9 @@ from clusterwatch.config.schema import StoreOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState
 from clusterwatch.model import Observation, Status
-from clusterwatch.store import sqlite as store_sqlite
-from clusterwatch.store.sqlite import Store
+from clusterwatch.store import db as store_db
+from clusterwatch.store import writer as store_sqlite
+from clusterwatch.store.writer import Store
 from tests.helpers import wait_until
 
 T0 = 1_700_000_000.0 // 3600 * 3600
@@ -119,7 +120,7 @@ def test_a_poisoned_observation_leaves_rollups_equal_to_raw(store: Store, db: Pa
 
 
 def test_a_busy_database_is_waited_out_not_dropped(db: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(store_sqlite, "BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(store_db, "SQLITE_BUSY_TIMEOUT_S", 0.05)
     store = Store(StoreOptions(path=str(db))).open()
     try:
         store.observation(obs("warmup"), T0, expected_every=10)
@@ -188,7 +189,7 @@ def test_failing_retention_rolls_back_and_writes_go_on(db: Path, monkeypatch: py
 
 
 def test_close_gives_up_on_a_database_that_stays_locked(db: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(store_sqlite, "BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(store_db, "SQLITE_BUSY_TIMEOUT_S", 0.05)
     store = Store(StoreOptions(path=str(db))).open()
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")

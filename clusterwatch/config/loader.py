@@ -7,6 +7,7 @@ import difflib
 import os
 import re
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,8 @@ def load_config(
     except ValidationError as exc:
         found = _problems(exc, data, positions, source)
         raise ConfigError(found, more=exc.error_count() - len(found)) from None
+    if config.store.url:
+        redactor.add(urllib.parse.urlsplit(config.store.url).password)  # a password written into the URL
     return LoadedConfig(config, source, redactor, notes, cluster_env)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import urllib.parse
 from typing import Annotated, Any, Literal
 
@@ -378,14 +379,32 @@ def _default_state_dir() -> str:
 
 
 class StoreOptions(Strict):
-    """History in SQLite (WAL): nothing to install, survives kill -9."""
+    """History in SQLite (WAL): nothing to install, survives kill -9. Or in PostgreSQL (`url`), which
+    several monitors share: needed for high availability."""
 
     path: str = Field(default_factory=lambda: os.path.join(_default_state_dir(), "state.db"))
+    # postgresql://user@host/db; the password from ${PGPASSWORD}, ~/.pgpass or ${VAR} here (kept secret)
+    url: str | None = None
     raw_per_check: Annotated[int, Field(ge=10, le=1_000_000)] = 500  # recent raw observations kept per entity
     raw_max_age: Duration = 2 * 86400.0
     minute_rollups_max_age: Duration = 14 * 86400.0
     hour_rollups_max_age: Duration = 400 * 86400.0
     events_max_age: Duration = 180 * 86400.0
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it out for SQLite at `path`)")
+        return value
+
+
+class HAOptions(Strict):
+    """Several monitors on one PostgreSQL store form a group: all probe, one (the lease holder) acts."""
+
+    enabled: bool = False
+    lease: Annotated[Duration, Field(ge=2.0, le=600.0)] = 15.0  # how long a silent leader keeps the lease
+    node_name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
 
 
 class LogOptions(Strict):
@@ -553,6 +572,7 @@ class Config(Strict):
     rise: Annotated[int, Field(ge=1, le=100)] = 2
     concurrency: Annotated[int, Field(ge=1, le=10000)] = 200
     store: StoreOptions = Field(default_factory=StoreOptions)
+    ha: HAOptions = Field(default_factory=HAOptions)
     logs: LogOptions = LogOptions()
     flapping: FlappingOptions = FlappingOptions()
     healing: HealingOptions = HealingOptions()
@@ -596,6 +616,10 @@ class Config(Strict):
                     if root not in everything:
                         raise UnknownDependency(section, index, position, root, sorted(everything))
         self._no_cycles()
+        if self.ha.enabled and not self.store.url:
+            raise FieldError(
+                ("ha", "enabled"), "a group of monitors shares one PostgreSQL store: set store.url as well"
+            )
         return self
 
     def _no_cycles(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from clusterwatch.engine.state import EntityState, StateMachine
 from clusterwatch.heal.actions import Outcome, perform
 from clusterwatch.model import Observation, Status, one_line
 from clusterwatch.redact import Redactor
+from clusterwatch.store.db import errors as db_errors
 from clusterwatch.store.healing import Attempt, BudgetRow, HealLedger
 
 log = logging.getLogger("clusterwatch.healer")
@@ -140,7 +140,7 @@ class Healer:
         while not stop.is_set():
             try:
                 await self.reconcile()
-            except sqlite3.Error as exc:  # a busy or full disk: look again, the state is still in the store
+            except db_errors() as exc:  # a busy or full disk: look again, the state is still in the store
                 log.error("healer: the store did not answer (%s); looking again in %gs", exc, RECONCILE_EVERY)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RECONCILE_EVERY)
@@ -400,7 +400,7 @@ class Healer:
             try:
                 await self._db(self.ledger.finish, attempt_id, finished=finished, outcome=result, detail=detail)
                 break
-            except sqlite3.Error as exc:  # the outcome still reaches the events, the log and the alerts
+            except db_errors() as exc:  # the outcome still reaches the events, the log and the alerts
                 log.error("healer: could not record the outcome of attempt %d on %s: %s", attempt, target, exc)
                 await asyncio.sleep(wait)
         if dry_run:

@@ -3,22 +3,21 @@
 An attempt is written (outcome `running`) before its action runs and finished after, so a
 monitor killed in between finds it at the next start; a budget's window is counted from the
 stored attempts, so a restart of the monitor does not give a target its attempts back.
-Blocking calls on one connection: the healer runs them in an executor of its own.
+Blocking calls: the healer runs them in an executor of its own. In a high-availability group an
+attempt is fenced: it is written only if this monitor holds the leader lease with the epoch it
+believes, checked by the database in the same transaction, so a leader that was paused and woke
+after another took over cannot restart anything.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from clusterwatch.store.db import Database, Result, open_database, run_all
 from clusterwatch.store.schema import migrate
-from clusterwatch.store.sqlite import connect, transaction
 
 RUNNING = "running"
 INTERRUPTED = "interrupted"
@@ -47,31 +46,29 @@ class BudgetRow:
 
 
 class HealLedger:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(os.path.expanduser(path))  # as the store reads `~/...`
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+    def __init__(self, location: str) -> None:
+        self.location = location  # a SQLite file or a postgresql:// URL
+        self._db: Database | None = None
+        self.fence: Any = None  # the leader lease (a group of monitors): guards every attempt
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self._conn = connect(self.path)
-        migrate(self._conn)
+        self._db = open_database(self.location, pool=1, name="clusterwatch-healer")
+        migrate(self._db)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
-    def _tx(self, statements: Iterable[tuple[str, Any]]) -> list[sqlite3.Cursor]:
-        assert self._conn is not None, "not open"
-        with self._lock:
-            return transaction(self._conn, statements)
+    def _tx(self, statements: Iterable[tuple[str, Any]], *, fenced: bool = False) -> list[Result]:
+        assert self._db is not None, "ledger not open"
+        if fenced and self.fence is not None:
+            return self.fence.run(self._db, list(statements))
+        return run_all(self._db, list(statements))
 
-    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        assert self._conn is not None, "ledger not open"
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        assert self._db is not None, "ledger not open"
+        return self._db.rows(sql, args)
 
     # --- at start ---------------------------------------------------------------------------------
 
@@ -92,7 +89,8 @@ class HealLedger:
                         (INTERRUPTED, now, now, r["id"], RUNNING),
                     )
                     for r in rows
-                ]
+                ],
+                fenced=True,
             )
         return [Attempt(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
@@ -121,18 +119,25 @@ class HealLedger:
 
     def begin(self, row: dict[str, Any]) -> int:
         """Committed before the action runs: from here on a crash cannot hide that it was tried."""
-        cursor = self._tx(
+        fence = self.fence
+        result = self._tx(
             [
                 (
                     "INSERT INTO actions (started, check_name, entity, target, action, reason, attempt, outcome, "
-                    "dry_run) VALUES (:started, :check, :entity, :target, :action, :reason, :attempt, :outcome, "
-                    ":dry_run)",
-                    {**row, "outcome": RUNNING},
+                    "dry_run, epoch, monitor) VALUES (:started, :check, :entity, :target, :action, :reason, :attempt, "
+                    ":outcome, :dry_run, :epoch, :monitor) RETURNING id",
+                    {
+                        **row,
+                        "dry_run": int(bool(row.get("dry_run"))),
+                        "outcome": RUNNING,
+                        "epoch": fence.epoch or 0 if fence is not None else 0,
+                        "monitor": fence.node if fence is not None else None,
+                    },
                 )
-            ]
+            ],
+            fenced=True,
         )[0]
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return int(result.rows[0][0])
 
     def finish(self, attempt_id: int, *, finished: float, outcome: str, detail: str) -> None:
         self._tx(

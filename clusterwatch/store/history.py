@@ -1,22 +1,21 @@
 """Reading the history: what the web, /metrics and `clusterwatch report` are given instead of SQL.
 
-Read-only connections, one per thread (callers on an event loop run these in a thread of their
-own). Uptime is by time (seconds ok / seconds known); hours written before schema 5 have no seconds
-and fall back to the share of probes that were ok.
+SQLite: read-only connections, one per thread; PostgreSQL: a small pool (callers on an event loop
+run these in a thread of their own). Uptime is by time (seconds ok / seconds known); hours written
+before schema 5 have no seconds and fall back to the share of probes that were ok.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
+import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from clusterwatch.store.db import Database, is_url, open_database
 from clusterwatch.store.rollups import HOUR
-from clusterwatch.store.sqlite import connect
 
 # table -> (cursor column, columns one may filter on by equality)
 PAGED: dict[str, tuple[str, frozenset[str]]] = {
@@ -50,7 +49,7 @@ class Uptime:
         return 100.0 * self.seconds_ok / self.seconds_known if self.seconds_known > 0 else None
 
 
-def uptime_of(row: sqlite3.Row | dict[str, Any]) -> Uptime:
+def uptime_of(row: Any) -> Uptime:
     """Time where the hours have it; hours from before (counts only) stand for a whole hour each,
     ok in the share of their probes that were — alone, that is exactly the old share of probes."""
     seconds_ok, seconds_known = row["seconds_ok"] or 0.0, row["seconds_known"] or 0.0
@@ -60,8 +59,8 @@ def uptime_of(row: sqlite3.Row | dict[str, Any]) -> Uptime:
     return Uptime(seconds_ok, seconds_known, row["probes"] or 0, row["p95"], row["max"])
 
 
-def _decoded(row: sqlite3.Row) -> dict[str, Any]:
-    item = dict(row)
+def _decoded(row: Any) -> dict[str, Any]:
+    item = {k: row[k] for k in row.keys()}  # noqa: SIM118 - a row, not a dict
     for key in _JSON_COLUMNS:
         if isinstance(item.get(key), str):
             with contextlib.suppress(ValueError):
@@ -72,25 +71,33 @@ def _decoded(row: sqlite3.Row) -> dict[str, Any]:
 class History:
     """The store's read side. Every method is blocking: call it from a thread, not the event loop."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.location = os.fspath(location)
         self._local = threading.local()
+        self._shared: Database | None = None
+        if is_url(self.location):
+            self._shared = open_database(self.location, pool=4, name="clusterwatch-reads")
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.path, readonly=True)
-        return conn
+    def _db(self) -> Database:
+        if self._shared is not None:
+            return self._shared
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = open_database(self.location, readonly=True)
+        return db
 
-    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, args).fetchall()
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        return self._db().rows(sql, args)
 
     def close(self) -> None:
-        """Close this thread's connection (others close with their threads)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close this thread's connection (others close with their threads), or the shared pool."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     # --- the API's pages ---------------------------------------------------------------------------
 

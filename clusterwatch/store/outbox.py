@@ -3,25 +3,28 @@ delivered or expires. Survives restarts and kill -9; per-channel order is kept.
 
 What was told about each incident (alert_state) changes in the same transaction as the
 notifications that tell it: a crash can neither send a firing twice nor lose a resolved notice.
+
+Each notification is claimed before it is sent (PostgreSQL: FOR UPDATE SKIP LOCKED, so two senders
+never take the same row) and marked delivered after: at least once, and a second copy only for a
+crash between the send and its mark. In a group of monitors the claim, like every new notification,
+is fenced by the leader lease in the same transaction: a stale leader sends nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from clusterwatch.alerting.routing import Silence
+from clusterwatch.store.db import Result, open_database, run_all
 from clusterwatch.store.schema import migrate
-from clusterwatch.store.sqlite import connect, transaction
 
 RETRY_FIRST, RETRY_MAX = 2.0, 300.0
+CLAIM_FOR = 120.0  # seconds a claimed notification is left to its sender (a crash mid-send frees it then)
 
 
 def retry_delay(attempts: int) -> float:
@@ -40,30 +43,27 @@ class Message:
 
 
 class Outbox:
-    """Blocking SQLite calls on one connection, serialised by a lock: call them from a thread."""
+    """Blocking calls: call them from a thread."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(os.path.expanduser(path))  # as the store reads `~/...`
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self._conn = connect(self.path)
-        migrate(self._conn)
-        self._lock = threading.Lock()
+    def __init__(self, location: str | os.PathLike[str], *, member: str = "local") -> None:
+        self._db = open_database(location, pool=2, name="clusterwatch-outbox")
+        migrate(self._db)
+        self.member = member  # who claims notifications to send
+        self.fence: Any = None  # the leader lease (a group of monitors)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
-    def _run(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+    def _run(self, sql: str, args: Any = ()) -> Result:
         return self._tx([(sql, args)])[0]
 
-    def _tx(self, statements: Iterable[tuple[str, Any]]) -> list[sqlite3.Cursor]:
-        assert self._conn is not None, "not open"
-        with self._lock:
-            return transaction(self._conn, statements)
+    def _tx(self, statements: Iterable[tuple[str, Any]], *, fenced: bool = False) -> list[Result]:
+        if fenced and self.fence is not None:
+            return self.fence.run(self._db, list(statements))
+        return run_all(self._db, list(statements))
 
-    def _rows(self, sql: str, args: Any = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+    def _rows(self, sql: str, args: Any = ()) -> list[Any]:
+        return self._db.rows(sql, args)
 
     # --- the queue --------------------------------------------------------------------------------
 
@@ -80,34 +80,61 @@ class Outbox:
         statements: list[tuple[str, Any]] = [
             (
                 "INSERT INTO outbox (created, channel, kind, severity, title, body, incidents, next_attempt) "
-                "VALUES (?,?,?,?,?,?,?,?)",
+                "VALUES (?,?,?,?,?,?,?,?) RETURNING id",
                 (now, m.channel, m.kind, m.severity, m.title, m.body, json.dumps(m.incidents), now),
             )
             for m in messages
         ]
-        statements += [("INSERT OR REPLACE INTO alert_state VALUES (?,?,?,?,?,?,?)", row) for row in told]
+        statements += [(_ALERT_STATE_UPSERT, row) for row in told]
         statements += [("DELETE FROM alert_state WHERE incident = ?", (incident,)) for incident in done]
-        cursors = self._tx(statements)
-        return [c.lastrowid for c in cursors[: len(messages)] if c.lastrowid is not None]
+        results = self._tx(statements, fenced=True)
+        return [int(r.rows[0][0]) for r in results[: len(messages)]]
 
-    def pending(self) -> list[sqlite3.Row]:
+    def pending(self) -> list[Any]:
         return self._rows("SELECT * FROM outbox WHERE delivered IS NULL AND expired IS NULL ORDER BY channel, id")
 
+    def claim(self, row_id: int) -> bool:
+        """Taken for sending by this member, unless delivered, expired or claimed by another meanwhile."""
+        now = time.time()
+        lock = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
+        result = self._tx(
+            [
+                (
+                    "UPDATE outbox SET claimed_by = ?, claimed_until = ?, epoch = ? WHERE id IN (SELECT id FROM outbox "
+                    "WHERE id = ? AND delivered IS NULL AND expired IS NULL AND (claimed_until IS NULL OR "
+                    f"claimed_until < ? OR claimed_by = ?){lock}) RETURNING id",
+                    (
+                        self.member,
+                        now + CLAIM_FOR,
+                        self.fence.epoch if self.fence is not None else None,
+                        row_id,
+                        now,
+                        self.member,
+                    ),
+                )
+            ],
+            fenced=True,
+        )[0]
+        return bool(result.rows)
+
     def delivered(self, row_id: int) -> None:
+        """Marked whoever holds the lease now: it was sent, and must not be sent again."""
         self._run(
-            "UPDATE outbox SET delivered = ?, attempts = attempts + 1, last_error = NULL WHERE id = ?",
+            "UPDATE outbox SET delivered = ?, attempts = attempts + 1, last_error = NULL, claimed_until = NULL "
+            "WHERE id = ?",
             (time.time(), row_id),
         )
 
     def failed(self, row_id: int, attempts: int, error: str) -> float:
         delay = retry_delay(attempts + 1)
         self._run(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?",
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ?, claimed_until = NULL "
+            "WHERE id = ?",
             (time.time() + delay, error, row_id),
         )
         return delay
 
-    def expire(self, max_age: float) -> list[sqlite3.Row]:
+    def expire(self, max_age: float) -> list[Any]:
         cutoff = time.time() - max_age
         rows = self._rows("SELECT * FROM outbox WHERE delivered IS NULL AND expired IS NULL AND created < ?", (cutoff,))
         if rows:
@@ -117,11 +144,12 @@ class Outbox:
             )
         return rows
 
-    def status(self) -> list[sqlite3.Row]:
+    def status(self) -> list[Any]:
         """Per channel: what is waiting, what arrived, what was given up, and the last error."""
         return self._rows(
-            "SELECT channel, SUM(delivered IS NULL AND expired IS NULL) AS pending, "
-            "SUM(delivered IS NOT NULL) AS delivered, SUM(expired IS NOT NULL) AS expired, "
+            "SELECT channel, SUM(CASE WHEN delivered IS NULL AND expired IS NULL THEN 1 ELSE 0 END) AS pending, "
+            "SUM(CASE WHEN delivered IS NOT NULL THEN 1 ELSE 0 END) AS delivered, "
+            "SUM(CASE WHEN expired IS NOT NULL THEN 1 ELSE 0 END) AS expired, "
             "MAX(delivered) AS last_delivered, "
             "(SELECT last_error FROM outbox o2 WHERE o2.channel = outbox.channel AND o2.last_error IS NOT NULL "
             " ORDER BY id DESC LIMIT 1) AS last_error, "
@@ -131,14 +159,14 @@ class Outbox:
 
     # --- what was told about each incident ----------------------------------------------------------
 
-    def alert_states(self) -> list[sqlite3.Row]:
+    def alert_states(self) -> list[Any]:
         return self._rows("SELECT * FROM alert_state")
 
     def save_states(self, told: Iterable[tuple[Any, ...]], done: Iterable[str] = ()) -> None:
         """alert_state rows (incident, entity, severity, notified, repeated, silenced, healed_by)."""
         self.add([], told=told, done=done)
 
-    def closed_incidents(self, ids: list[str]) -> list[sqlite3.Row]:
+    def closed_incidents(self, ids: list[str]) -> list[Any]:
         """Incidents that closed while nobody was there to say so (for resolved notices after a restart)."""
         if not ids:
             return []
@@ -168,3 +196,11 @@ class Outbox:
 
     def remove_silence(self, silence_id: str) -> bool:
         return self._run("DELETE FROM silences WHERE id = ?", (silence_id,)).rowcount > 0
+
+
+_ALERT_STATE_UPSERT = (
+    "INSERT INTO alert_state (incident, entity, severity, notified, repeated, silenced, healed_by) "
+    "VALUES (?,?,?,?,?,?,?) ON CONFLICT (incident) DO UPDATE SET entity = excluded.entity, "
+    "severity = excluded.severity, notified = excluded.notified, repeated = excluded.repeated, "
+    "silenced = excluded.silenced, healed_by = excluded.healed_by"
+)

@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
+from clusterwatch.store.db import errors
 from clusterwatch.store.history import History as StoreHistory
 
 log = logging.getLogger("clusterwatch.web")
@@ -26,9 +25,8 @@ T = TypeVar("T")
 
 
 class History:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.reads = StoreHistory(path)
+    def __init__(self, location: str) -> None:
+        self.reads = StoreHistory(location)
         self.uptime: dict[str, dict[str, float | None]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -64,7 +62,7 @@ class History:
     async def refresh_uptime(self) -> None:
         try:
             self.uptime = await self._read(self.reads.uptime_windows, WINDOWS, time.time())
-        except sqlite3.Error:
+        except errors():
             log.exception("uptime refresh failed")
 
     def start(self) -> None:

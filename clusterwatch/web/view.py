@@ -4,7 +4,6 @@ one thing it may change (silences, behind the token). The web never reaches into
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +77,8 @@ class MonitorView:
         return self._m.store.health()
 
     @property
-    def store_path(self) -> Path:
-        return self._m.store.path
+    def store_path(self) -> str:
+        return self._m.store.location
 
     # --- silences (a change, so the web asks for the token first) ------------------------------------
 

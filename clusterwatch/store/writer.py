@@ -1,30 +1,29 @@
-"""History in SQLite, WAL mode: batched writes in a thread of their own, off the event loop.
+"""History writes: batched, in a thread of their own, off the event loop; SQLite or PostgreSQL.
 
 Survives `kill -9` at any moment: every batch is one transaction that carries its raw observations
-and the rollup rows they change, and WAL with synchronous=NORMAL keeps every committed batch across
-a crash of the process. A failed transaction is rolled back (the connection is never left inside
-one), retried with backoff, and then split so that one bad item cannot cost the rest of its batch;
-a database that is busy, full or failing is retried for as long as it takes, while the bounded
-queue in front of the writer drops (and counts) what does not fit.
+and the rollup rows they change (SQLite: WAL with synchronous=NORMAL keeps every committed batch
+across a crash of the process). A failed transaction is rolled back, retried with backoff, and then
+split so that one bad item cannot cost the rest of its batch; a database that is busy, full, failing
+or away is retried for as long as it takes, while the bounded queue in front of the writer drops
+(and counts) what does not fit. In a high-availability group only the leader records history: each
+batch is fenced by the leader lease in its own transaction, so a stale leader's writes are refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from clusterwatch.config.schema import StoreOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState
 from clusterwatch.model import Observation, Status
+from clusterwatch.store.db import Database, Fenced, Tx, open_database, run_all, shown, store_location, transient
 from clusterwatch.store.rollups import DEFAULT_EXPECTED_EVERY, Rollups
 from clusterwatch.store.schema import migrate
 
@@ -38,53 +37,33 @@ RETRY_DELAY = 0.05  # seconds before the first retry; doubles each time
 RETRY_DELAY_MAX = 5.0
 RETENTION_EVERY = 600.0
 RAW_KEPT_FOR_ROLLUPS = 180.0  # seconds of raw observations the per-entity cap never removes
-BUSY_TIMEOUT_S = 10.0
-# A database-wide trouble, not one item's: worth waiting out rather than splitting the batch over.
-_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
 _RANK = "CASE {} WHEN 'critical' THEN 0 WHEN 'unknown' THEN 1 WHEN 'warning' THEN 2 ELSE 3 END"
-
-
-def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def transaction(conn: sqlite3.Connection, statements: Iterable[tuple[str, Any]]) -> list[sqlite3.Cursor]:
-    """Statements in one transaction, rolled back on any error (unless SQLite already did: a trigger's
-    RAISE(ROLLBACK), a full disk), so a failed write never leaves the connection half-way."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        cursors = [conn.execute(sql, args) for sql, args in statements]
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return cursors
-
-
-def _transient(error: BaseException) -> bool:
-    name = getattr(error, "sqlite_errorname", "") or ""
-    return isinstance(error, sqlite3.OperationalError) and name.startswith(_TRANSIENT)
+_ENTITY_COLUMNS = (
+    "name, check_name, kind, node, status, hard, since, message, latency_ms, updated, incident, incident_started, "
+    "flapping, affected_by, fail_streak, ok_streak, history, down"
+)
+_ENTITY_UPSERT = (
+    f"INSERT INTO entities ({_ENTITY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (name) "
+    "DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (c.strip() for c in _ENTITY_COLUMNS.split(",")) if c != "name")
+)
 
 
 class Store:
     def __init__(self, options: StoreOptions, *, clock: Callable[[], float] = time.time) -> None:
         self.options = options
-        self.path = Path(os.path.expanduser(options.path))
+        self.location = store_location(options)
+        self.path = shown(self.location)  # for logs and pages: a URL without its password
         self.clock = clock
+        # High availability: `fence` (the leader lease) guards every batch; `recording` says whether
+        # this monitor records history now (the leader does; a follower only probes).
+        self.fence: Any = None
+        self.recording: Callable[[], bool] = lambda: True
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._reader: sqlite3.Connection | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._reads: Database | None = None
+        self._db: Database | None = None
         self._rollups = Rollups()
         self._last_retention = time.monotonic()
         self._last_commit = time.monotonic()
@@ -92,16 +71,13 @@ class Store:
         self.failures = 0  # transactions that failed (each attempt)
         self.failed_items = 0  # items given up: they failed alone, or while stopping
         self.dropped = 0  # items refused because the queue was full
+        self.fenced = 0  # items refused because this monitor no longer leads
 
     # --- life cycle -------------------------------------------------------------------------
 
     def open(self) -> Store:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        conn = connect(self.path)
-        try:
-            migrate(conn)
-        finally:
-            conn.close()
+        self._db = open_database(self.location, pool=1, name="clusterwatch-writer")
+        migrate(self._db)
         self._last_commit = time.monotonic()
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
@@ -115,9 +91,10 @@ class Store:
             if self._thread.is_alive():
                 self._stopping.set()
                 self._thread.join(1.0)
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        for db in (self._reads, self._db):
+            if db is not None:
+                db.close()
+        self._reads = None
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written or given up (tests, `--once`)."""
@@ -136,12 +113,15 @@ class Store:
             "failures": self.failures,
             "failed_items": self.failed_items,
             "dropped": self.dropped,
+            "fenced": self.fenced,
             "last_commit_age_s": round(time.monotonic() - self._last_commit, 3),
         }
 
     # --- writes (non-blocking, from the event loop) -------------------------------------------
 
     def _put(self, item: tuple[Any, ...]) -> None:
+        if not self.recording():
+            return  # a follower: the leader records
         if self._queue.qsize() >= QUEUE_MAX:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
@@ -195,33 +175,28 @@ class Store:
     # --- the writer thread ---------------------------------------------------------------------
 
     def _writer(self) -> None:
-        self._conn = connect(self.path)
-        try:
-            while True:
-                batch = [self._queue.get()]
-                if isinstance(batch[0], tuple) and self._queue.qsize() < BATCH:
-                    self._stopping.wait(LINGER)  # let a batch gather: one transaction for many writes
-                while len(batch) < BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                items = [i for i in batch if isinstance(i, tuple)]
+        while True:
+            batch = [self._queue.get()]
+            if isinstance(batch[0], tuple) and self._queue.qsize() < BATCH:
+                self._stopping.wait(LINGER)  # let a batch gather: one transaction for many writes
+            while len(batch) < BATCH:
                 try:
-                    if items:
-                        self._commit(items)
-                    if time.monotonic() - self._last_retention > RETENTION_EVERY:
-                        self._retention()
-                except Exception:  # a bug here must not end history keeping
-                    log.exception("store: the writer failed on a batch of %d", len(items))
-                for i in batch:
-                    if isinstance(i, threading.Event):
-                        i.set()
-                if any(i is _STOP for i in batch):
-                    return
-        finally:
-            if self._conn is not None:
-                self._conn.close()
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            items = [i for i in batch if isinstance(i, tuple)]
+            try:
+                if items:
+                    self._commit(items)
+                if time.monotonic() - self._last_retention > RETENTION_EVERY:
+                    self._retention()
+            except Exception:  # a bug here must not end history keeping
+                log.exception("store: the writer failed on a batch of %d", len(items))
+            for i in batch:
+                if isinstance(i, threading.Event):
+                    i.set()
+            if any(i is _STOP for i in batch):
+                return
 
     def _commit(self, items: list[tuple[Any, ...]], retries: int = RETRIES) -> None:
         """Write `items`: retried with backoff, a busy or failing database for as long as it lasts,
@@ -231,8 +206,11 @@ class Store:
             error = self._transaction(items)
             if error is None:
                 return
+            if isinstance(error, Fenced):
+                self.fenced += len(items)
+                return  # not the leader any more: the one who is records
             attempts += 1
-            if self._stopping.is_set() or (attempts > retries and not _transient(error)):
+            if self._stopping.is_set() or (attempts > retries and not transient(error)):
                 break
             self._stopping.wait(delay)
             delay = min(delay * 2, RETRY_DELAY_MAX)
@@ -252,42 +230,26 @@ class Store:
 
     def _transaction(self, items: list[tuple[Any, ...]]) -> BaseException | None:
         """One transaction; on any error it is rolled back and the error returned."""
-        conn = self._connection()
+        assert self._db is not None, "not open"
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for item in items:
-                getattr(self, f"_w_{item[0]}")(conn, *item[1:])
-            self._rollups.write(conn)
-            conn.execute("COMMIT")
+            with self._db.transaction() as tx:
+                if self.fence is not None:
+                    self.fence.check(tx)
+                for item in items:
+                    getattr(self, f"_w_{item[0]}")(tx, *item[1:])
+                self._rollups.write(tx)
         except Exception as exc:
-            self._rollback(conn)
             self._rollups.rolled_back()
             self.failures += 1
-            log.warning("store: a transaction of %d write(s) failed and was rolled back: %s", len(items), exc)
+            if not isinstance(exc, Fenced):
+                log.warning("store: a transaction of %d write(s) failed and was rolled back: %s", len(items), exc)
             return exc
         self._rollups.committed()
         self.written += len(items)
         self._last_commit = time.monotonic()
         return None
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = connect(self.path)
-        return self._conn
-
-    def _rollback(self, conn: sqlite3.Connection) -> None:
-        """Never leave the connection inside a transaction; one that cannot roll back is replaced."""
-        try:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.exception("store: rollback failed; reconnecting")
-            try:
-                conn.close()
-            finally:
-                self._conn = None
-
-    def _w_obs(self, conn: sqlite3.Connection, obs: Observation, at: float, expected_every: float) -> None:
+    def _w_obs(self, conn: Tx, obs: Observation, at: float, expected_every: float) -> None:
         self._rollups.observed(conn, obs.name, at, obs.status.value, expected_every)
         conn.execute(
             "INSERT INTO observations (ts, entity, check_name, kind, node, status, message, latency_ms, metrics, "
@@ -306,19 +268,14 @@ class Store:
             ),
         )
 
-    def _w_entity(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-        conn.execute(
-            "INSERT OR REPLACE INTO entities (name, check_name, kind, node, status, hard, since, message, "
-            "latency_ms, updated, incident, incident_started, flapping, affected_by, fail_streak, ok_streak, "
-            "history, down) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            row,
-        )
+    def _w_entity(self, conn: Tx, row: tuple[Any, ...]) -> None:
+        conn.execute(_ENTITY_UPSERT, row)
 
-    def _w_forget(self, conn: sqlite3.Connection, names: list[str]) -> None:
+    def _w_forget(self, conn: Tx, names: list[str]) -> None:
         conn.executemany("DELETE FROM entities WHERE name = ?", [(n,) for n in names])
         self._rollups.forget(names)
 
-    def _w_event(self, conn: sqlite3.Connection, e: Event) -> None:
+    def _w_event(self, conn: Tx, e: Event) -> None:
         conn.execute(
             "INSERT INTO events (ts, kind, entity, check_name, node, old, new, message, incident, "
             "affected_by, details) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -342,8 +299,8 @@ class Store:
         if e.kind is EventKind.INCIDENT_OPENED:
             severity = severity or Status.CRITICAL.value
             conn.execute(
-                "INSERT OR IGNORE INTO incidents (id, entity, check_name, node, opened, status, worst, message, "
-                "last_message) VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO incidents (id, entity, check_name, node, opened, status, worst, message, "
+                "last_message) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
                 (e.incident, e.entity, e.check, e.node, e.at, severity, severity, e.message, e.message),
             )
         elif e.kind is EventKind.INCIDENT_CLOSED:
@@ -360,7 +317,7 @@ class Store:
                 {"new": severity, "message": e.message, "id": e.incident},
             )
 
-    def _w_command(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    def _w_command(self, conn: Tx, row: tuple[Any, ...]) -> None:
         conn.execute("INSERT INTO commands (ts, kind, target) VALUES (?,?,?)", row)
 
     def _retention(self) -> None:
@@ -368,62 +325,67 @@ class Store:
         self._last_retention = time.monotonic()
         now = self.clock()
         o = self.options
-        conn = self._connection()
+        assert self._db is not None, "not open"
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("DELETE FROM observations WHERE ts < ?", (now - o.raw_max_age,))
-            # The cap per entity spares the minutes still being rolled up: their rows are rebuilt from raw.
-            conn.execute(
-                "DELETE FROM observations WHERE id IN (SELECT id FROM (SELECT id, ts, ROW_NUMBER() OVER "
-                "(PARTITION BY entity ORDER BY id DESC) AS n FROM observations) WHERE n > ? AND ts < ?)",
-                (o.raw_per_check, now - RAW_KEPT_FOR_ROLLUPS),
-            )
-            conn.execute("DELETE FROM rollup_minute WHERE ts < ?", (now - o.minute_rollups_max_age,))
-            conn.execute("DELETE FROM rollup_hour WHERE ts < ?", (now - o.hour_rollups_max_age,))
-            conn.execute("DELETE FROM events WHERE ts < ?", (now - o.events_max_age,))
-            conn.execute("DELETE FROM actions WHERE started < ?", (now - o.events_max_age,))
-            conn.execute("DELETE FROM incidents WHERE closed IS NOT NULL AND closed < ?", (now - o.events_max_age,))
-            conn.execute("DELETE FROM commands WHERE done IS NOT NULL AND done < ?", (now - 86400,))
-            conn.execute("COMMIT")
+            with self._db.transaction() as conn:
+                if self.fence is not None:
+                    self.fence.check(conn)
+                conn.execute("DELETE FROM observations WHERE ts < ?", (now - o.raw_max_age,))
+                # The cap per entity spares the minutes still being rolled up: their rows are rebuilt from raw.
+                conn.execute(
+                    "DELETE FROM observations WHERE id IN (SELECT id FROM (SELECT id, ts, ROW_NUMBER() OVER "
+                    "(PARTITION BY entity ORDER BY id DESC) AS n FROM observations) AS ranked WHERE n > ? AND ts < ?)",
+                    (o.raw_per_check, now - RAW_KEPT_FOR_ROLLUPS),
+                )
+                conn.execute("DELETE FROM rollup_minute WHERE ts < ?", (now - o.minute_rollups_max_age,))
+                conn.execute("DELETE FROM rollup_hour WHERE ts < ?", (now - o.hour_rollups_max_age,))
+                conn.execute("DELETE FROM events WHERE ts < ?", (now - o.events_max_age,))
+                conn.execute("DELETE FROM actions WHERE started < ?", (now - o.events_max_age,))
+                conn.execute(
+                    "DELETE FROM incidents WHERE closed IS NOT NULL AND closed < ?", (now - o.events_max_age,)
+                )
+                conn.execute("DELETE FROM commands WHERE done IS NOT NULL AND done < ?", (now - 86400,))
+        except Fenced:
+            pass
         except Exception:
             self.failures += 1
             log.exception("store: retention failed and was rolled back")
-            self._rollback(conn)
 
     # --- reads (main thread; small) -------------------------------------------------------------
 
     @property
-    def reader(self) -> sqlite3.Connection:
-        if self._reader is None:
-            self._reader = connect(self.path)
-        return self._reader
+    def reads(self) -> Database:
+        if self._reads is None:
+            self._reads = open_database(self.location, pool=2, name="clusterwatch-reads")
+        return self._reads
 
-    def load_entities(self) -> list[sqlite3.Row]:
-        return self.reader.execute("SELECT * FROM entities").fetchall()
+    def load_entities(self) -> list[Any]:
+        return self.reads.rows("SELECT * FROM entities")
 
     def close_stray_incidents(self, still_open: set[str], at: float) -> list[str]:
-        """At start: incidents the table holds open that no entity does (their close was in the batch a
-        crash lost) are closed, so they neither stay open for ever nor lose their resolved notice."""
-        rows = self.reader.execute("SELECT id FROM incidents WHERE closed IS NULL").fetchall()
+        """At start (and at a takeover): incidents the table holds open that no entity does (their
+        close was in the batch a crash lost) are closed, so they neither stay open for ever nor lose
+        their resolved notice."""
+        rows = self.reads.rows("SELECT id FROM incidents WHERE closed IS NULL")
         stray = [r[0] for r in rows if r[0] not in still_open]
-        transaction(
-            self.reader,
-            [
-                (
-                    "UPDATE incidents SET closed = ?, duration = ? - opened, last_message = ? "
-                    "WHERE id = ? AND closed IS NULL",
-                    (at, at, "recovered while the monitor was restarting", incident),
-                )
-                for incident in stray
-            ],
-        )
+        if stray:
+            run_all(
+                self.reads,
+                [
+                    (
+                        "UPDATE incidents SET closed = ?, duration = ? - opened, last_message = ? "
+                        "WHERE id = ? AND closed IS NULL",
+                        (at, at, "recovered while the monitor was restarting", incident),
+                    )
+                    for incident in stray
+                ],
+            )
         return stray
 
-    def pending_commands(self) -> list[sqlite3.Row]:
-        rows = self.reader.execute("SELECT * FROM commands WHERE done IS NULL ORDER BY id").fetchall()
-        if rows:
-            self.reader.execute(
-                f"UPDATE commands SET done = ? WHERE id IN ({','.join('?' * len(rows))})",
-                (self.clock(), *[r["id"] for r in rows]),
-            )
-        return rows
+    def pending_commands(self) -> list[Any]:
+        """A person's commands (`heal reset`), taken once: by this monitor, or in a group by the leader."""
+        rows = run_all(
+            self.reads,
+            [("UPDATE commands SET done = ? WHERE done IS NULL RETURNING id, ts, kind, target", (self.clock(),))],
+        )[0].rows
+        return sorted(rows, key=lambda r: r["id"])
