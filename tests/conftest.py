@@ -11,6 +11,8 @@ from clusterwatch.config.loader import load_config
 from clusterwatch.engine.once import run_once
 from clusterwatch.model import Observation
 
+pytest_plugins = ["tests.pg"]  # postgres_server, pg_url: a real PostgreSQL, started only when a test asks
+
 
 def observe(
     tmp_path: Path, config: dict[str, Any] | str, *, timeout: float = 30.0, env: dict[str, str] | None = None
@@ -32,3 +34,13 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's store lives, once per engine: a SQLite file, or a fresh PostgreSQL database.
+    A test about SQLite's own mechanics narrows it: `@pytest.mark.parametrize("store_location",
+    ["sqlite"], indirect=True)`."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return request.getfixturevalue("pg_url")
