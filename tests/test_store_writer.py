@@ -1,16 +1,16 @@
-"""The store's writer on a real SQLite file: a failing write (a trigger that raises) is rolled back,
-retried and isolated, never wedges the writer nor costs other history; a busy database is waited
-out; the queue is bounded and what it drops is counted; retention failures roll back too."""
+"""The store's writer on both engines (a real SQLite file, a real PostgreSQL): a failing write (a
+trigger that raises) is rolled back, retried and isolated, never wedges the writer nor costs other
+history nor leaves a transaction open; the queue is bounded and what it drops is counted; retention
+failures roll back too. SQLite only: its RAISE modes, and a busy database (another process holding
+the write lock) waited out."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 
-from clusterwatch.config.schema import StoreOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState
 from clusterwatch.model import Observation, Status
@@ -18,6 +18,7 @@ from clusterwatch.store import db as store_db
 from clusterwatch.store import writer as store_sqlite
 from clusterwatch.store.writer import Store
 from tests.helpers import wait_until
+from tests.storecheck import drop_trigger, engine, execute, fail_when, open_transactions, rows, store_options
 
 T0 = 1_700_000_000.0 // 3600 * 3600
 
@@ -26,52 +27,41 @@ def obs(name: str, status: Status = Status.OK, latency: float | None = 5.0, mess
     return Observation(name, "tcp", "127.0.0.1:1", status, message, latency_ms=latency, check=name)
 
 
-def rows(path: Path, sql: str, *args: object) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
-def execute(path: Path, sql: str) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.executescript(sql)
-    finally:
-        conn.close()
+sqlite_only = pytest.mark.parametrize("store_location", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
+def db(store_location: str) -> str:
+    return store_location
 
 
 @pytest.fixture
-def store(db: Path):
-    s = Store(StoreOptions(path=str(db))).open()
+def store(db: str):
+    s = Store(store_options(db)).open()
     yield s
     s.close()
 
 
-def assert_not_in_transaction(db: Path) -> None:
-    """Nobody holds the write lock: another connection can begin and commit at once."""
-    conn = sqlite3.connect(db, timeout=0.5, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+def assert_not_in_transaction(db: str) -> None:
+    """SQLite: nobody holds the write lock (another connection can begin and commit at once);
+    PostgreSQL: none of the store's connections is idle in a transaction."""
+    assert open_transactions(db) == 0
 
 
-@pytest.mark.parametrize("mode", ["ABORT", "ROLLBACK", "FAIL"])
-def test_a_failing_insert_is_isolated_and_the_rest_is_written(store: Store, db: Path, mode: str):
-    execute(
-        db,
-        "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.message = 'poison' "
-        f"BEGIN SELECT RAISE({mode}, 'poisoned on purpose'); END;",
-    )
+@pytest.mark.parametrize(
+    ("store_location", "mode"),
+    [("sqlite", "ABORT"), ("sqlite", "ROLLBACK"), ("sqlite", "FAIL"), ("postgresql", "EXCEPTION")],
+    indirect=["store_location"],
+)
+def test_a_failing_insert_is_isolated_and_the_rest_is_written(store: Store, db: str, mode: str):
+    if engine(db) == "sqlite":
+        execute(
+            db,
+            "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.message = 'poison' "
+            f"BEGIN SELECT RAISE({mode}, 'poisoned on purpose'); END",
+        )
+    else:  # RAISE EXCEPTION: the statement fails and the whole transaction with it
+        fail_when(db, "poison", "INSERT", "events", "NEW.message = 'poison'", "poisoned on purpose")
     store.observation(obs("a"), T0, expected_every=10)
     store.event(Event(EventKind.STATE_CHANGE, "a", "a", T0, "poison", new=Status.CRITICAL))
     store.event(Event(EventKind.STATE_CHANGE, "a", "a", T0 + 1, "fine", new=Status.OK))
@@ -99,12 +89,8 @@ def test_a_failing_insert_is_isolated_and_the_rest_is_written(store: Store, db: 
     assert sum(r["count"] for r in minute) == 20
 
 
-def test_a_poisoned_observation_leaves_rollups_equal_to_raw(store: Store, db: Path):
-    execute(
-        db,
-        "CREATE TRIGGER poison BEFORE INSERT ON observations WHEN NEW.message = 'poison' "
-        "BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
-    )
+def test_a_poisoned_observation_leaves_rollups_equal_to_raw(store: Store, db: str):
+    fail_when(db, "poison", "INSERT", "observations", "NEW.message = 'poison'", "poisoned")
     for i in range(30):
         message = "poison" if i == 7 else "fine"
         status = Status.CRITICAL if i == 7 else Status.OK
@@ -119,9 +105,10 @@ def test_a_poisoned_observation_leaves_rollups_equal_to_raw(store: Store, db: Pa
     assert store.health()["failed_items"] == 1
 
 
-def test_a_busy_database_is_waited_out_not_dropped(db: Path, monkeypatch: pytest.MonkeyPatch):
+@sqlite_only
+def test_a_busy_database_is_waited_out_not_dropped(db: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(store_db, "SQLITE_BUSY_TIMEOUT_S", 0.05)
-    store = Store(StoreOptions(path=str(db))).open()
+    store = Store(store_options(db)).open()
     try:
         store.observation(obs("warmup"), T0, expected_every=10)
         assert store.flush(30)
@@ -143,9 +130,9 @@ def test_a_busy_database_is_waited_out_not_dropped(db: Path, monkeypatch: pytest
         store.close()
 
 
-def test_the_queue_is_bounded_and_drops_are_counted(db: Path, monkeypatch: pytest.MonkeyPatch):
+def test_the_queue_is_bounded_and_drops_are_counted(db: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(store_sqlite, "QUEUE_MAX", 10)
-    store = Store(StoreOptions(path=str(db)))  # not open yet: nothing drains the queue
+    store = Store(store_options(db))  # not open yet: nothing drains the queue
     state = EntityState("a", "a")
     for i in range(12):
         store.observation(obs("a"), T0 + i, expected_every=10)
@@ -163,14 +150,14 @@ def test_the_queue_is_bounded_and_drops_are_counted(db: Path, monkeypatch: pytes
         store.close()
 
 
-def test_failing_retention_rolls_back_and_writes_go_on(db: Path, monkeypatch: pytest.MonkeyPatch):
+def test_failing_retention_rolls_back_and_writes_go_on(db: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(store_sqlite, "RETENTION_EVERY", 0.0)  # after every batch
     now = {"t": T0}
-    store = Store(StoreOptions(path=str(db)), clock=lambda: now["t"]).open()
+    store = Store(store_options(db), clock=lambda: now["t"]).open()
     try:
         store.event(Event(EventKind.STATE_CHANGE, "a", "a", T0, "old", new=Status.OK))
         assert store.flush(30)
-        execute(db, "CREATE TRIGGER keep BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'kept on purpose'); END;")
+        fail_when(db, "keep", "DELETE", "events", message="kept on purpose")
         now["t"] = T0 + 400 * 86400  # everything is past every retention
         failures = store.health()["failures"]
         store.observation(obs("a"), T0 + 1, expected_every=10)
@@ -179,7 +166,7 @@ def test_failing_retention_rolls_back_and_writes_go_on(db: Path, monkeypatch: py
         assert len(rows(db, "SELECT * FROM events")) == 1  # ... and was rolled back whole
         assert len(rows(db, "SELECT * FROM observations")) == 1  # its first DELETE too
         assert_not_in_transaction(db)
-        execute(db, "DROP TRIGGER keep;")
+        drop_trigger(db, "keep", "events")
         store.observation(obs("a"), T0 + 2, expected_every=10)
         assert store.flush(30)
         assert rows(db, "SELECT * FROM events") == []  # retention worked this time
@@ -188,9 +175,10 @@ def test_failing_retention_rolls_back_and_writes_go_on(db: Path, monkeypatch: py
         store.close()
 
 
-def test_close_gives_up_on_a_database_that_stays_locked(db: Path, monkeypatch: pytest.MonkeyPatch):
+@sqlite_only
+def test_close_gives_up_on_a_database_that_stays_locked(db: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(store_db, "SQLITE_BUSY_TIMEOUT_S", 0.05)
-    store = Store(StoreOptions(path=str(db))).open()
+    store = Store(store_options(db)).open()
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:

@@ -227,11 +227,13 @@ _TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|::|\?|:[A-Za-z_][A-Za-z0-9_]*|%"
 
 @functools.lru_cache(maxsize=1024)
 def to_pg(sql: str) -> str:
-    """Portable placeholders to psycopg's: `?` -> %s, `:name` -> %(name)s, a literal % doubled;
-    quoted text and `::` casts are left alone."""
+    """Portable placeholders to psycopg's: `?` -> %s, `:name` -> %(name)s, a literal % doubled (in
+    quoted text too: psycopg reads every % of a statement it binds); `::` casts are left alone."""
 
     def swap(match: re.Match[str]) -> str:
         token = match.group(0)
+        if token[0] in "'\"":
+            return token.replace("%", "%%")
         if token == "?":
             return "%s"
         if token == "%":

@@ -21,17 +21,19 @@ MINUTE = 60
 HOUR = 3600
 DEFAULT_EXPECTED_EVERY = 60.0
 
+# The row's own columns are named with the table's name: PostgreSQL finds a bare name ambiguous
+# beside `excluded`.
 _MINUTE_ROW = (
     "INSERT INTO rollup_minute (entity, ts, count, ok, p50, p95, max, seconds_ok, seconds_known) "
     "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (entity, ts) DO UPDATE SET count = excluded.count, ok = excluded.ok, "
     "p50 = excluded.p50, p95 = excluded.p95, max = excluded.max, "
-    "seconds_ok = COALESCE(seconds_ok, 0) + excluded.seconds_ok, "
-    "seconds_known = COALESCE(seconds_known, 0) + excluded.seconds_known"
+    "seconds_ok = COALESCE(rollup_minute.seconds_ok, 0) + excluded.seconds_ok, "
+    "seconds_known = COALESCE(rollup_minute.seconds_known, 0) + excluded.seconds_known"
 )
 _MINUTE_SECONDS = (
     "INSERT INTO rollup_minute (entity, ts, count, ok, seconds_ok, seconds_known) VALUES (?,?,0,0,?,?) "
-    "ON CONFLICT (entity, ts) DO UPDATE SET seconds_ok = COALESCE(seconds_ok, 0) + excluded.seconds_ok, "
-    "seconds_known = COALESCE(seconds_known, 0) + excluded.seconds_known"
+    "ON CONFLICT (entity, ts) DO UPDATE SET seconds_ok = COALESCE(rollup_minute.seconds_ok, 0) + "
+    "excluded.seconds_ok, seconds_known = COALESCE(rollup_minute.seconds_known, 0) + excluded.seconds_known"
 )
 # An hour is its minutes: counts and seconds add, max is max, p95 the worst minute's, p50 count-weighted.
 _HOUR_ROW = (
