@@ -28,12 +28,14 @@ from clusterwatch.engine.pipeline import Item, Pipeline
 from clusterwatch.engine.plan import Plan
 from clusterwatch.engine.scheduler import Job, Scheduler
 from clusterwatch.engine.state import StateMachine
+from clusterwatch.ha import Change, Lease
 from clusterwatch.heal.healer import Healer
 from clusterwatch.model import Observation, Status
 from clusterwatch.probes.base import ProbeContext, new_http_session
 from clusterwatch.sdnotify import Notifier
 from clusterwatch.store.db import errors as db_errors
 from clusterwatch.store.healing import HealLedger
+from clusterwatch.store.lease import LeaseStore
 from clusterwatch.store.outbox import Outbox
 from clusterwatch.store.writer import Store
 from clusterwatch.supervise import EXIT_FAILURE, Health, Supervisor
@@ -83,12 +85,26 @@ class Monitor:
         )
         self.outbox: Outbox | None = None
         self.alerter: Alerter | None = None
+        # A group of monitors (ha.enabled): every one probes; the lease holder records and acts.
+        self.lease: Lease | None = None
+        self.leading = False  # this monitor acts as the group's leader (resumed from the store, lease held)
+        self.ha_log: list[dict[str, Any]] = []  # this monitor's own takeovers and stand-downs, newest last
+        self._alert_tasks: list[asyncio.Task[Any]] = []
+        self._renewal: asyncio.Future[Change] | None = None
+        if self.config.ha.enabled:
+            self.lease = Lease(LeaseStore(self.store.location), self.config.ha.node_name, self.config.ha.lease)
+            self.store.fence = self.healer.ledger.fence = self.lease
+            self.store.recording = self.healer.acting = self.acting
         self.once_mode = False
         self.started_at = time.time()
         self.web: Any = None
         self._file_stamp = self._stamp()
         self._io = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-io")  # config loads, command reads
         redact.install(loaded.redactor)
+
+    def acting(self) -> bool:
+        """May this monitor record and act now? Alone: always. In a group: while it leads."""
+        return self.lease is None or (self.leading and self.lease.leading)
 
     async def blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._io, partial(fn, *args))
@@ -161,6 +177,27 @@ class Monitor:
 
     async def start(self) -> None:
         await self.blocking(self.store.open)
+        self._session = new_http_session(limit=self.config.concurrency)
+        self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
+        member = self.lease.member if self.lease is not None else "local"
+        self.outbox = await self.blocking(partial(Outbox, self.store.location, member=member))
+        self.outbox.fence = self.lease
+        if self.lease is None:
+            await self._resume()
+            return
+        await self.blocking(self.lease.store.open)
+        log.info(
+            "clusterwatch started in a group of monitors as %s (lease %gs): %d checks, store %s",
+            self.lease.member,
+            self.lease.lease,
+            len(self.config.checks),
+            self.store.path,
+        )
+        await self._apply(await self._renew())
+
+    async def _resume(self) -> None:
+        """Carry on from the store: after a restart, or when this monitor takes over a group."""
+        self.states.clear()
         rows = await self.blocking(self.store.load_entities)
         restored = self.pipeline.restore(rows, known=lambda check: check in self.plan.items)
         open_incidents = self.pipeline.open_incidents()
@@ -169,9 +206,7 @@ class Monitor:
         )
         if stray:
             log.info("closed %d incident(s) whose recovery the last monitor did not get to record", len(stray))
-        self._session = new_http_session(limit=self.config.concurrency)
-        self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
-        self.outbox = await self.blocking(Outbox, self.store.location)
+        assert self.outbox is not None
         self.alerter = Alerter(
             self.config.alerts,
             self.outbox,
@@ -200,7 +235,8 @@ class Monitor:
         self.pipeline.listeners = [self.healer.on_event, self.alerter.on_event]
         await self.healer.start()
         log.info(
-            "clusterwatch started: %d checks, %d nodes, config %s, store %s; resumed %d entities, %d open incidents",
+            "clusterwatch %s: %d checks, %d nodes, config %s, store %s; resumed %d entities, %d open incidents",
+            "started" if self.lease is None else "took over",
             len(self.config.checks),
             len(self.config.nodes),
             self.loaded.source,
@@ -212,6 +248,9 @@ class Monitor:
     async def close(self) -> None:
         self.notifier.stopping()
         await self.supervisor.stop()
+        if self.lease is not None:
+            self.leading = False
+            await asyncio.to_thread(self.lease.release)
         if self.web is not None:
             await self.web.stop()
         await self.scheduler.cancel_running(timeout=1.0)
@@ -222,6 +261,8 @@ class Monitor:
             await asyncio.wait_for(self._session.close(), 1.0)
         if self.outbox is not None:
             await self.blocking(self.outbox.close)
+        if self.lease is not None:
+            await asyncio.to_thread(self.lease.store.close)
         await asyncio.to_thread(self.store.close, 2.0)
         self._io.shutdown(wait=False)
 
@@ -243,9 +284,12 @@ class Monitor:
             self.supervisor.spawn("scheduler", self.scheduler.run_forever(self.stop_event))
             self.supervisor.spawn("healer", self.healer.run(self.stop_event))
             self.supervisor.spawn("watch", self._watch())
-            assert self.alerter is not None
-            for name, work in self.alerter.loops(self._session):
-                self.supervisor.spawn(name, work)
+            if self.lease is None:
+                assert self.alerter is not None
+                for name, work in self.alerter.loops(self._session):
+                    self.supervisor.spawn(name, work)
+            else:
+                self.supervisor.spawn("lease", self._lease_loop())
             from clusterwatch.web.server import start_web
             from clusterwatch.web.view import MonitorView
 
@@ -258,6 +302,86 @@ class Monitor:
         if self.supervisor.failure:
             return EXIT_FAILURE
         return 0
+
+    # --- a group of monitors --------------------------------------------------------------------------
+
+    async def _renew(self) -> Change:
+        """One renewal in a thread; a renewal still hanging (a cut network) is not started twice."""
+        assert self.lease is not None
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.ensure_future(asyncio.to_thread(self.lease.renew))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._renewal), self.lease.every)
+        except TimeoutError:
+            return self.lease.expired()
+
+    async def _lease_loop(self) -> None:
+        """Renew every lease/4; between renewals, a leader whose lease ran out locally stands down."""
+        assert self.lease is not None
+        while True:
+            change = await self._renew()
+            await self._apply(change)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(self.lease.seen), self.lease.every)
+            deadline = time.monotonic() + self.lease.every
+            while (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(min(left, 0.25))
+                await self._apply(self.lease.expired())
+
+    async def _apply(self, change: Change) -> None:
+        if change.lost is not None:
+            await self._stand_down(change.lost)
+        if change.became is not None:
+            await self._take_over(change.became)
+
+    async def _take_over(self, epoch: int) -> None:
+        """Lead from the shared store's state, as after a restart: the healer continues the budgets and
+        looks at attempts cut short; the alerter knows what was told; every check runs at once."""
+        assert self.lease is not None
+        await self._stand_down(None)
+        previous = await self.blocking(self.lease.store.group)
+        # Recording starts once the store's view is restored: probes landing meanwhile must not write
+        # this monitor's own (follower's) incidents over the ones the store holds.
+        await self._resume()
+        self.leading = True
+        assert self.alerter is not None
+        for name, work in self.alerter.loops(self._session):
+            self._alert_tasks.append(self.supervisor.spawn(name, work, oneshot=True))
+        lease = previous.get("lease") or {}
+        message = f"{self.lease.node} leads the group of monitors (epoch {epoch})"
+        self.ha_log.append({"at": time.time(), "event": "leader", "epoch": epoch, "message": message})
+        log.warning("%s", message)
+        self.pipeline.emit(
+            Event(
+                EventKind.LEADER_ELECTED,
+                "clusterwatch",
+                "clusterwatch",
+                time.time(),
+                message + "; it resumed from the shared store and looks at every check now",
+                node=self.lease.node,
+                details={"epoch": epoch, "member": self.lease.member, "since": lease.get("acquired_at")},
+            )
+        )
+        for name in list(self.scheduler.jobs):
+            self.scheduler.run_soon(name, 0.0)
+
+    async def _stand_down(self, why: str | None) -> None:
+        """Stop recording, healing and alerting at once; probing goes on (a follower stays informed)."""
+        was = self.leading
+        self.leading = False
+        self.pipeline.listeners = []
+        tasks, self._alert_tasks = self._alert_tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        alerter, self.alerter = self.alerter, None
+        if alerter is not None:
+            with contextlib.suppress(Exception):
+                await alerter.stop()
+        if was and why is not None:
+            message = f"{self.config.ha.node_name} stood down as the leader: {why}; remediation and alerts paused here"
+            self.ha_log.append({"at": time.time(), "event": "stood_down", "message": message})
+            log.warning("%s", message)
 
     def _sighup(self) -> None:
         self.supervisor.spawn("reload", self.reload("SIGHUP"), oneshot=True)
@@ -284,6 +408,8 @@ class Monitor:
             if stamp is not None and stamp != self._file_stamp:
                 self._file_stamp = stamp
                 await self.reload("config file changed")
+            if not self.acting():
+                continue  # a person's commands are for the leader
             try:
                 commands = await self.blocking(self.store.pending_commands)
             except Exception as exc:

@@ -234,6 +234,18 @@ class Alerter:
                     body=event.message,
                 )
             )
+        elif kind is EventKind.LEADER_ELECTED:
+            labels = {"check": "clusterwatch", "entity": "clusterwatch", "kind": "monitor", "node": event.node or ""}
+            self.notes.append(
+                Note(
+                    "failover",
+                    "info",
+                    {**labels, "severity": "info"},
+                    due_at(now),
+                    title=f"[INFO] clusterwatch: {event.node} leads the monitors now",
+                    body=event.message,
+                )
+            )
         elif kind is EventKind.MONITOR_LAGGING:
             labels = {
                 "check": "clusterwatch",
@@ -314,7 +326,9 @@ class Alerter:
                 continue
             title, body = self._text(note)
             family = "problems" if note.kind in PROBLEMS else "recoveries"
-            for channel in channels_for(self.options, note.labels, note.severity):
+            # A failover is news to whoever hears of critical trouble: a monitor of the group went away.
+            route_as = "critical" if note.kind == "failover" else note.severity
+            for channel in channels_for(self.options, note.labels, route_as):
                 by_channel[(channel, family)].append((note, title, body))
             if note.incident is not None and note.kind in ("firing", "escalated", "repeat"):
                 told.append(note)
@@ -323,6 +337,8 @@ class Alerter:
             title, body = messages.grouped([(n.severity, t, b) for n, t, b in parts])
             if all(n.kind in ("resolved", "healed") for n, _, _ in parts):
                 severity = "resolved"
+            elif all(n.severity == "info" for n, _, _ in parts):
+                severity = "info"
             else:
                 severity = "critical" if any(n.severity == "critical" for n, _, _ in parts) else "warning"
             incidents = [n.incident.id for n, _, _ in parts if n.incident is not None]

@@ -83,6 +83,11 @@ class StateMachine:
         """Resume after a restart: hard states and open incidents come back from the store."""
         self._add(state)
 
+    def clear(self) -> None:
+        """A monitor taking over a group: its own view gives way to the one the store holds."""
+        self.entities.clear()
+        self._by_check.clear()
+
     def forget(self, name: str) -> None:
         state = self.entities.pop(name, None)
         if state is not None:

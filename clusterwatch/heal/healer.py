@@ -25,6 +25,7 @@ from clusterwatch.engine.state import EntityState, StateMachine
 from clusterwatch.heal.actions import Outcome, perform
 from clusterwatch.model import Observation, Status, one_line
 from clusterwatch.redact import Redactor
+from clusterwatch.store.db import Fenced
 from clusterwatch.store.db import errors as db_errors
 from clusterwatch.store.healing import Attempt, BudgetRow, HealLedger
 
@@ -63,6 +64,8 @@ class Healer:
         self._told_paused: set[str] = set()
         self._dry_run_done: set[str] = set()  # stored targets a dry run has spoken for, until they recover
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-heal-ledger")
+        # A group of monitors: only the one that holds the leader lease acts (the ledger is fenced too).
+        self.acting: Callable[[], bool] = lambda: True
 
     def update_config(self, config: Config) -> None:
         self.config = config
@@ -147,6 +150,8 @@ class Healer:
 
     async def reconcile(self, only: str | None = None) -> None:
         """Compare every target (or one check's) with what it should be; act where it differs."""
+        if not self.acting():
+            return
         now = self._clock()
         if only is None:
             self.paused = await self._db(self.ledger.paused, now)
@@ -222,7 +227,7 @@ class Healer:
 
     def _may_act(self, check: CheckBase, policy: RestartPolicy, state: EntityState | None) -> bool:
         """Everything that must hold for an action, asked again right before each one runs."""
-        if state is None or not self.config.healing.enabled or self._check(check.name) is None:
+        if state is None or not self.config.healing.enabled or self._check(check.name) is None or not self.acting():
             return False
         if not self._wants_action(state) or not self._can_help(check, policy, state.name):
             return False
@@ -260,6 +265,8 @@ class Healer:
             await work
         except asyncio.CancelledError:
             raise
+        except Fenced as exc:  # the lease went to another monitor meanwhile: it acts now, not this one
+            log.warning("healer: not acting on %s: %s", key, exc)
         except Exception:  # the healer's own bug: logged, and the target is free for the next look
             log.exception("healer: %s failed unexpectedly", key)
 

@@ -52,6 +52,8 @@ class HealLedger:
         self.fence: Any = None  # the leader lease (a group of monitors): guards every attempt
 
     def open(self) -> None:
+        if self._db is not None:
+            return  # a monitor taking over a group resumes with the ledger it has
         self._db = open_database(self.location, pool=1, name="clusterwatch-healer")
         migrate(self._db)
 
@@ -177,5 +179,6 @@ class HealLedger:
                     "exhausted = excluded.exhausted, recovered_at = excluded.recovered_at",
                     (budget.target, budget.counts_from, budget.exhausted, budget.recovered_at),
                 )
-            ]
+            ],
+            fenced=True,
         )

@@ -120,12 +120,11 @@ MIGRATIONS: list[str] = [
         acquired_at REAL, renewed_at REAL, expires_at REAL);
     CREATE TABLE ha_members (
         member TEXT PRIMARY KEY, node TEXT NOT NULL, started REAL NOT NULL, last_seen REAL NOT NULL,
-        epoch INTEGER, leading INTEGER NOT NULL DEFAULT 0);
+        epoch INTEGER, leads INTEGER NOT NULL DEFAULT 0);
     """,
 ]
 
-# PostgreSQL: SQLite's six migrations as one; later ones are appended to both lists. `leading` is a
-# reserved word in PostgreSQL: SQL that names ha_members' column writes it "leading" (on both engines).
+# PostgreSQL: SQLite's six migrations as one; later ones are appended to both lists.
 PG_MIGRATIONS: list[str] = [
     """
     CREATE TABLE observations (
@@ -192,7 +191,7 @@ PG_MIGRATIONS: list[str] = [
         acquired_at DOUBLE PRECISION, renewed_at DOUBLE PRECISION, expires_at DOUBLE PRECISION);
     CREATE TABLE ha_members (
         member TEXT PRIMARY KEY, node TEXT NOT NULL, started DOUBLE PRECISION NOT NULL,
-        last_seen DOUBLE PRECISION NOT NULL, epoch BIGINT, "leading" INTEGER NOT NULL DEFAULT 0);
+        last_seen DOUBLE PRECISION NOT NULL, epoch BIGINT, leads INTEGER NOT NULL DEFAULT 0);
     """,
 ]
 PG_BASE = 6  # the schema version PostgreSQL's first migration brings

@@ -73,6 +73,30 @@ class MonitorView:
     def problems(self) -> list[str]:
         return self._m.health.problems()
 
+    # --- a group of monitors (high availability) -----------------------------------------------------
+
+    @property
+    def ha_enabled(self) -> bool:
+        return self._m.lease is not None
+
+    def group(self) -> dict[str, Any] | None:
+        """Blocking (the shared store): who leads, since when, each member's last renewal, and this
+        monitor's own view: whether it leads, its epoch, its takeovers and stand-downs. None: alone."""
+        lease = self._m.lease
+        if lease is None:
+            return None
+        found = lease.store.group()
+        found["self"] = {
+            "member": lease.member,
+            "node": lease.node,
+            "leading": self._m.acting(),
+            "epoch": lease.epoch,
+            "lease_s": lease.lease,
+            "last_error": lease.last_error,
+            "log": list(self._m.ha_log[-20:]),
+        }
+        return found
+
     def store_health(self) -> dict[str, Any]:
         return self._m.store.health()
 
