@@ -1,6 +1,7 @@
 """The store's read side and incidents: an incident keeps its current and worst severity through its
 life and after it closes (schema 5 recovers both for older incidents); pages filter without SQL from
-the caller; the web's wrapper understands the API's filters and refuses anything else."""
+the caller; the web's wrapper understands the API's filters and refuses anything else. On both engines
+but schema 5's migration of an older SQLite file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from clusterwatch.config.schema import StoreOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Observation, Status
 from clusterwatch.store import schema
@@ -19,6 +19,7 @@ from clusterwatch.store.healing import HealLedger
 from clusterwatch.store.history import History
 from clusterwatch.store.writer import Store
 from clusterwatch.web.queries import History as WebHistory
+from tests.storecheck import store_options
 
 T0 = 1_700_000_000.0
 
@@ -28,14 +29,34 @@ def event(kind: EventKind, at: float, new: Status | None, incident: str | None =
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = Store(StoreOptions(path=str(tmp_path / "state.db"))).open()
+def store(store_location: str):
+    s = Store(store_options(store_location)).open()
     yield s
     s.close()
 
 
+@pytest.fixture
+def history(store: Store):
+    """The store's read side; closed after the test (on PostgreSQL it holds a pool)."""
+    reads = History(store.location)
+    yield reads
+    reads.close()
+
+
+@pytest.fixture
+def web(store: Store):
+    """The web's wrapper of the read side."""
+    wrapper = WebHistory(store.location)
+    yield wrapper
+    wrapper.reads.close()
+
+
 def incident(store: Store, ident: str = "i1") -> dict:
-    (row,) = [r for r in History(store.path).incidents_during(0) if r["id"] == ident]
+    history = History(store.location)
+    try:
+        (row,) = [r for r in history.incidents_during(0) if r["id"] == ident]
+    finally:
+        history.close()
     return row
 
 
@@ -88,14 +109,13 @@ def test_schema_5_recovers_the_severity_of_older_incidents(tmp_path: Path, monke
     assert found == {"a": ("warning", "critical"), "b": ("critical", "critical"), "c": ("unknown", "unknown")}
 
 
-def test_pages_filter_by_value_and_refuse_sql(store: Store):
+def test_pages_filter_by_value_and_refuse_sql(store: Store, history: History, web: WebHistory):
     for i in range(5):
         store.observation(Observation("a" if i % 2 else "b", "tcp", "t", Status.OK, f"m{i}", metrics={"x": i}), T0 + i)
     store.event(event(EventKind.INCIDENT_OPENED, T0, Status.CRITICAL, incident="open1"))
     store.event(event(EventKind.INCIDENT_OPENED, T0, Status.CRITICAL, incident="done1", entity="db"))
     store.event(event(EventKind.INCIDENT_CLOSED, T0 + 5, Status.OK, incident="done1", entity="db"))
     assert store.flush(30)
-    history = History(store.path)
     page = history.page("observations", limit=2, equals={"entity": "b"})
     assert [o["message"] for o in page["items"]] == ["m4", "m2"] and page["items"][0]["metrics"] == {"x": 4}
     rest = history.page("observations", limit=2, before=page["next"], equals={"entity": "b"})
@@ -106,8 +126,6 @@ def test_pages_filter_by_value_and_refuse_sql(store: Store):
         history.page("observations", limit=1, equals={"1=1; DROP TABLE events; --": 1})
     with pytest.raises(ValueError):
         history.page("sqlite_master", limit=1)
-
-    web = WebHistory(store.path)
 
     async def through_the_web() -> None:
         by_entity = await web.page("observations", limit=10, before=None, equals={"entity": "a"})
@@ -123,7 +141,7 @@ def test_pages_filter_by_value_and_refuse_sql(store: Store):
     asyncio.run(through_the_web())
 
 
-def test_counts_for_metrics(store: Store):
+def test_counts_for_metrics(store: Store, history: History):
     row = {
         "started": T0,
         "finished": T0 + 1,
@@ -138,18 +156,18 @@ def test_counts_for_metrics(store: Store):
         "duration": 1.0,
         "dry_run": 0,
     }
-    ledger = HealLedger(store.path)  # the healer's own writes: committed before and after each attempt
+    ledger = HealLedger(store.location)  # the healer's own writes: committed before and after each attempt
     ledger.open()
     for attempt, outcome in ((1, "succeeded"), (2, "failed"), (3, "failed")):
         attempt_id = ledger.begin({**row, "attempt": attempt})
         ledger.finish(attempt_id, finished=T0 + 1, outcome=outcome, detail="")
     ledger.close()
-    counts = History(store.path).counts()
+    counts = history.counts()
     assert sorted((r["outcome"], r["n"]) for r in counts["restarts"]) == [("failed", 2), ("succeeded", 1)]
     assert counts["alerts"] == []
 
 
-def test_metrics_show_time_based_uptime_and_the_store(store: Store):
+def test_metrics_show_time_based_uptime_and_the_store(store: Store, web: WebHistory):
     """/metrics renders the web's uptime cache (from the store's time-based uptime) and the writer's health."""
     from types import SimpleNamespace
 
@@ -161,7 +179,6 @@ def test_metrics_show_time_based_uptime_and_the_store(store: Store):
         )
     store.observation(Observation("api", "tcp", "t", Status.OK, "m"), T0 + 70, expected_every=10)
     assert store.flush(30)
-    web = WebHistory(store.path)
     web.uptime = web.reads.uptime_windows({"24h": 86400}, T0 + 80)
     monitor = SimpleNamespace(  # what the web is given of the monitor (web/view.py)
         entities={},

@@ -1,13 +1,13 @@
-"""Rollups on a real SQLite file: uptime by time (an outage weighs as long as it lasted however often it
-was probed, a gap in monitoring is unknown time), and rollups that equal the raw observations after a
-writer abandoned mid-flight and after `kill -9` of a process in the middle of writing."""
+"""Rollups on both engines (a real SQLite file, a real PostgreSQL): uptime by time (an outage weighs as
+long as it lasted however often it was probed, a gap in monitoring is unknown time), and rollups that
+equal the raw observations after a writer abandoned mid-flight and after `kill -9` of a process in the
+middle of writing."""
 
 from __future__ import annotations
 
 import itertools
 import math
 import signal
-import sqlite3
 import sys
 import textwrap
 from collections import defaultdict
@@ -17,27 +17,19 @@ from typing import Any
 import pytest
 
 from clusterwatch import report
-from clusterwatch.config.schema import StoreOptions
 from clusterwatch.model import Observation, Status
+from clusterwatch.store.db import errors
 from clusterwatch.store.history import History
 from clusterwatch.store.rollups import split_by_minute
 from clusterwatch.store.writer import Store
 from tests.helpers import ROOT, Proc, wait_until
+from tests.storecheck import engine, execute, rows, store_options
 
 T0 = 1_700_000_000.0 // 3600 * 3600  # an hour boundary
 
 
 def obs(name: str, status: Status, latency: float | None = 5.0) -> Observation:
     return Observation(name, "tcp", "127.0.0.1:1", status, "m", latency_ms=latency, check=name)
-
-
-def rows(path: Path, sql: str, *args: object) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, args).fetchall()]
-    finally:
-        conn.close()
 
 
 def nearest_rank(values: list[float], q: float) -> float | None:
@@ -72,7 +64,7 @@ def expected_minutes(raw: list[dict[str, Any]], every: float) -> dict[tuple[str,
     return minutes
 
 
-def assert_rollups_match_raw(db: Path, every: float) -> int:
+def assert_rollups_match_raw(db: str, every: float) -> int:
     raw = rows(db, "SELECT * FROM observations")
     expected = expected_minutes(raw, every)
     actual = {(r["entity"], r["ts"]): r for r in rows(db, "SELECT * FROM rollup_minute")}
@@ -102,8 +94,16 @@ def assert_rollups_match_raw(db: Path, every: float) -> int:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
+def db(store_location: str) -> str:
+    return store_location
+
+
+def read_uptime(db: str, since: float) -> dict[str, Any]:
+    history = History(db)
+    try:
+        return history.uptime(since)
+    finally:
+        history.close()
 
 
 def test_split_by_minute():
@@ -112,10 +112,10 @@ def test_split_by_minute():
     assert list(split_by_minute(10.0, 10.0)) == []
 
 
-def test_an_outage_weighs_as_long_as_it_lasted(db: Path):
+def test_an_outage_weighs_as_long_as_it_lasted(db: str):
     """20 minutes checked every 10 s; one minute of it down, probed every second meanwhile (retries,
     verification). By probes that minute would be a third of the time; by time it is 1 in 20."""
-    store = Store(StoreOptions(path=str(db))).open()
+    store = Store(store_options(db)).open()
     t, probes = T0, {"ok": 0, "down": 0}
     while t < T0 + 600:
         store.observation(obs("api", Status.OK), t, expected_every=10)
@@ -133,7 +133,7 @@ def test_an_outage_weighs_as_long_as_it_lasted(db: Path):
     store.close()
     assert_rollups_match_raw(db, 10)
 
-    uptime = History(db).uptime(T0)["api"]
+    uptime = read_uptime(db, T0)["api"]
     assert uptime.seconds_known == pytest.approx(1200)
     assert uptime.seconds_ok == pytest.approx(1140)
     assert uptime.percent == pytest.approx(95.0)
@@ -146,36 +146,36 @@ def test_an_outage_weighs_as_long_as_it_lasted(db: Path):
     assert api["probes"] == probes["ok"] + probes["down"]
 
 
-def test_a_gap_in_monitoring_is_unknown_time(db: Path):
+def test_a_gap_in_monitoring_is_unknown_time(db: str):
     """Down at the last look before the monitor stopped for an hour: ten seconds of that are down
     (the check's interval), the rest is neither up nor down."""
-    store = Store(StoreOptions(path=str(db))).open()
+    store = Store(store_options(db)).open()
     for i in range(30):
         store.observation(obs("db", Status.OK), T0 + 10 * i, expected_every=10)
     store.observation(obs("db", Status.CRITICAL), T0 + 300, expected_every=10)
     assert store.flush(30)
     store.close()
 
-    store = Store(StoreOptions(path=str(db))).open()  # an hour later, another process
+    store = Store(store_options(db)).open()  # an hour later, another process
     for i in range(30):
         store.observation(obs("db", Status.OK), T0 + 3900 + 10 * i, expected_every=10)
     assert store.flush(30)
     store.close()
     assert_rollups_match_raw(db, 10)
 
-    uptime = History(db).uptime(T0)["db"]
+    uptime = read_uptime(db, T0)["db"]
     assert uptime.seconds_known == pytest.approx(300 + 10 + 290)
     assert uptime.seconds_ok == pytest.approx(300 + 290)
     minutes = rows(db, "SELECT ts, seconds_known FROM rollup_minute WHERE entity = 'db' ORDER BY ts")
     assert not [m for m in minutes if T0 + 360 <= m["ts"] < T0 + 3900]  # no row for the gap
 
 
-def test_the_last_observation_before_a_restart_still_counts(db: Path):
+def test_the_last_observation_before_a_restart_still_counts(db: str):
     """The interval that spans a restart is credited: the previous observation is read back."""
-    store = Store(StoreOptions(path=str(db))).open()
+    store = Store(store_options(db)).open()
     store.observation(obs("w", Status.CRITICAL), T0 + 55, expected_every=30)
     assert store.flush(30)  # no close: the process died here
-    store = Store(StoreOptions(path=str(db))).open()
+    store = Store(store_options(db)).open()
     store.observation(obs("w", Status.OK), T0 + 75, expected_every=30)
     assert store.flush(30)
     store.close()
@@ -185,8 +185,8 @@ def test_the_last_observation_before_a_restart_still_counts(db: Path):
     assert_rollups_match_raw(db, 30)
 
 
-def test_expected_every_defaults_to_a_minute(db: Path):
-    store = Store(StoreOptions(path=str(db))).open()
+def test_expected_every_defaults_to_a_minute(db: str):
+    store = Store(store_options(db)).open()
     store.observation(obs("x", Status.OK), T0, expected_every=None)
     store.observation(obs("x", Status.OK), T0 + 600)
     assert store.flush(30)
@@ -195,10 +195,10 @@ def test_expected_every_defaults_to_a_minute(db: Path):
     assert minute["seconds_known"] == pytest.approx(60)
 
 
-def test_rollups_of_an_abandoned_writer_match_raw(db: Path):
+def test_rollups_of_an_abandoned_writer_match_raw(db: str):
     """A writer left behind without close (as by a crash): every committed batch already carries its
     partial minute and hour; nothing waits in memory for the minute to end."""
-    store = Store(StoreOptions(path=str(db))).open()
+    store = Store(store_options(db)).open()
     for i in range(200):
         status = Status.CRITICAL if 50 <= i < 80 else Status.OK
         store.observation(obs(f"e{i % 3}", status, float(i % 17)), T0 + 12.5 * i / 3, expected_every=5)
@@ -207,7 +207,7 @@ def test_rollups_of_an_abandoned_writer_match_raw(db: Path):
     assert store.flush(30)
     assert assert_rollups_match_raw(db, 5) == 200
     # ... and a new store carries on from there
-    again = Store(StoreOptions(path=str(db))).open()
+    again = Store(store_options(db)).open()
     for i in range(200, 260):
         again.observation(obs(f"e{i % 3}", Status.OK, 1.0), T0 + 12.5 * i / 3, expected_every=5)
     assert again.flush(30)
@@ -221,8 +221,9 @@ WRITER = textwrap.dedent(
     from clusterwatch.config.schema import StoreOptions
     from clusterwatch.model import Observation, Status
     from clusterwatch.store.writer import Store
-    path, start = sys.argv[1], float(sys.argv[2])
-    store = Store(StoreOptions(path=path)).open()
+    location, start = sys.argv[1], float(sys.argv[2])
+    url = location.startswith("postgresql://")
+    store = Store(StoreOptions(url=location) if url else StoreOptions(path=location)).open()
     i = 0
     while True:
         for e in range(5):
@@ -236,11 +237,12 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_rollups_match_raw_after_kill_9_of_a_writing_process(db: Path, tmp_path: Path):
+def test_rollups_match_raw_after_kill_9_of_a_writing_process(db: str, tmp_path: Path):
     """Three processes writing as fast as they can, each killed with -9 once it has written more;
     each new one starts where the raw observations end."""
     start = T0
     written = 0
+    scale = 1 if engine(db) == "sqlite" else 4  # PostgreSQL writes slower here: fewer rows, as many kills
     for run in range(3):
         proc = Proc(
             [sys.executable, "-c", WRITER, str(db), str(start)],
@@ -248,9 +250,9 @@ def test_rollups_match_raw_after_kill_9_of_a_writing_process(db: Path, tmp_path:
             env={"PYTHONPATH": str(ROOT)},
         )
         try:
-            target = written + 2000 + 700 * run
+            target = written + (2000 + 700 * run) // scale
             wait_until(
-                lambda target=target: db.exists() and count(db) >= target,
+                lambda target=target: count(db) >= target,
                 timeout=120,
                 interval=0.02,
                 what=f"{target} observations\n{proc.tail()}",
@@ -261,42 +263,45 @@ def test_rollups_match_raw_after_kill_9_of_a_writing_process(db: Path, tmp_path:
             proc.stop()
         written = count(db)
         start = rows(db, "SELECT MAX(ts) AS ts FROM observations")[0]["ts"] + 0.5
-    assert written >= 2000 + 2700 + 3400
+    assert written >= (2000 + 2700 + 3400) // scale
     assert assert_rollups_match_raw(db, 1.0) == written
 
 
-def count(db: Path) -> int:
+def count(db: str) -> int:
+    if engine(db) == "sqlite" and not Path(db).exists():
+        return 0
     try:
         return rows(db, "SELECT COUNT(*) AS n FROM observations")[0]["n"]
-    except sqlite3.OperationalError:
+    except errors():
         return 0  # not migrated yet
 
 
-def test_old_rows_without_seconds_fall_back_to_counts(db: Path):
-    Store(StoreOptions(path=str(db))).open().close()
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("INSERT INTO rollup_hour (entity, ts, count, ok) VALUES ('old', ?, 10, 7)", (T0,))
-        conn.execute("INSERT INTO rollup_hour (entity, ts, count, ok) VALUES ('old', ?, 30, 30)", (T0 + 3600,))
-        conn.execute("INSERT INTO rollup_hour (entity, ts, count, ok) VALUES ('mixed', ?, 60, 30)", (T0,))
-        conn.execute(
+def test_old_rows_without_seconds_fall_back_to_counts(db: str):
+    Store(store_options(db)).open().close()
+    execute(
+        db,
+        ("INSERT INTO rollup_hour (entity, ts, count, ok) VALUES ('old', ?, 10, 7)", (T0,)),
+        ("INSERT INTO rollup_hour (entity, ts, count, ok) VALUES ('old', ?, 30, 30)", (T0 + 3600,)),
+        ("INSERT INTO rollup_hour (entity, ts, count, ok) VALUES ('mixed', ?, 60, 30)", (T0,)),
+        (
             "INSERT INTO rollup_hour (entity, ts, count, ok, seconds_ok, seconds_known) "
             "VALUES ('mixed', ?, 360, 360, 3600, 3600)",
             (T0 + 3600,),
-        )
-    conn.close()
-    uptime = History(db).uptime(T0)
+        ),
+    )
+    uptime = read_uptime(db, T0)
     assert uptime["old"].percent == pytest.approx(100 * 37 / 40)  # exactly the old share of probes
     assert uptime["mixed"].percent == pytest.approx(75.0)  # the old hour as half up, the new one up
+    assert uptime["old"].probes == 40 and isinstance(uptime["old"].probes, int)
 
 
-def test_the_raw_cap_spares_the_minutes_being_rolled_up(db: Path, monkeypatch: pytest.MonkeyPatch):
+def test_the_raw_cap_spares_the_minutes_being_rolled_up(db: str, monkeypatch: pytest.MonkeyPatch):
     """`raw_per_check` may be as small as 10; an entity probed every second must still roll up whole."""
     from clusterwatch.store import writer as store_sqlite
 
     monkeypatch.setattr(store_sqlite, "RETENTION_EVERY", 0.0)  # after every batch
     now = {"t": T0 + 30}
-    store = Store(StoreOptions(path=str(db), raw_per_check=10), clock=lambda: now["t"]).open()
+    store = Store(store_options(db, raw_per_check=10), clock=lambda: now["t"]).open()
     try:
         for i in range(30):
             store.observation(obs("fast", Status.OK, float(i)), T0 + i, expected_every=1)

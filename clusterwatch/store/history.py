@@ -25,10 +25,12 @@ PAGED: dict[str, tuple[str, frozenset[str]]] = {
     "actions": ("id", frozenset({"check_name", "entity", "target", "action", "outcome"})),
 }
 _JSON_COLUMNS = ("metrics", "details", "matchers", "incidents")
+# Sums of counts cast back to integers: PostgreSQL sums BIGINTs as NUMERIC (a Decimal in Python).
 _UPTIME = (
-    "SELECT entity, SUM(seconds_ok) AS seconds_ok, SUM(seconds_known) AS seconds_known, SUM(count) AS probes, "
-    "SUM(CASE WHEN seconds_known IS NULL THEN ok END) AS old_ok, "
-    "SUM(CASE WHEN seconds_known IS NULL THEN count END) AS old_probes, "
+    "SELECT entity, SUM(seconds_ok) AS seconds_ok, SUM(seconds_known) AS seconds_known, "
+    "CAST(SUM(count) AS BIGINT) AS probes, "
+    "CAST(SUM(CASE WHEN seconds_known IS NULL THEN ok END) AS BIGINT) AS old_ok, "
+    "CAST(SUM(CASE WHEN seconds_known IS NULL THEN count END) AS BIGINT) AS old_probes, "
     "COUNT(CASE WHEN seconds_known IS NULL THEN 1 END) AS old_hours, MAX(p95) AS p95, MAX(max) AS max "
     "FROM rollup_hour WHERE ts >= ? GROUP BY entity"
 )
