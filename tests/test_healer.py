@@ -1,10 +1,9 @@
-"""The healer as a reconciler, on a real ledger (SQLite) with an injected clock: it acts from stored
+"""The healer as a reconciler, on a real ledger (SQLite and PostgreSQL) with an injected clock: it acts from stored
 state, counts budgets across restarts of the monitor, and looks before acting after a crash."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from clusterwatch.config.schema import Config
 from clusterwatch.engine.events import Event, EventKind
@@ -19,7 +18,7 @@ DAY = 86400.0
 class World:
     """One service (up or not), one check with a restart action, a clock the test moves."""
 
-    def __init__(self, db: Path, now: float = 1_000_000.0, **restart: object) -> None:
+    def __init__(self, db: str, now: float = 1_000_000.0, **restart: object) -> None:
         self.db, self.now, self.up = db, now, False
         self.restarts = 0
         self.config = Config.model_validate(
@@ -96,8 +95,8 @@ async def until(predicate, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def test_restored_critical_is_acted_on_only_after_a_fresh_look(tmp_path: Path):
-    w = World(tmp_path / "s.db")
+def test_restored_critical_is_acted_on_only_after_a_fresh_look(store_location: str):
+    w = World(store_location)
 
     async def scenario() -> None:
         w.states.restore(EntityState("api", "api", hard=Status.CRITICAL, last_at=w.now - 100))
@@ -116,8 +115,8 @@ def test_restored_critical_is_acted_on_only_after_a_fresh_look(tmp_path: Path):
     assert w.kinds()[-1] == "remediation_exhausted"
 
 
-def test_budget_counts_stored_attempts_across_a_restart_and_a_clock_set_back(tmp_path: Path):
-    w = World(tmp_path / "s.db")
+def test_budget_counts_stored_attempts_across_a_restart_and_a_clock_set_back(store_location: str):
+    w = World(store_location)
 
     async def first_life() -> None:
         await w.healer.start()
@@ -145,8 +144,8 @@ def test_budget_counts_stored_attempts_across_a_restart_and_a_clock_set_back(tmp
     assert w.kinds() == []  # exhausted was stored: not announced again
 
 
-def test_window_ends_and_a_stable_recovery_give_the_budget_back_and_it_is_stored(tmp_path: Path):
-    w = World(tmp_path / "s.db", max_attempts=1)
+def test_window_ends_and_a_stable_recovery_give_the_budget_back_and_it_is_stored(store_location: str):
+    w = World(store_location, max_attempts=1)
 
     async def scenario() -> None:
         await w.healer.start()
@@ -188,8 +187,8 @@ def test_window_ends_and_a_stable_recovery_give_the_budget_back_and_it_is_stored
     assert w.actions() == [(1, "failed"), (1, "failed")]
 
 
-def test_an_attempt_cut_short_is_recorded_once_and_looked_at_before_acting(tmp_path: Path):
-    w = World(tmp_path / "s.db")
+def test_an_attempt_cut_short_is_recorded_once_and_looked_at_before_acting(store_location: str):
+    w = World(store_location)
     ledger = HealLedger(w.db)
     ledger.open()
     ledger.begin(
@@ -213,8 +212,8 @@ def test_an_attempt_cut_short_is_recorded_once_and_looked_at_before_acting(tmp_p
     assert event.details["interrupted"] is True and "cut short" in event.message
 
 
-def test_a_target_a_person_paused_is_left_alone_until_resumed(tmp_path: Path):
-    w = World(tmp_path / "s.db")
+def test_a_target_a_person_paused_is_left_alone_until_resumed(store_location: str):
+    w = World(store_location)
     ledger = HealLedger(w.db)
     ledger.open()
     ledger.pause("command:/bin/true", until=w.now + 3600, reason="maintenance")
@@ -237,8 +236,8 @@ def test_a_target_a_person_paused_is_left_alone_until_resumed(tmp_path: Path):
     assert w.actions()[0] == (1, "failed")
 
 
-def test_backoff_after_failed_attempts_survives_a_restart(tmp_path: Path):
-    w = World(tmp_path / "s.db", max_attempts=3, backoff="10s")
+def test_backoff_after_failed_attempts_survives_a_restart(store_location: str):
+    w = World(store_location, max_attempts=3, backoff="10s")
 
     async def first_life() -> None:
         await w.healer.start()
@@ -270,8 +269,8 @@ def test_backoff_after_failed_attempts_survives_a_restart(tmp_path: Path):
     assert run(second_life()) == 6.0
 
 
-def test_a_pause_that_comes_during_the_backoff_holds_the_next_attempt(tmp_path: Path):
-    w = World(tmp_path / "s.db", max_attempts=3, backoff="1s")
+def test_a_pause_that_comes_during_the_backoff_holds_the_next_attempt(store_location: str):
+    w = World(store_location, max_attempts=3, backoff="1s")
     ledger = HealLedger(w.db)
     ledger.open()
 
@@ -292,8 +291,8 @@ def test_a_pause_that_comes_during_the_backoff_holds_the_next_attempt(tmp_path: 
     assert w.actions() == [(1, "failed")], "a person's pause was overrun by a backoff already under way"
 
 
-def test_two_checks_on_one_target_share_one_budget_and_one_escalation(tmp_path: Path):
-    w = World(tmp_path / "s.db", max_attempts=1)
+def test_two_checks_on_one_target_share_one_budget_and_one_escalation(store_location: str):
+    w = World(store_location, max_attempts=1)
     restart = w.config.checks[0].restart
     assert restart is not None
     w.config = Config.model_validate(
