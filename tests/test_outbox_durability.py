@@ -1,12 +1,12 @@
-"""The outbox and what it tells, under failing writes and restarts: no wedge, no loss, no double."""
+"""The outbox and what it tells, under failing writes and restarts: no wedge, no loss, no double. On both
+engines: a write the database refuses is a trigger that raises (SQLite's RAISE, PostgreSQL's RAISE
+EXCEPTION)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +14,9 @@ from clusterwatch.alerting.alerter import Alerter
 from clusterwatch.config.schema import AlertOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Status
+from clusterwatch.store.db import errors
 from clusterwatch.store.outbox import Message, Outbox
-from clusterwatch.store.db import sqlite_connect as connect
+from tests.storecheck import drop_trigger, execute, fail_when, open_transactions, store_options
 
 
 def options(**extra) -> AlertOptions:
@@ -32,30 +33,27 @@ def closed(incident: str, entity: str = "api") -> Event:
                  new=Status.OK, incident=incident)
 
 
-def trigger(db: Path, table: str) -> None:
-    """A write that fails inside SQLite itself, as a full disk or a broken schema would."""
-    conn = connect(db)
-    conn.execute(f"CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'no'); END")
-    conn.close()
+def trigger(db: str, table: str) -> None:
+    """A write that fails inside the database itself, as a full disk or a broken schema would."""
+    fail_when(db, f"fail_{table}", "INSERT", table)
 
 
-def untrigger(db: Path, table: str) -> None:
-    conn = connect(db)
-    conn.execute(f"DROP TRIGGER fail_{table}")
-    conn.close()
+def untrigger(db: str, table: str) -> None:
+    drop_trigger(db, f"fail_{table}", table)
 
 
-def test_a_failing_insert_rolls_back_and_never_wedges(tmp_path: Path):
-    db = tmp_path / "s.db"
+def test_a_failing_insert_rolls_back_and_never_wedges(store_location: str):
+    db = store_location
     outbox = Outbox(db)
     try:
         trigger(db, "outbox")
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(errors()):
             outbox.add([Message("ops", "firing", "critical", "t", "b", ["i1"])], told=[("i1", "api", "critical",
                                                                                       1.0, None, None, None)])
         # Nothing of that transaction is there: not the message, not the state that said it was told.
         assert outbox.pending() == [] and outbox.alert_states() == []
         # The connection is not left inside a transaction: the next writes work at once.
+        assert open_transactions(db) == 0
         outbox.save_states([("i2", "db", "warning", None, None, 5.0, None)])
         assert [r["incident"] for r in outbox.alert_states()] == ["i2"]
         untrigger(db, "outbox")
@@ -65,16 +63,16 @@ def test_a_failing_insert_rolls_back_and_never_wedges(tmp_path: Path):
         outbox.close()
 
 
-def test_firing_and_its_told_state_are_one_commit(tmp_path: Path):
+def test_firing_and_its_told_state_are_one_commit(store_location: str):
     """A failed alert_state write takes the notifications with it: after a crash nobody is told twice."""
-    db = tmp_path / "s.db"
+    db = store_location
     outbox = Outbox(db)
 
     async def scenario() -> None:
         alerter = Alerter(options(), outbox)
         alerter.on_event(opened("inc1"))
         trigger(db, "alert_state")
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(errors()):
             await alerter.flush()
         assert outbox.pending() == [], "a notification was committed without the state that says it was sent"
         assert alerter.incidents["inc1"].notified is None
@@ -92,10 +90,10 @@ def test_firing_and_its_told_state_are_one_commit(tmp_path: Path):
         outbox.close()
 
 
-def test_resolved_notice_survives_a_crash_between_close_and_send(tmp_path: Path):
+def test_resolved_notice_survives_a_crash_between_close_and_send(store_location: str):
     """The monitor dies after the incident closed and before the resolved notice reached the outbox:
     the next monitor finds "told, and closed" in the store and says it is resolved, once."""
-    db = tmp_path / "s.db"
+    db = store_location
     outbox = Outbox(db)
 
     async def first_life() -> None:
@@ -117,14 +115,15 @@ def test_resolved_notice_survives_a_crash_between_close_and_send(tmp_path: Path)
         asyncio.run(first_life())
         assert outbox.alert_states(), "the told state must outlive the in-memory note"
         # The store closed the incident (the engine's writer does that on incident_closed).
-        conn = connect(db)
         now = time.time()
-        conn.execute(
-            "INSERT INTO incidents (id, entity, check_name, node, opened, closed, status, message, last_message) "
-            "VALUES ('inc1', 'api', 'api', NULL, ?, ?, 'critical', 'connection refused', 'serving again')",
-            (now - 60, now),
+        execute(
+            db,
+            (
+                "INSERT INTO incidents (id, entity, check_name, node, opened, closed, status, message, last_message) "
+                "VALUES ('inc1', 'api', 'api', NULL, ?, ?, 'critical', 'connection refused', 'serving again')",
+                (now - 60, now),
+            ),
         )
-        conn.close()
         titles = asyncio.run(second_life())
         assert len(titles) == 2 and titles[0].startswith("[CRITICAL] api") and titles[1].startswith("[RESOLVED] api")
         assert outbox.alert_states() == [], "the incident's state goes in the same commit as its resolved notice"
@@ -132,9 +131,9 @@ def test_resolved_notice_survives_a_crash_between_close_and_send(tmp_path: Path)
         outbox.close()
 
 
-def test_an_incident_closing_while_its_firing_is_written_still_gets_its_resolved(tmp_path: Path):
+def test_an_incident_closing_while_its_firing_is_written_still_gets_its_resolved(store_location: str):
     """The service recovers while the firing is being committed (the store's writer holds the lock)."""
-    outbox = Outbox(tmp_path / "s.db")
+    outbox = Outbox(store_location)
     real_add = outbox.add
     entered, release = threading.Event(), threading.Event()
 
@@ -165,24 +164,24 @@ def test_an_incident_closing_while_its_firing_is_written_still_gets_its_resolved
         outbox.close()
 
 
-def test_an_incident_whose_close_was_lost_in_a_crash_is_closed_and_resolved(tmp_path: Path):
+def test_an_incident_whose_close_was_lost_in_a_crash_is_closed_and_resolved(store_location: str):
     """The entity's recovery was committed, the incident_closed event was in the batch the crash lost:
     the next start closes the stray incident and the people told about it hear it is resolved."""
-    from clusterwatch.config.schema import StoreOptions
     from clusterwatch.store.writer import Store
 
-    db = tmp_path / "s.db"
+    db = store_location
     outbox = Outbox(db)
     now = time.time()
-    conn = connect(db)
-    conn.execute(
-        "INSERT INTO incidents (id, entity, check_name, node, opened, status, message, last_message) "
-        "VALUES ('inc1', 'api', 'api', NULL, ?, 'critical', 'connection refused', 'connection refused')",
-        (now - 60,),
+    execute(
+        db,
+        (
+            "INSERT INTO incidents (id, entity, check_name, node, opened, status, message, last_message) "
+            "VALUES ('inc1', 'api', 'api', NULL, ?, 'critical', 'connection refused', 'connection refused')",
+            (now - 60,),
+        ),
     )
-    conn.close()
     outbox.save_states([("inc1", "api", "critical", now - 50, None, None, None)])  # it was told
-    store = Store(StoreOptions(path=str(db))).open()
+    store = Store(store_options(db)).open()
     try:
         assert store.close_stray_incidents(set(), now) == ["inc1"]
         assert store.close_stray_incidents(set(), now) == []
