@@ -1,10 +1,10 @@
-"""Alert routing, maintenance windows, Cluster AI's variables as channels, and outbox expiry."""
+"""Alert routing, maintenance windows, Cluster AI's variables as channels, and outbox expiry (on both
+store engines)."""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
-from pathlib import Path
 
 from clusterwatch.alerting.channels import channels_from_env
 from clusterwatch.alerting.routing import Silence, channels_for, held_by, in_window
@@ -86,8 +86,8 @@ def test_cluster_ai_variables_become_channels():
     assert channels_from_env({}) == {}
 
 
-def test_outbox_retries_grow_and_old_messages_expire(tmp_path: Path):
-    outbox = Outbox(tmp_path / "s.db")
+def test_outbox_retries_grow_and_old_messages_expire(store_location: str):
+    outbox = Outbox(store_location)
     try:
         [first, second] = outbox.add(
             [
@@ -110,7 +110,7 @@ def test_outbox_retries_grow_and_old_messages_expire(tmp_path: Path):
         outbox.close()
 
 
-def test_a_failed_outbox_write_loses_no_notification(tmp_path: Path, monkeypatch):
+def test_a_failed_outbox_write_loses_no_notification(store_location: str, monkeypatch):
     import asyncio
     import sqlite3
 
@@ -118,7 +118,7 @@ def test_a_failed_outbox_write_loses_no_notification(tmp_path: Path, monkeypatch
     from clusterwatch.engine.events import Event, EventKind
     from clusterwatch.model import Status
 
-    outbox = Outbox(tmp_path / "s.db")
+    outbox = Outbox(store_location)
     real_add = outbox.add
 
     def full_disk(messages, **_):
