@@ -300,7 +300,7 @@ class Postgres:
                 "tcp_user_timeout": 10_000,
             },
             name=name,
-            reconnect_timeout=0,  # a database away for long is tried again for ever, never given up on
+            reconnect_timeout=0,  # no retries in the background: each request that finds no connection connects anew
         )
         self._pool.open(wait=False)
 
@@ -329,8 +329,8 @@ class Result:
     """What a statement of `run_all` gave: its rows (RETURNING, SELECT) and how many rows it changed."""
 
     def __init__(self, cursor: Any) -> None:
-        self.rowcount: int = cursor.rowcount
         self.rows: list[Any] = cursor.fetchall() if cursor.description else []
+        self.rowcount: int = cursor.rowcount  # after the rows: SQLite counts a RETURNING's rows as it steps
 
 
 def run_all(db: Database, statements: Sequence[tuple[str, Any]]) -> list[Result]:
