@@ -186,6 +186,7 @@ def test_metrics_show_time_based_uptime_and_the_store(store: Store, web: WebHist
         lag_percentiles=lambda: (0.0, 0.0),
         probes_started=8,
         store_health=store.health,
+        ha_enabled=False,  # one monitor, no group
         web=SimpleNamespace(history=web, counts=counts(web)),
     )
     text = render(monitor).decode()  # type: ignore[arg-type]
