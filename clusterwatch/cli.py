@@ -79,6 +79,16 @@ def _merge_globals(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="clusterwatch", description="Keeps an AI cluster healthy without a person watching.")
     _add_globals(parser, 0)
@@ -159,6 +169,34 @@ def build_parser() -> argparse.ArgumentParser:
     install = command("install", help="print (or --write) a systemd unit or a cron line")
     install.add_argument("what", choices=["systemd", "cron"])
     install.add_argument("--write", action="store_true", help="write it to /etc instead of printing it")
+
+    store = command("store", help="the store itself: copy it into another")
+    store_sub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    migrate = action(
+        store_sub,
+        "migrate",
+        help="copy history, incidents, actions, budgets, silences and the outbox into a fresh store",
+        description="Copy one store into another, ids kept: SQLite to PostgreSQL (to run a group of monitors), "
+        "back, or to another SQLite file. Stop the monitor first. Everything is copied but the leader lease, the "
+        "group's members and the schema's own bookkeeping. The source is first brought to this version's schema "
+        "IN PLACE, as `clusterwatch run` does at start (copy a SQLite file first if an older clusterwatch must "
+        "read it again). The target must be empty: a new PostgreSQL database, or a path with no file yet. "
+        "Exit 0 when every table's rows were copied and counted again on both sides, 1 when the counts differ "
+        "or the copy was refused, 3 when a store cannot be reached or used.",
+    )
+    migrate.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="STORE",
+        help="sqlite:///abs/path, a path, or postgresql://user@host/db (brought to the newest schema first)",
+    )
+    migrate.add_argument(
+        "--to", dest="target", required=True, metavar="STORE", help="the same kinds; a fresh, empty store"
+    )
+    migrate.add_argument(
+        "--batch", type=_positive_int, default=5000, metavar="ROWS", help="rows per transaction (default 5000)"
+    )
 
     config = command("config", help="validate or show the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -555,6 +593,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from clusterwatch.store.migrate import MigrateError, Refused, copy_store
+
+    try:
+        outcome = copy_store(
+            args.source, args.target, batch=args.batch, say=lambda line: print(redact.text(line), flush=True)
+        )
+    except MigrateError as exc:
+        print(f"clusterwatch: store migrate: {redact.text(str(exc))}", file=sys.stderr)
+        return 1 if isinstance(exc, Refused) else EXIT_UNKNOWN
+    if outcome.mismatched:
+        for table, (source, target) in outcome.mismatched.items():
+            print(
+                f"clusterwatch: store migrate: {table}: {source} rows in the source, {target} in the target",
+                file=sys.stderr,
+            )
+        print(
+            "clusterwatch: store migrate: the copy does not match its source (was a monitor still writing to it?): "
+            "stop the monitor, empty the target and run it again",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"copied {outcome.rows} rows of {len(outcome.copied)} tables in {outcome.seconds:.1f} s; "
+        "counted again on both sides: they match"
+    )
+    return 0
+
+
 COMMANDS: dict[str, typing.Callable[[argparse.Namespace], int]] = {
     "check": cmd_check,
     "config": cmd_config,
@@ -565,4 +632,5 @@ COMMANDS: dict[str, typing.Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "demo": _demo,
     "silence": cmd_silence,
+    "store": cmd_store,
 }
