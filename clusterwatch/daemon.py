@@ -91,6 +91,13 @@ class Monitor:
         self.ha_log: list[dict[str, Any]] = []  # this monitor's own takeovers and stand-downs, newest last
         self._alert_tasks: list[asyncio.Task[Any]] = []
         self._renewal: asyncio.Future[Change] | None = None
+        self._seen: asyncio.Future[None] | None = None
+        # The lease's own threads: a store that hangs must not starve the default executor (DNS lookups).
+        self._lease_io = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-lease")
+        self._offline: Outbox | None = None  # the local outbox while the shared store is away
+        self._handed: tuple[list[Any], list[Any]] | None = None  # leftovers the shared store has not taken yet
+        self._away_since = 0.0  # monotonic time this monitor began alerting from its local outbox
+        self._led_epoch: int | None = None  # the epoch this monitor last announced it leads with
         if self.config.ha.enabled:
             self.lease = Lease(LeaseStore(self.store.location), self.config.ha.node_name, self.config.ha.lease)
             self.store.fence = self.healer.ledger.fence = self.lease
@@ -186,6 +193,12 @@ class Monitor:
             await self._resume()
             return
         await self.blocking(self.lease.store.open)
+        if os.path.exists(os.path.expanduser(self.config.store.path)):  # a run that ended while the store was away
+            local = await self.blocking(Outbox, self.config.store.path)
+            try:
+                await self._hand_over(local)
+            finally:
+                await self.blocking(local.close)
         log.info(
             "clusterwatch started in a group of monitors as %s (lease %gs): %d checks, store %s",
             self.lease.member,
@@ -194,6 +207,22 @@ class Monitor:
             self.store.path,
         )
         await self._apply(await self._renew())
+
+    def _open_incidents(self) -> list[tuple[str, str, str, str | None, str, Status | None, float, str]]:
+        return [
+            (
+                e.incident,
+                e.name,
+                e.check,
+                e.node,
+                self.pipeline.kinds.get(e.name, ""),
+                e.hard,
+                e.incident_started or time.time(),
+                e.last.message if e.last else "",
+            )
+            for e in self.pipeline.open_incidents()
+            if e.incident
+        ]
 
     async def _resume(self) -> None:
         """Carry on from the store: after a restart, or when this monitor takes over a group."""
@@ -216,22 +245,7 @@ class Monitor:
             healthy=self.health.alive,
             history_first=lambda: self.store.flush(10.0),
         )
-        await self.alerter.resume(
-            [
-                (
-                    e.incident,
-                    e.name,
-                    e.check,
-                    e.node,
-                    self.pipeline.kinds.get(e.name, ""),
-                    e.hard,
-                    e.incident_started or time.time(),
-                    e.last.message if e.last else "",
-                )
-                for e in open_incidents
-                if e.incident
-            ]
-        )
+        await self.alerter.resume(self._open_incidents())
         self.pipeline.listeners = [self.healer.on_event, self.alerter.on_event]
         await self.healer.start()
         log.info(
@@ -265,6 +279,7 @@ class Monitor:
             await asyncio.to_thread(self.lease.store.close)
         await asyncio.to_thread(self.store.close, 2.0)
         self._io.shutdown(wait=False)
+        self._lease_io.shutdown(wait=False)
 
     async def run(self) -> int:
         """Until SIGTERM (exit 0) or until the monitor can no longer do its job (exit 3)."""
@@ -309,7 +324,7 @@ class Monitor:
         """One renewal in a thread; a renewal still hanging (a cut network) is not started twice."""
         assert self.lease is not None
         if self._renewal is None or self._renewal.done():
-            self._renewal = asyncio.ensure_future(asyncio.to_thread(self.lease.renew))
+            self._renewal = asyncio.get_running_loop().run_in_executor(self._lease_io, self.lease.renew)
         try:
             return await asyncio.wait_for(asyncio.shield(self._renewal), self.lease.every)
         except TimeoutError:
@@ -321,8 +336,9 @@ class Monitor:
         while True:
             change = await self._renew()
             await self._apply(change)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.to_thread(self.lease.seen), self.lease.every)
+            if self._seen is None or self._seen.done():  # one at a time: a store that hangs holds no more threads
+                self._seen = asyncio.get_running_loop().run_in_executor(self._lease_io, self.lease.seen)
+                self._seen.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: not logged
             deadline = time.monotonic() + self.lease.every
             while (left := deadline - time.monotonic()) > 0:
                 await asyncio.sleep(min(left, 0.25))
@@ -331,6 +347,11 @@ class Monitor:
     async def _apply(self, change: Change) -> None:
         if change.lost is not None:
             await self._stand_down(change.lost)
+        if self.lease is not None and self.lease.answered is not None and self.lease.answered > self._away_since:
+            if self._offline is not None:
+                await self._back_online()
+            elif self._handed is not None:
+                await self._hand_over(None)
         if change.became is not None:
             await self._take_over(change.became)
 
@@ -351,17 +372,19 @@ class Monitor:
         message = f"{self.lease.node} leads the group of monitors (epoch {epoch})"
         self.ha_log.append({"at": time.time(), "event": "leader", "epoch": epoch, "message": message})
         log.warning("%s", message)
-        self.pipeline.emit(
-            Event(
-                EventKind.LEADER_ELECTED,
-                "clusterwatch",
-                "clusterwatch",
-                time.time(),
-                message + "; it resumed from the shared store and looks at every check now",
-                node=self.lease.node,
-                details={"epoch": epoch, "member": self.lease.member, "since": lease.get("acquired_at")},
+        if epoch != self._led_epoch:  # the same epoch again: the store was away a moment, nobody else led
+            self._led_epoch = epoch
+            self.pipeline.emit(
+                Event(
+                    EventKind.LEADER_ELECTED,
+                    "clusterwatch",
+                    "clusterwatch",
+                    time.time(),
+                    message + "; it resumed from the shared store and looks at every check now",
+                    node=self.lease.node,
+                    details={"epoch": epoch, "member": self.lease.member, "since": lease.get("acquired_at")},
+                )
             )
-        )
         for name in list(self.scheduler.jobs):
             self.scheduler.run_soon(name, 0.0)
 
@@ -369,6 +392,26 @@ class Monitor:
         """Stop recording, healing and alerting at once; probing goes on (a follower stays informed)."""
         was = self.leading
         self.leading = False
+        if why is not None and not was:
+            return  # already stood down: a renewal that failed after the clock had said so
+        hung = self._renewal is not None and not self._renewal.done()  # a cut network: the renewal hangs
+        store_away = self.lease is not None and (self.lease.last_error is not None or hung)
+        if was and why is not None and store_away and self.alerter is not None:
+            # Nobody can hold a lease while the shared store is away: this monitor, the last leader,
+            # keeps telling people from a local outbox (remediation stays paused: nobody may act).
+            await self._go_offline(self.alerter)
+            message = (
+                f"{self.config.ha.node_name} stood down as the leader: {why}; remediation paused, alerts go out "
+                f"from the local outbox at {self.config.store.path} until the shared store is back"
+            )
+        else:
+            await self._stop_alerting()
+            message = f"{self.config.ha.node_name} stood down as the leader: {why}; remediation and alerts paused here"
+        if was and why is not None:
+            self.ha_log.append({"at": time.time(), "event": "stood_down", "message": message})
+            log.warning("%s", message)
+
+    async def _stop_alerting(self) -> None:
         self.pipeline.listeners = []
         tasks, self._alert_tasks = self._alert_tasks, []
         for task in tasks:
@@ -378,10 +421,46 @@ class Monitor:
         if alerter is not None:
             with contextlib.suppress(Exception):
                 await alerter.stop()
-        if was and why is not None:
-            message = f"{self.config.ha.node_name} stood down as the leader: {why}; remediation and alerts paused here"
-            self.ha_log.append({"at": time.time(), "event": "stood_down", "message": message})
-            log.warning("%s", message)
+
+    async def _go_offline(self, alerter: Alerter) -> None:
+        """The alerter goes on, its outbox now a local SQLite file; what it tells is recorded there."""
+        assert self.lease is not None
+        self.pipeline.listeners = [alerter.on_event]  # at once: no event may fall between two outboxes
+        self._away_since = time.monotonic()
+        # Not on the monitor's own executor: its threads may be waiting for the store that is away.
+        self._offline = await asyncio.to_thread(partial(Outbox, self.config.store.path, member=self.lease.member))
+        alerter.outbox, alerter.offline, alerter.member = self._offline, True, self.lease.member
+        alerter.adopt(self._open_incidents())
+
+    async def _back_online(self) -> None:
+        """The shared store answers again: the local outbox's leftovers (what it told, what it has not
+        delivered yet) go to the shared store, where the leader carries on without telling twice."""
+        local = self._offline
+        assert local is not None
+        await self._stop_alerting()
+        await self._hand_over(local)
+        self._offline = None
+        with contextlib.suppress(Exception):
+            await self.blocking(local.close)
+
+    async def _hand_over(self, local: Outbox | None) -> None:
+        assert self.outbox is not None
+        told, waiting = await self.blocking(local.hand_over) if local is not None else ([], [])
+        if self._handed is not None:
+            told, waiting = self._handed[0] + told, self._handed[1] + waiting
+        try:
+            await self.blocking(self.outbox.take_over, told, waiting)
+        except db_errors() as exc:
+            self._handed = (told, waiting)  # kept for the next renewal that reaches the store
+            log.error("could not hand the local outbox to the shared store (%s); trying again", exc)
+            return
+        self._handed = None
+        if told or waiting:
+            log.warning(
+                "handed the local outbox to the shared store: %d notice(s) told while it was away, %d to deliver",
+                len(told),
+                len(waiting),
+            )
 
     def _sighup(self) -> None:
         self.supervisor.spawn("reload", self.reload("SIGHUP"), oneshot=True)

@@ -51,6 +51,7 @@ class Lease:
         self.held: Held | None = None
         self._renewed_sent: float | None = None  # monotonic time the last successful renewal was sent
         self.last_error: str | None = None
+        self.answered: float | None = None  # monotonic time the store last answered a renewal (any answer)
 
     @property
     def every(self) -> float:
@@ -78,6 +79,7 @@ class Lease:
                 return Change(lost=f"could not renew the lease for {self.lease / 2:g}s ({self.last_error})")
             return Change()
         self.last_error = None
+        self.answered = self.clock()
         if held is None:
             self.epoch, self.held = None, None
             return Change(lost="another monitor holds the lease") if was is not None else Change()

@@ -7,13 +7,13 @@ import psutil
 import psycopg
 import pytest
 
-from tests.pg import PostgresServer
+from tests.pg import PASSWORD, PostgresServer
 
 pytest_plugins = ["tests.pg"]  # the postgres_server and pg_url fixtures
 
 
 def test_fresh_database_as_clusterwatch(postgres_server: PostgresServer, pg_url: str) -> None:
-    assert pg_url.startswith(f"postgresql://clusterwatch:clusterwatch@127.0.0.1:{postgres_server.port}/")
+    assert pg_url.startswith(f"postgresql://clusterwatch:{PASSWORD}@127.0.0.1:{postgres_server.port}/")
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("clusterwatch",)
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)

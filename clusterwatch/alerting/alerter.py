@@ -30,11 +30,13 @@ from clusterwatch.alerting.routing import Silence, channels_for, held_by
 from clusterwatch.config.schema import AlertOptions
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.model import Status
+from clusterwatch.store.db import errors as db_errors
 from clusterwatch.store.outbox import Message, Outbox
 
 log = logging.getLogger("clusterwatch.alerts")
 TICK = 0.5
 SILENCE_REFRESH = 2.0
+TOLD_OFFLINE_FOR = 3600.0  # seconds a notice told from a local outbox may stand for the shared store's
 PROBLEMS = {"firing", "escalated", "repeat", "flapping", "monitor"}
 TELLS_THE_END = {"resolved", "healed"}  # once one of these is in the outbox, the incident's state goes
 SENDERS = 4  # Apprise calls at once (one per channel at most)
@@ -103,6 +105,12 @@ class Alerter:
         self._dropped: list[str] = []  # incidents whose alert state is to be deleted (written in flush)
         self._dirty: dict[str, Incident] = {}  # incidents whose alert state changed (written in flush)
         self._telling: set[str] = set()  # incidents whose firing is being committed to the outbox
+        # A group of monitors whose shared store is away: this alerter tells from a local outbox and
+        # records what it told; the leader, later, does not tell those transitions again.
+        self.offline = False
+        self.member = "local"
+        self._elsewhere: dict[str, Any] = {}  # entity -> the latest notice told offline (by any member)
+        self._forget_elsewhere: list[tuple[str, float]] = []
         self.configure(options, env_channels or {})
 
     def configure(self, options: AlertOptions, env_channels: dict[str, str]) -> None:
@@ -162,6 +170,16 @@ class Alerter:
             )
             self.closed[incident_id] = incident
             self._queue("resolved", incident, now)
+
+    def adopt(self, open_incidents: list[tuple[str, str, str, str | None, str, Status | None, float, str]]) -> None:
+        """Level-triggered: incidents the state holds open that this alerter has not heard of (an event
+        that fell between two outboxes) fire now; the ones it knows keep what was told about them."""
+        now = time.time()
+        for incident_id, entity, check, node, kind, status, opened, message in open_incidents:
+            if incident_id not in self.incidents:
+                incident = Incident(incident_id, entity, check, node, kind, severity_of(status), opened, message)
+                self.incidents[incident_id] = incident
+                self._queue("firing", incident, now)
 
     def on_event(self, event: Event) -> None:
         now = event.at
@@ -285,6 +303,9 @@ class Alerter:
         self._repeats(now)
         sent = 0
         if any(everything or n.due <= time.monotonic() for n in self.notes):
+            if not self.offline:
+                rows = await self._db(self.outbox.told_offline, now - TOLD_OFFLINE_FOR)
+                self._elsewhere = {r["entity"]: r for r in rows}  # ordered by time: the latest wins
             # As Alertmanager does: once the first of a group is due, everything waiting goes with it.
             due, self.notes = self.notes, []
             try:
@@ -301,9 +322,14 @@ class Alerter:
         by_channel: dict[tuple[str, str], list[tuple[Note, str, str]]] = defaultdict(list)
         told: list[Note] = []
         done: list[str] = []  # incidents whose last word is in this batch (or held back for good)
+        offline: list[tuple[Any, ...]] = []  # what this batch tells, when told from a local outbox
         for note in due:
             if note.incident is not None and note.kind in TELLS_THE_END:
                 done.append(note.incident.id)
+            if self._told_elsewhere(note):
+                if note.kind == "firing":
+                    told.append(note)  # counts as told: its resolved notice will follow
+                continue
             if (
                 note.severity == "warning"
                 and note.labels["check"] in critical_checks
@@ -332,6 +358,9 @@ class Alerter:
                 by_channel[(channel, family)].append((note, title, body))
             if note.incident is not None and note.kind in ("firing", "escalated", "repeat"):
                 told.append(note)
+            if self.offline and note.incident is not None and note.kind in ("firing", "resolved"):
+                incident = note.incident
+                offline.append((incident.entity, incident.id, note.kind, incident.severity, now, self.member))
         batch = []
         for (channel, _family), parts in by_channel.items():
             title, body = messages.grouped([(n.severity, t, b) for n, t, b in parts])
@@ -373,9 +402,9 @@ class Alerter:
             # The notifications and what they tell, in one transaction: durable before any send.
             self._telling = {row[0] for row in rows}
             try:
-                if rows:
+                if rows and not self.offline:
                     await self._db(self.history_first)
-                await self._db(self.outbox.add, batch, told=rows, done=done)
+                await self._db(self.outbox.add, batch, told=rows, done=done, offline=offline)
             finally:
                 self._telling = set()
             self._deliver_wake.set()
@@ -388,8 +417,36 @@ class Alerter:
             self._dirty.pop(incident.id, None)
         return len(batch)
 
+    def _told_elsewhere(self, note: Note) -> bool:
+        """Was this transition told from a monitor's local outbox while the shared store was away? A
+        firing if that monitor's latest word on the entity was a firing of this severity; a resolved
+        notice if its latest word was a resolution that came after this incident opened."""
+        incident = note.incident
+        if self.offline or incident is None or note.kind not in ("firing", "resolved"):
+            return False
+        record = self._elsewhere.get(incident.entity)
+        if record is None:
+            return False
+        same = record["kind"] == note.kind and (
+            record["severity"] == incident.severity if note.kind == "firing" else record["at"] >= incident.opened
+        )
+        # Used or stale: either way it stands for nothing after this notice.
+        del self._elsewhere[incident.entity]
+        self._forget_elsewhere.append((incident.entity, record["at"]))
+        if same:
+            log.info(
+                "%s: the %s notice was sent by %s while the shared store was away: not sent again",
+                incident.entity,
+                note.kind,
+                record["member"],
+            )
+        return same
+
     async def _write_states(self) -> None:
         """What was told about each incident, for a restart to resume (written off the event loop)."""
+        forget, self._forget_elsewhere = self._forget_elsewhere, []
+        for entity, until in forget:
+            await self._db(self.outbox.forget_told_offline, entity, until)
         if self._dirty or self._dropped:
             dirty, dropped = list(self._dirty.values()), self._dropped
             self._dirty, self._dropped = {}, []
@@ -488,6 +545,8 @@ class Alerter:
             self._wake.clear()
             try:
                 await self.flush()
+            except db_errors() as exc:  # the store is away or refused: the notes wait in memory
+                log.error("alert flush: the store did not take the notifications (%s); will retry", exc)
             except Exception:
                 log.exception("alert flush failed; will retry")
             next_due = min((n.due for n in self.notes), default=time.monotonic() + TICK * 4)
@@ -498,6 +557,8 @@ class Alerter:
             self._deliver_wake.clear()
             try:
                 await self.deliver()
+            except db_errors() as exc:
+                log.error("alert delivery: the store did not answer (%s); will retry", exc)
             except Exception:
                 log.exception("alert delivery failed; will retry")
             await _wait(self._deliver_wake, TICK)

@@ -267,6 +267,8 @@ class Healer:
             raise
         except Fenced as exc:  # the lease went to another monitor meanwhile: it acts now, not this one
             log.warning("healer: not acting on %s: %s", key, exc)
+        except db_errors() as exc:  # the store is away: nothing was done; the next look starts over
+            log.error("healer: %s: the store did not answer (%s)", key, exc)
         except Exception:  # the healer's own bug: logged, and the target is free for the next look
             log.exception("healer: %s failed unexpectedly", key)
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 SQLITE_BUSY_TIMEOUT_S = 10.0
 PG_CONNECT_TIMEOUT_S = 5
 PG_STATEMENT_TIMEOUT_MS = 15_000
-PG_POOL_TIMEOUT_S = 10.0
+PG_POOL_TIMEOUT_S = 5.0
 # A database-wide trouble, not one item's: worth waiting out rather than splitting a batch over.
 _SQLITE_TRANSIENT = (
     "SQLITE_BUSY",

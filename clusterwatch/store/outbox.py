@@ -73,9 +73,12 @@ class Outbox:
         *,
         told: Iterable[tuple[Any, ...]] = (),
         done: Iterable[str] = (),
+        offline: Iterable[tuple[Any, ...]] = (),
     ) -> list[int]:
         """Committed before this returns: from here on a notification can't be lost. `told` rows
-        (alert_state) are written and `done` incidents' rows deleted in the same transaction."""
+        (alert_state) are written and `done` incidents' rows deleted in the same transaction; so are
+        `offline` rows (told_offline: entity, incident, kind, severity, at, member) of a monitor
+        alerting from its local outbox while the shared store is away."""
         now = time.time()
         statements: list[tuple[str, Any]] = [
             (
@@ -87,6 +90,7 @@ class Outbox:
         ]
         statements += [(_ALERT_STATE_UPSERT, row) for row in told]
         statements += [("DELETE FROM alert_state WHERE incident = ?", (incident,)) for incident in done]
+        statements += [(_TOLD_OFFLINE, row) for row in offline]
         results = self._tx(statements, fenced=True)
         return [int(r.rows[0][0]) for r in results[: len(messages)]]
 
@@ -174,6 +178,44 @@ class Outbox:
             f"SELECT * FROM incidents WHERE closed IS NOT NULL AND id IN ({','.join('?' * len(ids))})", tuple(ids)
         )
 
+    # --- told while the shared store was away -------------------------------------------------------
+
+    def hand_over(self) -> tuple[list[Any], list[Any]]:
+        """A local outbox's leftovers, taken out of it: what it told (told_offline rows) and what it
+        could not deliver yet (outbox rows), for the shared store to carry on with."""
+        with self._db.transaction() as tx:
+            told = tx.execute("SELECT entity, incident, kind, severity, at, member FROM told_offline").fetchall()
+            waiting = tx.execute(
+                "SELECT created, channel, kind, severity, title, body, incidents, attempts, next_attempt FROM outbox "
+                "WHERE delivered IS NULL AND expired IS NULL ORDER BY id"
+            ).fetchall()
+            tx.execute("DELETE FROM told_offline")
+            tx.execute("UPDATE outbox SET expired = ?, last_error = ? WHERE delivered IS NULL AND expired IS NULL",
+                       (time.time(), "handed to the shared store"))
+        return [tuple(r) for r in told], [tuple(r) for r in waiting]
+
+    def take_over(self, told: list[Any], waiting: list[Any]) -> None:
+        """The shared store receives a local outbox's leftovers (see hand_over), in one transaction."""
+        statements: list[tuple[str, Any]] = [(_TOLD_OFFLINE, row) for row in told]
+        statements += [
+            (
+                "INSERT INTO outbox (created, channel, kind, severity, title, body, incidents, attempts, next_attempt) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                row,
+            )
+            for row in waiting
+        ]
+        if statements:
+            self._tx(statements)
+
+    def told_offline(self, since: float) -> list[Any]:
+        return self._rows(
+            "SELECT entity, incident, kind, severity, at, member FROM told_offline WHERE at >= ? ORDER BY at", (since,)
+        )
+
+    def forget_told_offline(self, entity: str, until: float) -> None:
+        self._run("DELETE FROM told_offline WHERE entity = ? AND at <= ?", (entity, until))
+
     # --- silences ----------------------------------------------------------------------------------
 
     def add_silence(self, silence: Silence) -> None:
@@ -198,6 +240,7 @@ class Outbox:
         return self._run("DELETE FROM silences WHERE id = ?", (silence_id,)).rowcount > 0
 
 
+_TOLD_OFFLINE = "INSERT INTO told_offline (entity, incident, kind, severity, at, member) VALUES (?,?,?,?,?,?)"
 _ALERT_STATE_UPSERT = (
     "INSERT INTO alert_state (incident, entity, severity, notified, repeated, silenced, healed_by) "
     "VALUES (?,?,?,?,?,?,?) ON CONFLICT (incident) DO UPDATE SET entity = excluded.entity, "

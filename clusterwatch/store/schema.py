@@ -122,9 +122,18 @@ MIGRATIONS: list[str] = [
         member TEXT PRIMARY KEY, node TEXT NOT NULL, started REAL NOT NULL, last_seen REAL NOT NULL,
         epoch INTEGER, leads INTEGER NOT NULL DEFAULT 0);
     """,
+    # 7: what a monitor told people while the shared store was away (from its local outbox): handed to
+    # the shared store when it is back, so the leader does not tell the same transition a second time
+    """
+    CREATE TABLE told_offline (
+        entity TEXT NOT NULL, incident TEXT, kind TEXT NOT NULL, severity TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+        member TEXT NOT NULL);
+    CREATE INDEX told_offline_entity ON told_offline (entity, at);
+    """,
 ]
 
-# PostgreSQL: SQLite's six migrations as one; later ones are appended to both lists.
+# PostgreSQL: SQLite's six migrations as one; later ones are appended to MIGRATIONS and run on both
+# engines (so they write types both know: DOUBLE PRECISION for times, never REAL, which is 4 bytes there).
 PG_MIGRATIONS: list[str] = [
     """
     CREATE TABLE observations (
