@@ -101,6 +101,7 @@ class Collector:
         yield from self._counters()
         yield from self._uptime()
         yield from self._store()
+        yield from self._group()
         lag = GaugeMetricFamily("clusterwatch_scheduling_lag_seconds", "how late checks start", labels=["quantile"])
         p50, p99 = m.lag_percentiles()
         lag.add_metric(["0.5"], p50)
@@ -163,6 +164,64 @@ class Collector:
         age = GaugeMetricFamily("clusterwatch_store_last_commit_age_seconds", "seconds since the store last committed")
         age.add_metric([], health["last_commit_age_s"])
         yield age
+
+    def _group(self) -> Iterator[Metric]:
+        """A group of monitors, from the web's last read of the shared store (never read here: this may
+        run on the event loop). Left out while that read is stale: better no answer than an old one."""
+        if not self.monitor.ha_enabled:
+            return
+        group = self.monitor.web.group.fresh()
+        if group is None:
+            return
+        leading = GaugeMetricFamily("clusterwatch_ha_leading", "1 while this monitor leads the group (and may act)")
+        leading.add_metric([], 1.0 if (group.get("self") or {}).get("leading") else 0.0)
+        yield leading
+        leaders = leader_gauge(group)
+        leader = GaugeMetricFamily(
+            "clusterwatch_ha_leader",
+            "1 for the node holding a current leader lease, 0 for the other members seen recently",
+            labels=["node"],
+        )
+        for node, value in sorted(leaders.items()):
+            leader.add_metric([node], value)
+        yield leader
+        lease = group.get("lease")
+        if lease is not None:
+            epoch = GaugeMetricFamily(
+                "clusterwatch_ha_epoch", "the leader lease's epoch (up at every change of leader)"
+            )
+            epoch.add_metric([], float(lease.get("epoch") or 0))
+            yield epoch
+
+
+def current_leader(group: dict[str, Any]) -> str | None:
+    """The node holding a lease that has not run out (on the database's clock, when it was read)."""
+    lease = group.get("lease")
+    if not lease or not lease.get("holder") or lease.get("expires_at") is None or lease.get("now") is None:
+        return None
+    return str(lease["node"]) if lease["expires_at"] > lease["now"] else None
+
+
+def recent_members(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """Members seen within two leases: one that stopped renewing for that long is gone (a killed
+    monitor's row stays listed in the store for a day)."""
+    lease = group.get("lease") or {}
+    now, lease_s = lease.get("now"), float((group.get("self") or {}).get("lease_s") or 15.0)
+    if now is None:
+        return list(group.get("members") or [])
+    return [
+        m for m in group.get("members") or [] if m.get("last_seen") is not None and now - m["last_seen"] <= 2 * lease_s
+    ]
+
+
+def leader_gauge(group: dict[str, Any]) -> dict[str, float]:
+    """node -> 1 for the current leader, 0 for every other node seen recently (a node name, not a member:
+    a monitor restarted on its node is the same node)."""
+    out = {str(m["node"]): 0.0 for m in recent_members(group)}
+    leader = current_leader(group)
+    if leader is not None:
+        out[leader] = 1.0
+    return out
 
 
 def render(monitor: Monitor) -> bytes:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("clusterwatch.web")
 COOKIE = "clusterwatch_token"
 COUNTS_EVERY = 10.0
+GROUP_EVERY = 2.0  # at most this long between reads of the group of monitors (lease/4 when shorter)
+GROUP_STALE = 10.0  # a read of the group older than this is not shown as its state
 OPEN_PATHS = {"/healthz", "/login", "/api/v1/openapi.json"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,6 +43,63 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     )
 
 
+class GroupRead:
+    """The group of monitors as last read from the shared store, by one loop in the web's read threads.
+
+    Requests (API, dashboard, /metrics) only look at this copy and never read the store themselves:
+    the lease store has few connections, and no number of requests may keep the lease's renewals
+    from them. Read every lease/4 (at most GROUP_EVERY), so a change of leader shows within one
+    renewal or so; what a person or a machine sees is redacted once, here.
+    """
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.every = min(GROUP_EVERY, monitor.config.ha.lease / 4)
+        self.value: dict[str, Any] | None = None  # the last good read (MonitorView.group())
+        self.read_at: float | None = None  # when (monotonic)
+        self.error: str | None = None  # why the last read failed, None when it did not
+        self._task: asyncio.Task[None] | None = None
+
+    def age(self) -> float | None:
+        return None if self.read_at is None else time.monotonic() - self.read_at
+
+    def fresh(self) -> dict[str, Any] | None:
+        """The last read while it is recent enough to tell the group's state; None otherwise."""
+        age = self.age()
+        return self.value if age is not None and age <= GROUP_STALE else None
+
+    def db_now(self) -> float:
+        """The database's clock now (the group's times are on it): its time at the read, plus the read's age."""
+        lease = (self.value or {}).get("lease")
+        age = self.age()
+        if lease is None or lease.get("now") is None or age is None:
+            return time.time()
+        return float(lease["now"]) + age
+
+    async def refresh(self) -> None:
+        try:
+            found = await WebServer.read(self.monitor.group)
+        except Exception as exc:  # the store away: keep the last read, say why
+            self.error = redact.text(f"{type(exc).__name__}: {exc}")[:300]
+            log.debug("reading the group of monitors failed: %s", self.error)
+            return
+        self.value, self.read_at, self.error = redact.current().data(found), time.monotonic(), None
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                await self.refresh()
+                await asyncio.sleep(self.every)
+
+        self._task = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class WebServer:
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
@@ -49,6 +108,7 @@ class WebServer:
         redact.current().add(self.token)
         self.history = History(monitor.store_path)
         self.counts: dict[str, list[dict[str, Any]]] = {}
+        self.group = GroupRead(monitor)
         self.runner: web.AppRunner | None = None
         # The answers that grow with the number of checks, kept fresh within these ages.
         self.snapshots = {
@@ -194,6 +254,8 @@ class WebServer:
         log.info("dashboard at %s", self.url)
         self.history.start()
         self._task = asyncio.create_task(self._refresh_counts())
+        if self.monitor.ha_enabled:
+            self.group.start()
         if len(self.monitor.items) > 1000:
             for snapshot in self.snapshots.values():
                 snapshot.warm()
@@ -209,6 +271,7 @@ class WebServer:
         if self._task is not None:
             self._task.cancel()
         await self.history.stop()
+        await self.group.stop()
         for snapshot in self.snapshots.values():
             await snapshot.stop()
         if self.runner is not None:
