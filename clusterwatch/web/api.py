@@ -15,6 +15,7 @@ from clusterwatch.config.durations import parse_duration
 from clusterwatch.config.schema import MATCH_KEYS
 from clusterwatch.engine.state import EntityState
 from clusterwatch.model import Status, json_safe
+from clusterwatch.web.metrics import current_leader
 from clusterwatch.web.openapi import spec
 from clusterwatch.web.queries import MAX_LIMIT
 
@@ -264,6 +265,33 @@ async def delete_silence(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def group(request: web.Request) -> web.Response:
+    """The group of monitors as this monitor last read it (see server.GroupRead: never read per request).
+
+    Alone: `{"ha": false}` (an answer, not a missing page: a script asks every monitor the same)."""
+    m = monitor_of(request)
+    if not m.ha_enabled:
+        return web.json_response({"ha": False}, dumps=_dumps)
+    return web.json_response(group_body(m), dumps=_dumps)
+
+
+def group_body(m: Monitor) -> dict[str, Any]:
+    read = m.web.group
+    found = read.value or {}
+    age = read.age()
+    lease = found.get("lease")
+    return {
+        "ha": True,
+        "leader": current_leader(found) if read.fresh() is not None else None,
+        "lease": lease,
+        "members": found.get("members", []),
+        "self": found.get("self"),
+        "read_age_s": None if age is None else round(age, 3),
+        "stale": read.fresh() is None,
+        "error": read.error,
+    }
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(spec())
 
@@ -280,4 +308,5 @@ def routes(app: web.Application) -> None:
     r.add_get("/api/v1/silences", silences)
     r.add_post("/api/v1/silences", create_silence)
     r.add_delete("/api/v1/silences/{id}", delete_silence)
+    r.add_get("/api/v1/group", group)
     r.add_get("/api/v1/openapi.json", openapi)

@@ -141,6 +141,63 @@ def spec() -> dict[str, Any]:
                         "created_by": {"type": "string"},
                     },
                 },
+                "Group": {
+                    "type": "object",
+                    "description": "The group of monitors sharing one PostgreSQL store, as this monitor last read it "
+                    "(every lease/4, at most 2 s). Alone: only `ha: false`. Times are seconds since the epoch on "
+                    "the database's clock; `lease.now` is its time at the read, `read_age_s` how long ago that was.",
+                    "required": ["ha"],
+                    "properties": {
+                        "ha": {"type": "boolean", "description": "false: this monitor is alone"},
+                        "leader": {
+                            "type": ["string", "null"],
+                            "description": "the node holding a current lease, at the read",
+                        },
+                        "lease": {
+                            "type": ["object", "null"],
+                            "properties": {
+                                "holder": {"type": ["string", "null"]},
+                                "node": {"type": ["string", "null"]},
+                                "epoch": {"type": "integer"},
+                                "acquired_at": {"type": ["number", "null"]},
+                                "renewed_at": {"type": ["number", "null"]},
+                                "expires_at": {"type": ["number", "null"]},
+                                "now": {"type": "number"},
+                            },
+                        },
+                        "members": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "member": {"type": "string"},
+                                    "node": {"type": "string"},
+                                    "started": {"type": "number"},
+                                    "last_seen": {"type": "number"},
+                                    "epoch": {"type": ["integer", "null"]},
+                                    "leads": {"type": "integer"},
+                                },
+                            },
+                        },
+                        "self": {
+                            "type": ["object", "null"],
+                            "description": "this monitor: whether it leads now, its epoch, its takeovers and "
+                            "stand-downs (`log`, oldest first; `at` on this monitor's clock)",
+                            "properties": {
+                                "member": {"type": "string"},
+                                "node": {"type": "string"},
+                                "leading": {"type": "boolean"},
+                                "epoch": {"type": ["integer", "null"]},
+                                "lease_s": {"type": "number"},
+                                "last_error": {"type": ["string", "null"]},
+                                "log": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                        "read_age_s": {"type": ["number", "null"]},
+                        "stale": {"type": "boolean", "description": "the last good read is too old to tell"},
+                        "error": {"type": ["string", "null"], "description": "why the last read failed"},
+                    },
+                },
                 "NewSilence": {
                     "type": "object",
                     "required": ["matchers", "duration", "reason"],
@@ -259,6 +316,13 @@ def spec() -> dict[str, Any]:
                     "security": [{"bearer": []}],
                     "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                     "responses": {"204": {"description": "removed"}, "404": _ERROR, "401": _UNAUTHORIZED},
+                }
+            },
+            "/api/v1/group": {
+                "get": {
+                    **read,
+                    "summary": "the group of monitors (high availability): who leads, the members, this monitor",
+                    "responses": {**read["responses"], "200": _ok({"$ref": "#/components/schemas/Group"})},
                 }
             },
             "/api/v1/openapi.json": {
