@@ -13,6 +13,7 @@ from aiohttp import web
 from clusterwatch.config.durations import format_duration
 from clusterwatch.model import Group
 from clusterwatch.web.api import SNAPSHOT_AT, BadRequest, selected
+from clusterwatch.web.metrics import current_leader, recent_members
 
 if TYPE_CHECKING:
     from clusterwatch.engine.state import EntityState
@@ -52,6 +53,7 @@ td,th{padding:.3rem .5rem;border-bottom:1px solid #e2e8f0;text-align:left;vertic
 @media (max-width:720px){main{padding:.5rem}.row{grid-template-columns:5.5rem minmax(0,1fr)}.msg{min-width:0;
 overflow-wrap:anywhere}.row .msg{grid-column:1/3}
 .row .since,.row .spark-cell,.row .up{display:none}}
+#group p{margin:.3rem 0}#group .grid2{margin-top:.5rem}.b-standby{background:var(--muted)}
 """
 
 JS = """
@@ -94,10 +96,23 @@ async function side() {
   catch (e) {}
 }
 setInterval(side, 3000);
+async function group() {
+  const box = document.getElementById('group'); if (!box) return;
+  try {
+    const r = await fetch('/fragments/group', {credentials: 'same-origin'});
+    const text = r.ok ? await r.text() : '';
+    if (text.startsWith('<section id="group">')) box.outerHTML = text;  // not a login page after a redirect
+  }
+  catch (e) {}
+}
+setInterval(group, 3000);
 """
 
 
 _OUTCOME = {"succeeded": "ok", "failed": "critical", "interrupted": "warning", "running": "warning"}
+_HA_EVENT = {"leader": ("ok", "took over"), "stood_down": ("warning", "stood down")}
+GROUP_LOG_ROWS = 5
+GROUP_MEMBER_ROWS = 20
 
 
 def _ms(value: float | None) -> str:
@@ -165,9 +180,7 @@ def page(title: str, body: str, m: Monitor, *, partial: bool = False) -> web.Res
 
 
 def page_html(title: str, body: str, m: Monitor, *, partial: bool = False) -> str:
-    worst = min(
-        (e.last.status.value for e in m.entities.values() if e.last), key=SEVERITY.get, default="unknown"
-    )
+    worst = min((e.last.status.value for e in m.entities.values() if e.last), key=SEVERITY.get, default="unknown")
     counts: dict[str, int] = {}
     for e in m.entities.values():
         key = e.last.status.value if e.last else "unknown"
@@ -224,7 +237,7 @@ async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
         f"</select><button>filter</button></form>"
     )
     show_all = q.get("all") == "1"
-    parts = [filters]
+    parts = [group_box(m), filters]
     partial = bool(q)
     if not m.entities:
         parts.append("<p>Nothing checked yet: the first results arrive within one interval.</p>")
@@ -248,6 +261,116 @@ async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
         '<div class="grid2">' + incidents_box(m, now) + await actions_box(m) + await silences_box(m) + "</div>"
     )
     return page_html("overview", "".join(parts), m, partial=partial)
+
+
+def _ago(seconds: float | None) -> str:
+    return "" if seconds is None else format_duration(max(0.0, seconds))
+
+
+def group_box(m: Monitor) -> str:
+    """The group of monitors (ha enabled): who leads and since when, the epoch, each member's last renewal,
+    and this monitor's own takeovers and stand-downs. From the web's last read: no store read here."""
+    if not m.ha_enabled:
+        return ""
+    read = m.web.group
+    found = read.value
+    title = "<h2>Group of monitors</h2>"
+    if found is None:
+        why = f": {esc(read.error)}" if read.error else ""
+        return f'<section id="group">{title}<p class="muted">not read from the shared store yet{why}</p></section>'
+    now = read.db_now()  # the group's times are on the database's clock
+    lease = found.get("lease") or {}
+    me = found.get("self") or {}
+    leader = current_leader(found) if read.fresh() is not None else None
+    holder = lease.get("holder") if leader is not None else None
+    if leader is not None:
+        mine = " (this monitor)" if holder == me.get("member") else ""
+        since, renewed = lease.get("acquired_at") or now, lease.get("renewed_at") or now
+        head = (
+            f'<span class="badge b-ok">leader</span> <b>{esc(leader)}</b>{esc(mine)} has led for '
+            f'<span title="since {esc(_stamp(since))}">{_ago(now - since)}</span>'
+            f" · epoch {int(lease.get('epoch') or 0)} · lease renewed {_ago(now - renewed)} ago"
+        )
+    elif read.fresh() is None:
+        head = '<span class="badge b-unknown">unknown</span> the shared store has not been read recently'
+    else:
+        last = f" (last: {esc(lease.get('node'))}, epoch {int(lease.get('epoch') or 0)})" if lease.get("node") else ""
+        head = f'<span class="badge b-critical">no leader</span> the lease is free or ran out{last}'
+    role = (
+        f"leads (epoch {int(me.get('epoch') or 0)})"
+        if me.get("leading")
+        else "follows: probes and serves, does not heal or alert"
+    )
+    notes = [f'This monitor: <b>{esc(me.get("node"))}</b> <span class="muted">{esc(me.get("member"))}</span> {role}']
+    if me.get("last_error"):
+        notes.append(f'<span class="muted">last lease renewal failed: {esc(me["last_error"])}</span>')
+    age = read.age()
+    if read.error or (age is not None and read.fresh() is None):
+        notes.append(
+            f'<span class="muted">as read {_ago(age)} ago; the shared store could not be read since'
+            f"{': ' + esc(read.error) if read.error else ''}</span>"
+        )
+    return (
+        f'<section id="group">{title}<p>{head}</p><p>{"<br>".join(notes)}</p><div class="grid2">'
+        f"{_members_table(found, now, holder, me.get('member'), read.fresh() is None)}"
+        f"{_group_log(me, time.time())}</div></section>"
+    )
+
+
+def _stamp(at: float | None) -> str:
+    return "" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _members_table(found: dict[str, Any], now: float, holder: str | None, me: str | None, stale: bool) -> str:
+    recent = {m.get("member") for m in recent_members(found)}
+    members = sorted(found.get("members") or [], key=lambda m: -(m.get("last_seen") or 0))[:GROUP_MEMBER_ROWS]
+    rows = []
+    for member in members:
+        if stale:  # an old read: who was what then is no answer now
+            badge = '<span class="badge b-unknown">unknown</span>'
+        elif member.get("member") == holder:
+            badge = '<span class="badge b-ok">leader</span>'
+        elif member.get("member") in recent:
+            badge = '<span class="badge b-standby">standby</span>'
+        else:
+            badge = '<span class="badge b-critical">gone</span>'
+        this = " · this monitor" if member.get("member") == me else ""
+        rows.append(
+            f'<tr><td>{esc(member.get("node"))}{esc(this)}<br><span class="muted">{esc(member.get("member"))}'
+            f"</span></td><td>{badge}</td><td>{_ago(now - (member.get('last_seen') or now))} ago</td>"
+            f"<td>{_ago(now - (member.get('started') or now))}</td></tr>"
+        )
+    body = "".join(rows) or '<tr><td colspan="4" class="muted">none</td></tr>'
+    return (
+        f"<section><h2>Members</h2><table><tr><th>monitor</th><th>role</th><th>last renewal</th><th>up for</th></tr>"
+        f"{body}</table></section>"
+    )
+
+
+def _group_log(me: dict[str, Any], now: float) -> str:
+    entries = list(reversed(me.get("log") or []))[:GROUP_LOG_ROWS]  # newest first
+    rows = []
+    for entry in entries:
+        status, label = _HA_EVENT.get(str(entry.get("event")), ("unknown", str(entry.get("event"))))
+        at = entry.get("at")
+        epoch = entry.get("epoch")
+        rows.append(
+            f'<tr><td title="{esc(_stamp(at))}">{time.strftime("%H:%M:%S", time.localtime(at)) if at else ""}'
+            f'<br><span class="muted">{_ago(now - at) if at else ""} ago</span></td>'
+            f'<td><span class="badge b-{status}">{esc(label)}</span></td>'
+            f"<td>{'' if epoch is None else int(epoch)}</td><td>{esc(entry.get('message'))}</td></tr>"
+        )
+    body = "".join(rows) or '<tr><td colspan="4" class="muted">none since this monitor started</td></tr>'
+    return (
+        f"<section><h2>This monitor's takeovers and stand-downs</h2><table><tr><th>when</th><th>what</th>"
+        f"<th>epoch</th><th>message</th></tr>{body}</table></section>"
+    )
+
+
+async def group_fragment(request: web.Request) -> web.Response:
+    """The group box, refreshed in place by the page."""
+    m: Monitor = request.app["monitor"]
+    return web.Response(text=group_box(m), content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 async def side(m: Monitor, now: float) -> str:
@@ -360,4 +483,5 @@ async def check_page(request: web.Request) -> web.Response:
 def routes(app: web.Application) -> None:
     app.router.add_get("/", overview)
     app.router.add_get("/fragments/side", side_fragment)
+    app.router.add_get("/fragments/group", group_fragment)
     app.router.add_get("/checks/{name:.+}", check_page)
