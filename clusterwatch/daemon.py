@@ -236,7 +236,7 @@ class Monitor:
         if stray:
             log.info("closed %d incident(s) whose recovery the last monitor did not get to record", len(stray))
         assert self.outbox is not None
-        self.alerter = Alerter(
+        self.alerter = alerter = Alerter(
             self.config.alerts,
             self.outbox,
             env_channels=self.loaded.alert_channels(),
@@ -245,6 +245,7 @@ class Monitor:
             healthy=self.health.alive,
             history_first=lambda: self.store.flush(10.0),
         )
+        alerter.acting = lambda: alerter.offline or self.acting()  # offline: the local outbox, nobody else's
         await self.alerter.resume(self._open_incidents())
         self.pipeline.listeners = [self.healer.on_event, self.alerter.on_event]
         await self.healer.start()
@@ -336,6 +337,8 @@ class Monitor:
         while True:
             change = await self._renew()
             await self._apply(change)
+            if change.became is not None:
+                continue  # the takeover resumed from the store meanwhile: renew now, before the clock judges it
             if self._seen is None or self._seen.done():  # one at a time: a store that hangs holds no more threads
                 self._seen = asyncio.get_running_loop().run_in_executor(self._lease_io, self.lease.seen)
                 self._seen.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: not logged
@@ -365,7 +368,10 @@ class Monitor:
         # this monitor's own (follower's) incidents over the ones the store holds.
         await self._resume()
         self.leading = True
-        assert self.alerter is not None
+        assert self.alerter is not None and self.outbox is not None
+        released = await self.blocking(self.outbox.release_claims, epoch)
+        if released:
+            log.warning("%d notification(s) claimed by an earlier leader and not marked sent: sending them", released)
         for name, work in self.alerter.loops(self._session):
             self._alert_tasks.append(self.supervisor.spawn(name, work, oneshot=True))
         lease = previous.get("lease") or {}

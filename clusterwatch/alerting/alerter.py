@@ -109,6 +109,7 @@ class Alerter:
         # records what it told; the leader, later, does not tell those transitions again.
         self.offline = False
         self.member = "local"
+        self.acting: Callable[[], bool] = lambda: True  # a group of monitors: while this one may send
         self._elsewhere: dict[str, Any] = {}  # entity -> the latest notice told offline (by any member)
         self._forget_elsewhere: list[tuple[str, float]] = []
         self.configure(options, env_channels or {})
@@ -513,6 +514,12 @@ class Alerter:
         for row in rows:
             if row["next_attempt"] > time.time():
                 break  # order is kept: nothing overtakes a notification waiting to be retried
+            # Claimed before it is sent (fenced in a group: a stale leader's claim is refused), and
+            # asked once more just before the send: a leader frozen after its claim sends nothing.
+            if not self.acting() or not await self._db(self.outbox.claim, row["id"]):
+                break
+            if not self.acting():
+                break
             ok, error = await asyncio.get_running_loop().run_in_executor(
                 self._send_executor, partial(self.channels.send, channel, row["title"], row["body"], row["severity"])
             )

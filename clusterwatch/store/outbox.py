@@ -121,6 +121,19 @@ class Outbox:
         )[0]
         return bool(result.rows)
 
+    def release_claims(self, epoch: int) -> int:
+        """A new leader frees what older leaders claimed and never marked: sent at most once more."""
+        return self._tx(
+            [
+                (
+                    "UPDATE outbox SET claimed_until = NULL WHERE delivered IS NULL AND expired IS NULL "
+                    "AND claimed_until IS NOT NULL AND (epoch IS NULL OR epoch < ?)",
+                    (epoch,),
+                )
+            ],
+            fenced=True,
+        )[0].rowcount
+
     def delivered(self, row_id: int) -> None:
         """Marked whoever holds the lease now: it was sent, and must not be sent again."""
         self._run(

@@ -82,6 +82,8 @@ class GroupRead:
         except Exception as exc:  # the store away: keep the last read, say why
             self.error = redact.text(f"{type(exc).__name__}: {exc}")[:300]
             log.debug("reading the group of monitors failed: %s", self.error)
+            if self.value is not None:  # this monitor's own part is known without the store: kept current
+                self.value = {**self.value, "self": redact.current().data(self.monitor.group_self())}
             return
         self.value, self.read_at, self.error = redact.current().data(found), time.monotonic(), None
 

@@ -86,7 +86,16 @@ class MonitorView:
         if lease is None:
             return None
         found = lease.store.group()
-        found["self"] = {
+        found["self"] = self.group_self()
+        return found
+
+    def group_self(self) -> dict[str, Any] | None:
+        """This monitor's own part of `group()`, without the store: it still answers while the store
+        is away, which is when its stand-down and its last error matter."""
+        lease = self._m.lease
+        if lease is None:
+            return None
+        return {
             "member": lease.member,
             "node": lease.node,
             "leading": self._m.acting(),
@@ -95,7 +104,6 @@ class MonitorView:
             "last_error": lease.last_error,
             "log": list(self._m.ha_log[-20:]),
         }
-        return found
 
     def store_health(self) -> dict[str, Any]:
         return self._m.store.health()
