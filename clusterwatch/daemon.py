@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 from clusterwatch import redact
-from clusterwatch.alerting.alerter import Alerter
+from clusterwatch.alerting.alerter import Alerter, heartbeat_loop
 from clusterwatch.config.loader import BUILTIN, ConfigError, LoadedConfig, load_config
 from clusterwatch.config.schema import CheckBase, Config
 from clusterwatch.engine.events import Event, EventKind
@@ -306,6 +306,10 @@ class Monitor:
                     self.supervisor.spawn(name, work)
             else:
                 self.supervisor.spawn("lease", self._lease_loop())
+                if self.config.alerts.heartbeat is not None:  # every member pings: alive, whoever leads
+                    self.supervisor.spawn(
+                        "heartbeat", heartbeat_loop(lambda: self.config.alerts, self.health.alive, self._session)
+                    )
             from clusterwatch.web.server import start_web
             from clusterwatch.web.view import MonitorView
 
@@ -372,7 +376,7 @@ class Monitor:
         released = await self.blocking(self.outbox.release_claims, epoch)
         if released:
             log.warning("%d notification(s) claimed by an earlier leader and not marked sent: sending them", released)
-        for name, work in self.alerter.loops(self._session):
+        for name, work in self.alerter.loops(self._session, heartbeat=False):
             self._alert_tasks.append(self.supervisor.spawn(name, work, oneshot=True))
         lease = previous.get("lease") or {}
         message = f"{self.lease.node} leads the group of monitors (epoch {epoch})"

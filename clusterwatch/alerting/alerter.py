@@ -540,11 +540,14 @@ class Alerter:
 
     # --- life cycle ----------------------------------------------------------------------------------
 
-    def loops(self, session: aiohttp.ClientSession) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-        """The alerter's background work, for the monitor to run and supervise."""
+    def loops(
+        self, session: aiohttp.ClientSession, *, heartbeat: bool = True
+    ) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """The alerter's background work, for the monitor to run and supervise. In a group of monitors
+        every member pings the heartbeat (not only the one that alerts): `heartbeat=False` there."""
         loops = [("alert-flush", self._flush_loop()), ("alert-delivery", self._deliver_loop())]
-        if self.options.heartbeat is not None:
-            loops.append(("heartbeat", self._heartbeat(session)))
+        if heartbeat and self.options.heartbeat is not None:
+            loops.append(("heartbeat", heartbeat_loop(lambda: self.options, self.healthy, session)))
         return loops
 
     async def _flush_loop(self) -> None:
@@ -570,23 +573,6 @@ class Alerter:
                 log.exception("alert delivery failed; will retry")
             await _wait(self._deliver_wake, TICK)
 
-    async def _heartbeat(self, session: aiohttp.ClientSession) -> None:
-        """The dead man's switch: as long as these pings arrive, the monitor is alive."""
-        beat = self.options.heartbeat
-        assert beat is not None
-        while True:
-            if not self.healthy():
-                log.warning("heartbeat held back: the monitor is not healthy")
-                await asyncio.sleep(beat.every)
-                continue
-            try:
-                async with asyncio.timeout(beat.timeout), session.get(beat.url) as resp:
-                    if resp.status >= 400:
-                        log.warning("heartbeat ping answered HTTP %d", resp.status)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.warning("heartbeat ping failed: %s", redact.text(str(exc) or type(exc).__name__))
-            await asyncio.sleep(beat.every)
-
     async def stop(self, *, drain: bool = False) -> None:
         """The loops are stopped by their owner; this writes what is left."""
         try:
@@ -599,3 +585,25 @@ class Alerter:
         finally:
             self._send_executor.shutdown(wait=False)
             self._db_executor.shutdown(wait=True)
+
+
+async def heartbeat_loop(
+    options: Callable[[], AlertOptions], healthy: Callable[[], bool], session: aiohttp.ClientSession
+) -> None:
+    """The dead man's switch: as long as these pings arrive, a monitor is alive and healthy."""
+    while True:
+        beat = options().heartbeat
+        if beat is None:  # reloaded away
+            await asyncio.sleep(60)
+            continue
+        if not healthy():
+            log.warning("heartbeat held back: the monitor is not healthy")
+            await asyncio.sleep(beat.every)
+            continue
+        try:
+            async with asyncio.timeout(beat.timeout), session.get(beat.url) as resp:
+                if resp.status >= 400:
+                    log.warning("heartbeat ping answered HTTP %d", resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("heartbeat ping failed: %s", redact.text(str(exc) or type(exc).__name__))
+        await asyncio.sleep(beat.every)
