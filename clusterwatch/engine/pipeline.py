@@ -156,6 +156,8 @@ class Pipeline:
         if event.kind is EventKind.STATE_CHANGE:
             level = logging.INFO if event.new is Status.OK or event.affected_by else logging.WARNING
         suffix = f" (affected: {event.affected_by} is down)" if event.affected_by else ""
+        if not self.store.recording():  # a follower in a group of monitors: it sees, the leader acts
+            level, suffix = min(level, logging.INFO), suffix + " [seen by a follower: the leader acts]"
         change = (
             f" {event.old.value if event.old else 'pending'} -> {event.new.value}"
             if event.kind is EventKind.STATE_CHANGE and event.new
