@@ -3,7 +3,7 @@
 Tests get it as pytest fixtures; a test module (or conftest) opts in with
 ``from tests.pg import pg_url, postgres_server  # noqa: F401`` or ``pytest_plugins = ["tests.pg"]``.
 
-The server runs as the ``postgres`` user (initdb refuses root), listens on 127.0.0.1 only, on a free
+The server runs as the ``postgres`` user (initdb refuses root), listens on 127.0.0.1 (only, by default), on a free
 port, with its socket and data in a temp dir of its own. Every process it starts is stopped by PID
 at teardown, whatever the test did to it (killed, halted, paused).
 
@@ -108,13 +108,16 @@ class PostgresServer:
     connections hang. That is how a real hung or crashed postmaster behaves too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, listen_addresses: str = "127.0.0.1") -> None:
+        """`listen_addresses`: PostgreSQL's own setting; more than loopback only for a test that made the
+        other address itself (a bridge to a network namespace) and added its subnet to pg_hba.conf."""
         reason = unavailable_reason()
         if reason is not None:
             pytest.skip(reason)
         self.bin: Path = find_pg_bin()  # type: ignore[assignment]  # unavailable_reason() checked it
         self.dir: Path | None = None
         self.port: int | None = None
+        self.listen_addresses = listen_addresses
         self._postmaster: psutil.Process | None = None
         self._seen: list[psutil.Process] = []  # every server process we saw, to stop by PID at the end
 
@@ -276,7 +279,7 @@ class PostgresServer:
 
     def _pg_ctl_start(self) -> None:
         options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+            f"-p {self.port} -k {self.dir} -c listen_addresses={self.listen_addresses}"
             " -c fsync=off -c max_connections=200"  # fsync=off: test speed; kill -9 of postgres loses nothing
         )
         try:
