@@ -95,7 +95,7 @@ class Monitor:
         # The lease's own threads: a store that hangs must not starve the default executor (DNS lookups).
         self._lease_io = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-lease")
         self._offline: Outbox | None = None  # the local outbox while the shared store is away
-        self._handed: tuple[list[Any], list[Any]] | None = None  # leftovers the shared store has not taken yet
+        self._handed: list[Any] | None = None  # what the local outbox told, not yet taken by the shared store
         self._away_since = 0.0  # monotonic time this monitor began alerting from its local outbox
         self._led_epoch: int | None = None  # the epoch this monitor last announced it leads with
         if self.config.ha.enabled:
@@ -247,8 +247,17 @@ class Monitor:
         )
         alerter.acting = lambda: alerter.offline or self.acting()  # offline: the local outbox, nobody else's
         await self.alerter.resume(self._open_incidents())
-        self.pipeline.listeners = [self.healer.on_event, self.alerter.on_event]
         await self.healer.start()
+        if self.lease is not None:
+            # A takeover: the scheduler kept probing through the awaits above and moved the restored
+            # states on while nobody listened or recorded (an incident opened then was never told, never
+            # stored, and its recovery told nobody either). Restore once more and start listening and
+            # recording in the same step, with no await between: the next probe (every check runs at once
+            # after a takeover) drives those transitions again, heard by all.
+            self.states.clear()
+            self.pipeline.restore(rows, known=lambda check: check in self.plan.items)
+            self.leading = True
+        self.pipeline.listeners = [self.healer.on_event, self.alerter.on_event]
         log.info(
             "clusterwatch %s: %d checks, %d nodes, config %s, store %s; resumed %d entities, %d open incidents",
             "started" if self.lease is None else "took over",
@@ -368,10 +377,10 @@ class Monitor:
         assert self.lease is not None
         await self._stand_down(None)
         previous = await self.blocking(self.lease.store.group)
-        # Recording starts once the store's view is restored: probes landing meanwhile must not write
-        # this monitor's own (follower's) incidents over the ones the store holds.
+        # Recording starts once the store's view is restored (_resume sets `leading` in the same step as
+        # it attaches the listeners): probes landing meanwhile must not write this monitor's own
+        # (follower's) incidents over the ones the store holds.
         await self._resume()
-        self.leading = True
         assert self.alerter is not None and self.outbox is not None
         released = await self.blocking(self.outbox.release_claims, epoch)
         if released:
@@ -439,8 +448,19 @@ class Monitor:
         self._away_since = time.monotonic()
         # Not on the monitor's own executor: its threads may be waiting for the store that is away.
         self._offline = await asyncio.to_thread(partial(Outbox, self.config.store.path, member=self.lease.member))
-        alerter.outbox, alerter.offline, alerter.member = self._offline, True, self.lease.member
+        alerter.go_offline(self._offline, self.lease.member, self._store_away)
         alerter.adopt(self._open_incidents())
+
+    async def _store_away(self) -> bool:
+        """Asked before each send from the local outbox: a store that answers now means the leader
+        (this monitor or another) tells, and this monitor's view from when it was cut off is stale."""
+        assert self.lease is not None
+        ping = asyncio.get_running_loop().run_in_executor(self._lease_io, self.lease.store.ping)
+        try:
+            await asyncio.wait_for(ping, 1.0)
+        except Exception:
+            return True
+        return False
 
     async def _back_online(self) -> None:
         """The shared store answers again: the local outbox's leftovers (what it told, what it has not
@@ -455,22 +475,20 @@ class Monitor:
 
     async def _hand_over(self, local: Outbox | None) -> None:
         assert self.outbox is not None
-        told, waiting = await self.blocking(local.hand_over) if local is not None else ([], [])
-        if self._handed is not None:
-            told, waiting = self._handed[0] + told, self._handed[1] + waiting
+        told = await self.blocking(local.hand_over) if local is not None else []
+        told = (self._handed or []) + told
         try:
-            await self.blocking(self.outbox.take_over, told, waiting)
+            await self.blocking(self.outbox.take_over, told)
         except db_errors() as exc:
-            self._handed = (told, waiting)  # kept for the next renewal that reaches the store
+            self._handed = told  # kept for the next renewal that reaches the store
             log.error("could not hand the local outbox to the shared store (%s); trying again", exc)
             return
         self._handed = None
-        if told or waiting:
-            log.warning(
-                "handed the local outbox to the shared store: %d notice(s) told while it was away, %d to deliver",
-                len(told),
-                len(waiting),
-            )
+        log.warning(
+            "handed the local outbox to the shared store: %d notice(s) told while it was away; what it had not "
+            "delivered is left to the leader",
+            len(told),
+        )
 
     def _sighup(self) -> None:
         self.supervisor.spawn("reload", self.reload("SIGHUP"), oneshot=True)

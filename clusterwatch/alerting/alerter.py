@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -110,6 +110,8 @@ class Alerter:
         self.offline = False
         self.member = "local"
         self.acting: Callable[[], bool] = lambda: True  # a group of monitors: while this one may send
+        self._store_away: Callable[[], Awaitable[bool]] | None = None  # offline: asked before each send
+        self._last_told: dict[str, float] = {}  # entity -> when this alerter last told its firing/resolved
         self._elsewhere: dict[str, Any] = {}  # entity -> the latest notice told offline (by any member)
         self._forget_elsewhere: list[tuple[str, float]] = []
         self.configure(options, env_channels or {})
@@ -127,6 +129,15 @@ class Alerter:
     @property
     def enabled(self) -> bool:
         return bool(self.channels.urls)
+
+    def go_offline(self, outbox: Outbox, member: str, store_away: Callable[[], Awaitable[bool]]) -> None:
+        """The shared store is away: from now on tell from `outbox` (a local file), record what is
+        told, and send only while the shared store still does not answer. A thread of its own for the
+        local outbox: the old one may be waiting on the shared store's timeouts."""
+        old = self._db_executor
+        self._db_executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-outbox")
+        old.shutdown(wait=False)
+        self.outbox, self.offline, self.member, self._store_away = outbox, True, member, store_away
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_executor, partial(fn, *args, **kwargs))
@@ -359,6 +370,8 @@ class Alerter:
                 by_channel[(channel, family)].append((note, title, body))
             if note.incident is not None and note.kind in ("firing", "escalated", "repeat"):
                 told.append(note)
+            if note.incident is not None and note.kind in ("firing", "resolved"):
+                self._last_told[note.incident.entity] = now
             if self.offline and note.incident is not None and note.kind in ("firing", "resolved"):
                 incident = note.incident
                 offline.append((incident.entity, incident.id, note.kind, incident.severity, now, self.member))
@@ -427,6 +440,10 @@ class Alerter:
             return False
         record = self._elsewhere.get(incident.entity)
         if record is None:
+            return False
+        if record["at"] <= self._last_told.get(incident.entity, 0.0):
+            del self._elsewhere[incident.entity]  # this alerter has told of the entity since: it stands for nothing
+            self._forget_elsewhere.append((incident.entity, record["at"]))
             return False
         same = record["kind"] == note.kind and (
             record["severity"] == incident.severity if note.kind == "firing" else record["at"] >= incident.opened
@@ -518,7 +535,7 @@ class Alerter:
             # asked once more just before the send: a leader frozen after its claim sends nothing.
             if not self.acting() or not await self._db(self.outbox.claim, row["id"]):
                 break
-            if not self.acting():
+            if not self.acting() or (self._store_away is not None and not await self._store_away()):
                 break
             ok, error = await asyncio.get_running_loop().run_in_executor(
                 self._send_executor, partial(self.channels.send, channel, row["title"], row["body"], row["severity"])

@@ -91,6 +91,10 @@ class LeaseStore:
             ],
         )
 
+    def ping(self) -> None:
+        """Raises unless the store answers."""
+        self._db.rows("SELECT 1")
+
     def group(self) -> dict[str, Any]:
         """Who leads, since when, until when; each member's last renewal; the database's time now."""
         lease = self._db.rows(

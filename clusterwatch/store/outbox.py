@@ -193,33 +193,27 @@ class Outbox:
 
     # --- told while the shared store was away -------------------------------------------------------
 
-    def hand_over(self) -> tuple[list[Any], list[Any]]:
-        """A local outbox's leftovers, taken out of it: what it told (told_offline rows) and what it
-        could not deliver yet (outbox rows), for the shared store to carry on with."""
+    def hand_over(self) -> list[Any]:
+        """A local outbox's leftovers, taken out of it: what it told people (told_offline rows whose
+        notice reached at least one channel). What it could not deliver is dropped: it was seen from
+        one monitor cut off from the rest (perhaps cut off from the service too), and the leader tells
+        from its own, current view."""
         with self._db.transaction() as tx:
             told = tx.execute("SELECT entity, incident, kind, severity, at, member FROM told_offline").fetchall()
-            waiting = tx.execute(
-                "SELECT created, channel, kind, severity, title, body, incidents, attempts, next_attempt FROM outbox "
-                "WHERE delivered IS NULL AND expired IS NULL ORDER BY id"
-            ).fetchall()
+            sent: set[str] = set()
+            for (incidents,) in tx.execute("SELECT incidents FROM outbox WHERE delivered IS NOT NULL").fetchall():
+                sent.update(json.loads(incidents or "[]"))
             tx.execute("DELETE FROM told_offline")
-            tx.execute("UPDATE outbox SET expired = ?, last_error = ? WHERE delivered IS NULL AND expired IS NULL",
-                       (time.time(), "handed to the shared store"))
-        return [tuple(r) for r in told], [tuple(r) for r in waiting]
-
-    def take_over(self, told: list[Any], waiting: list[Any]) -> None:
-        """The shared store receives a local outbox's leftovers (see hand_over), in one transaction."""
-        statements: list[tuple[str, Any]] = [(_TOLD_OFFLINE, row) for row in told]
-        statements += [
-            (
-                "INSERT INTO outbox (created, channel, kind, severity, title, body, incidents, attempts, next_attempt) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
-                row,
+            tx.execute(
+                "UPDATE outbox SET expired = ?, last_error = ? WHERE delivered IS NULL AND expired IS NULL",
+                (time.time(), "not sent: the shared store came back first, and its leader tells"),
             )
-            for row in waiting
-        ]
-        if statements:
-            self._tx(statements)
+        return [tuple(r) for r in told if r["incident"] in sent]
+
+    def take_over(self, told: list[Any]) -> None:
+        """The shared store receives what a local outbox told (see hand_over), in one transaction."""
+        if told:
+            self._tx([(_TOLD_OFFLINE, row) for row in told])
 
     def told_offline(self, since: float) -> list[Any]:
         return self._rows(

@@ -512,17 +512,6 @@ def test_a_cut_off_leader_stands_down_within_half_its_lease_and_the_other_heals_
         print(f"monitor-a's first notice in its local outbox {after:.1f}s after it stood down")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "a leader cut off from the network alerts from its local outbox what it sees from its side of the cut "
-        "(every service unreachable), and cannot deliver it; when the link comes back, those notices go out after "
-        "the fact (retried by itself, or handed to the shared store and sent by the new leader), though the new "
-        "leader had healed the service and said so: people get a late [CRITICAL] for a healthy service, with a "
-        "late [RESOLVED] after it or none, by the race between the cut-off monitor's next probe and its hand-over"
-    ),
-)
 def test_a_cut_off_leaders_notices_do_not_reach_people_after_the_cut_has_healed(partition: Scene):
     s = partition
     if not s["stale"]:
@@ -736,16 +725,6 @@ def slow_resume(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory) ->
             pg.drop_database(database)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "a probe that lands while a new leader resumes from the store (after the states are restored from it, "
-        "before the alerter listens and recording starts: Monitor._resume) opens an incident that is neither "
-        "recorded nor told; the leader then heals the service from that state and its recovery is not told "
-        "either: no incident row, no notice"
-    ),
-)
 def test_a_takeover_slow_to_resume_records_and_tells_what_it_heals(slow_resume: Scene):
     s = slow_resume
     if not (s["seen"] and s["resuming"]):
