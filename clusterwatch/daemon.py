@@ -229,9 +229,12 @@ class Monitor:
         self.states.clear()
         rows = await self.blocking(self.store.load_entities)
         restored = self.pipeline.restore(rows, known=lambda check: check in self.plan.items)
-        open_incidents = self.pipeline.open_incidents()
+        # What the store says is open, taken before any await: in a group the scheduler keeps probing
+        # meanwhile and may move the live states on (an incident closed in memory that the alerter must
+        # still hear was told, or its resolved notice is lost).
+        open_incidents = self._open_incidents()
         stray = await self.blocking(
-            self.store.close_stray_incidents, {e.incident for e in open_incidents if e.incident}, time.time()
+            self.store.close_stray_incidents, {row[0] for row in open_incidents}, time.time()
         )
         if stray:
             log.info("closed %d incident(s) whose recovery the last monitor did not get to record", len(stray))
@@ -246,7 +249,7 @@ class Monitor:
             history_first=lambda: self.store.flush(10.0),
         )
         alerter.acting = lambda: alerter.offline or self.acting()  # offline: the local outbox, nobody else's
-        await self.alerter.resume(self._open_incidents())
+        await self.alerter.resume(open_incidents)
         await self.healer.start()
         if self.lease is not None:
             # A takeover: the scheduler kept probing through the awaits above and moved the restored

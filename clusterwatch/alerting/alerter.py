@@ -363,7 +363,7 @@ class Alerter:
                     self._dirty[note.incident.id] = note.incident
                 continue
             title, body = self._text(note)
-            family = "problems" if note.kind in PROBLEMS else "recoveries"
+            family = "problems" if note.kind in PROBLEMS else note.kind if note.kind == "failover" else "recoveries"
             # A failover is news to whoever hears of critical trouble: a monitor of the group went away.
             route_as = "critical" if note.kind == "failover" else note.severity
             for channel in channels_for(self.options, note.labels, route_as):
@@ -377,7 +377,9 @@ class Alerter:
                 offline.append((incident.entity, incident.id, note.kind, incident.severity, now, self.member))
         batch = []
         for (channel, _family), parts in by_channel.items():
-            title, body = messages.grouped([(n.severity, t, b) for n, t, b in parts])
+            title, body = messages.grouped(
+                [("resolved" if n.kind in TELLS_THE_END else n.severity, t, b) for n, t, b in parts]
+            )
             if all(n.kind in ("resolved", "healed") for n, _, _ in parts):
                 severity = "resolved"
             elif all(n.severity == "info" for n, _, _ in parts):

@@ -133,6 +133,7 @@ def grouped(parts: list[tuple[str, str, str]]) -> tuple[str, str]:
     worst = "critical" if any(p[0] == "critical" for p in parts) else parts[0][0]
     names = [p[1].split("] ", 1)[-1].split(" on ", 1)[0].split(":", 1)[0] for p in parts]
     shown = ", ".join(names[:4]) + (f" +{len(names) - 4}" if len(names) > 4 else "")
-    title = f"[{worst.upper()}] {len(parts)} problems: {shown}"
+    what = "recovered" if all(p[0] == "resolved" for p in parts) else "problems"
+    title = f"[{worst.upper()}] {len(parts)} {what}: {shown}"
     body = "\n\n".join(f"== {title}\n{body}" for _, title, body in parts)
     return title, body

@@ -312,7 +312,7 @@ def titles(hits: list[Hit]) -> list[str]:
         body = hit.body if isinstance(hit.body, dict) else {}
         title, message = str(body.get("title", "")), str(body.get("message", ""))
         parts = [line[3:] for line in message.splitlines() if line.startswith("== ")]
-        out.extend(parts if " problems: " in title and parts else [title])
+        out.extend(parts if (" problems: " in title or " recovered: " in title) and parts else [title])
     return out
 
 
