@@ -359,6 +359,8 @@ class Monitor:
                 self._seen = asyncio.get_running_loop().run_in_executor(self._lease_io, self.lease.seen)
                 self._seen.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: not logged
             deadline = time.monotonic() + self.lease.every
+            if not self.lease.leading and self.lease.next_try is not None:  # try as the holder's lease runs out
+                deadline = min(deadline, max(self.lease.next_try + 0.02, time.monotonic() + 0.05))
             while (left := deadline - time.monotonic()) > 0:
                 await asyncio.sleep(min(left, 0.25))
                 await self._apply(self.lease.expired())

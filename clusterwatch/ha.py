@@ -52,6 +52,9 @@ class Lease:
         self._renewed_sent: float | None = None  # monotonic time the last successful renewal was sent
         self.last_error: str | None = None
         self.answered: float | None = None  # monotonic time the store last answered a renewal (any answer)
+        # A follower tries again when the holder's lease runs out, not a whole lease/4 later: failover
+        # is bounded by `lease` itself.
+        self.next_try: float | None = None
 
     @property
     def every(self) -> float:
@@ -67,27 +70,36 @@ class Lease:
         )
 
     def renew(self) -> Change:
-        """One renewal (blocking: run it in a thread). Never raises for a database that is away."""
+        """One renewal (blocking: run it in a thread). Never raises for a database that is away.
+
+        Judged by the epoch this monitor holds by its own record (None once it stood down), read when
+        the answer is in, not by the clock at the start: a renewal after a lapse (a takeover that took a
+        while to resume from the store) that finds the same epoch is the same leadership, not a second
+        election; one that finds another holder, or comes too late, is a loss that must be reported."""
         sent = self.clock()
-        was = self.epoch if self.leading else None
         try:
             held = self.store.take(self.member, self.node, self.lease)
         except Exception as exc:  # the database is away or refused: not leading once lease/2 has passed
             self.last_error = f"{type(exc).__name__}: {exc}"
-            if was is not None and not self.leading:
+            if self.epoch is not None and not self.leading:
                 self.epoch = None
                 return Change(lost=f"could not renew the lease for {self.lease / 2:g}s ({self.last_error})")
             return Change()
         self.last_error = None
         self.answered = self.clock()
+        had = self.epoch  # expired() may have cleared it while this renewal was on its way
         if held is None:
+            try:
+                self.next_try = self.clock() + self.store.left()
+            except Exception:
+                self.next_try = None
             self.epoch, self.held = None, None
-            return Change(lost="another monitor holds the lease") if was is not None else Change()
+            return Change(lost="another monitor holds the lease") if had is not None else Change()
         if self.clock() - sent >= self.lease / 2:  # the answer came too late to count on
             self.epoch = None
-            return Change(lost="the lease renewal took longer than lease/2") if was is not None else Change()
+            return Change(lost="the lease renewal took longer than lease/2") if had is not None else Change()
         self.held, self._renewed_sent = held, sent
-        if held.epoch != was:
+        if held.epoch != had:
             self.epoch = held.epoch
             return Change(became=held.epoch)
         return Change()

@@ -65,6 +65,11 @@ class LeaseStore:
         )[0].rows
         return Held(int(rows[0][0]), float(rows[0][1]), float(rows[0][2])) if rows else None
 
+    def left(self) -> float:
+        """Seconds until the current lease runs out, by the database's clock (0: it has)."""
+        rows = self._db.rows(f"SELECT expires_at - {self._now} FROM ha_lease WHERE name = 'leader'")
+        return max(0.0, float(rows[0][0])) if rows and rows[0][0] is not None else 0.0
+
     def release(self, member: str) -> bool:
         """A clean stop hands the lease on at once instead of after `lease` seconds."""
         return (
