@@ -62,8 +62,8 @@ class History:
     async def refresh_uptime(self) -> None:
         try:
             self.uptime = await self._read(self.reads.uptime_windows, WINDOWS, time.time())
-        except errors():
-            log.exception("uptime refresh failed")
+        except errors() as exc:  # the store away: the last figures stay, said in one line
+            log.error("uptime refresh failed: %s", exc)
 
     def start(self) -> None:
         async def loop() -> None:
