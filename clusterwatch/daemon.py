@@ -373,8 +373,18 @@ class Monitor:
                 await self._back_online()
             elif self._handed is not None:
                 await self._hand_over(None)
-        if change.became is not None:
-            await self._take_over(change.became)
+        epoch = change.became
+        if epoch is None and self.lease is not None and self.lease.leading and not self.leading:
+            # Level-triggered: a renewal that took the lease but answered after `_renew` stopped waiting
+            # for it said so to nobody; holding the lease without acting would stall the whole group.
+            epoch = self.lease.epoch
+        if epoch is not None:
+            try:
+                await self._take_over(epoch)
+            except db_errors() as exc:  # the store failed mid-way: not leading; the next tick tries again
+                self.leading = False
+                await self._stop_alerting()
+                log.error("taking over as the leader failed (%s); trying again", exc)
 
     async def _take_over(self, epoch: int) -> None:
         """Lead from the shared store's state, as after a restart: the healer continues the budgets and
