@@ -224,6 +224,17 @@ class Monitor:
             if e.incident
         ]
 
+    def _seen_ok(self, entity: str) -> bool:
+        """Healthy as this monitor's own probes say (not only as restored from the store)."""
+        state = self.states.entities.get(entity)
+        return (
+            state is not None
+            and state.seen
+            and state.hard is Status.OK
+            and state.last is not None
+            and state.last.status is Status.OK
+        )
+
     async def _resume(self) -> None:
         """Carry on from the store: after a restart, or when this monitor takes over a group."""
         self.states.clear()
@@ -249,6 +260,7 @@ class Monitor:
             history_first=lambda: self.store.flush(10.0),
         )
         alerter.acting = lambda: alerter.offline or self.acting()  # offline: the local outbox, nobody else's
+        alerter.entity_ok = self._seen_ok
         await self.alerter.resume(open_incidents)
         await self.healer.start()
         if self.lease is not None:
@@ -275,15 +287,20 @@ class Monitor:
     async def close(self) -> None:
         self.notifier.stopping()
         await self.supervisor.stop()
-        if self.lease is not None:
-            self.leading = False
-            await asyncio.to_thread(self.lease.release)
         if self.web is not None:
             await self.web.stop()
         await self.scheduler.cancel_running(timeout=1.0)
         await self.healer.stop()
         if self.alerter is not None:
-            await self.alerter.stop(drain=self.once_mode)
+            try:
+                await self.alerter.stop(drain=self.once_mode)
+            except db_errors() as exc:  # the store away: what was told is in the outbox already
+                log.error("the alerter's last writes failed: %s", exc)
+        if self.lease is not None:
+            # What this leader queued is written while it still holds the lease; then it hands it on.
+            await asyncio.to_thread(self.store.flush, 2.0)
+            self.leading = False
+            await asyncio.to_thread(self.lease.release)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._session.close(), 1.0)
         if self.outbox is not None:
@@ -352,8 +369,7 @@ class Monitor:
         assert self.lease is not None
         while True:
             change = await self._renew()
-            await self._apply(change)
-            if change.became is not None:
+            if await self._apply(change):
                 continue  # the takeover resumed from the store meanwhile: renew now, before the clock judges it
             if self._seen is None or self._seen.done():  # one at a time: a store that hangs holds no more threads
                 self._seen = asyncio.get_running_loop().run_in_executor(self._lease_io, self.lease.seen)
@@ -365,33 +381,52 @@ class Monitor:
                 await asyncio.sleep(min(left, 0.25))
                 await self._apply(self.lease.expired())
 
-    async def _apply(self, change: Change) -> None:
-        if change.lost is not None:
-            await self._stand_down(change.lost)
-        if self.lease is not None and self.lease.answered is not None and self.lease.answered > self._away_since:
+    async def _apply(self, change: Change) -> bool:
+        """Level-triggered: compare what this monitor does with what the lease says it may do. True
+        when it took over (the caller renews at once: the takeover took a while)."""
+        assert self.lease is not None
+        if self.leading and not self.lease.leading:
+            await self._stand_down(change.lost or "the lease is no longer this monitor's")
+        if self.lease.answered is not None and self.lease.answered > self._away_since:
             if self._offline is not None:
                 await self._back_online()
             elif self._handed is not None:
                 await self._hand_over(None)
-        epoch = change.became
-        if epoch is None and self.lease is not None and self.lease.leading and not self.leading:
-            # Level-triggered: a renewal that took the lease but answered after `_renew` stopped waiting
-            # for it said so to nobody; holding the lease without acting would stall the whole group.
-            epoch = self.lease.epoch
-        if epoch is not None:
-            try:
-                await self._take_over(epoch)
-            except db_errors() as exc:  # the store failed mid-way: not leading; the next tick tries again
-                self.leading = False
-                await self._stop_alerting()
-                log.error("taking over as the leader failed (%s); trying again", exc)
+        # A renewal that took the lease but answered after `_renew` stopped waiting said so to nobody:
+        # the state is asked, not only the change (holding the lease without acting stalls the group).
+        epoch = change.became if change.became is not None else self.lease.epoch
+        if epoch is None or not self.lease.leading or (self.leading and change.became is None):
+            return False
+        try:
+            await self._take_over(epoch)
+        except db_errors() as exc:  # the store failed mid-way: not leading; the next tick tries again
+            self.leading = False
+            await self._stop_alerting()
+            log.error("taking over as the leader failed (%s); trying again", exc)
+        return True
+
+    async def _keep_lease(self) -> None:
+        """Renewals go on while a takeover resumes from the store (it may take longer than lease/2)."""
+        assert self.lease is not None
+        while True:
+            await asyncio.sleep(self.lease.every)
+            await self._renew()
 
     async def _take_over(self, epoch: int) -> None:
         """Lead from the shared store's state, as after a restart: the healer continues the budgets and
         looks at attempts cut short; the alerter knows what was told; every check runs at once."""
         assert self.lease is not None
+        keep = asyncio.create_task(self._keep_lease())
+        try:
+            await self._taking_over(epoch)
+        finally:
+            keep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep
+
+    async def _taking_over(self, epoch: int) -> None:
+        assert self.lease is not None
         await self._stand_down(None)
-        previous = await self.blocking(self.lease.store.group)
         # Recording starts once the store's view is restored (_resume sets `leading` in the same step as
         # it attaches the listeners): probes landing meanwhile must not write this monitor's own
         # (follower's) incidents over the ones the store holds.
@@ -402,7 +437,6 @@ class Monitor:
             log.warning("%d notification(s) claimed by an earlier leader and not marked sent: sending them", released)
         for name, work in self.alerter.loops(self._session, heartbeat=False):
             self._alert_tasks.append(self.supervisor.spawn(name, work, oneshot=True))
-        lease = previous.get("lease") or {}
         message = f"{self.lease.node} leads the group of monitors (epoch {epoch})"
         self.ha_log.append({"at": time.time(), "event": "leader", "epoch": epoch, "message": message})
         log.warning("%s", message)
@@ -416,7 +450,11 @@ class Monitor:
                     time.time(),
                     message + "; it resumed from the shared store and looks at every check now",
                     node=self.lease.node,
-                    details={"epoch": epoch, "member": self.lease.member, "since": lease.get("acquired_at")},
+                    details={
+                        "epoch": epoch,
+                        "member": self.lease.member,
+                        "since": self.lease.held.acquired_at if self.lease.held else None,
+                    },
                 )
             )
         for name in list(self.scheduler.jobs):

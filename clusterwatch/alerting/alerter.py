@@ -36,7 +36,7 @@ from clusterwatch.store.outbox import Message, Outbox
 log = logging.getLogger("clusterwatch.alerts")
 TICK = 0.5
 SILENCE_REFRESH = 2.0
-TOLD_OFFLINE_FOR = 3600.0  # seconds a notice told from a local outbox may stand for the shared store's
+TOLD_OFFLINE_FOR = 600.0  # seconds a notice told from a local outbox may stand for the shared store's
 PROBLEMS = {"firing", "escalated", "repeat", "flapping", "monitor"}
 TELLS_THE_END = {"resolved", "healed"}  # once one of these is in the outbox, the incident's state goes
 SENDERS = 4  # Apprise calls at once (one per channel at most)
@@ -114,6 +114,10 @@ class Alerter:
         self._last_told: dict[str, float] = {}  # entity -> when this alerter last told its firing/resolved
         self._elsewhere: dict[str, Any] = {}  # entity -> the latest notice told offline (by any member)
         self._forget_elsewhere: list[tuple[str, float]] = []
+        self._elsewhere_at = 0.0
+        # Whether the monitor sees an entity healthy now (its own probes): a firing told from a local
+        # outbox about an entity that is fine by now gets its resolved notice from here.
+        self.entity_ok: Callable[[str], bool] = lambda _entity: False
         self.configure(options, env_channels or {})
 
     def configure(self, options: AlertOptions, env_channels: dict[str, str]) -> None:
@@ -314,10 +318,13 @@ class Alerter:
             self._silences_at = now
         self._repeats(now)
         sent = 0
+        due = any(everything or n.due <= time.monotonic() for n in self.notes)
+        if not self.offline and (due or now - self._elsewhere_at > SILENCE_REFRESH):
+            rows = await self._db(self.outbox.told_offline, now - TOLD_OFFLINE_FOR)
+            self._elsewhere = {r["entity"]: r for r in rows}  # ordered by time: the latest wins
+            self._elsewhere_at = now
+            self._resolve_elsewhere(now)
         if any(everything or n.due <= time.monotonic() for n in self.notes):
-            if not self.offline:
-                rows = await self._db(self.outbox.told_offline, now - TOLD_OFFLINE_FOR)
-                self._elsewhere = {r["entity"]: r for r in rows}  # ordered by time: the latest wins
             # As Alertmanager does: once the first of a group is due, everything waiting goes with it.
             due, self.notes = self.notes, []
             try:
@@ -374,7 +381,18 @@ class Alerter:
                 self._last_told[note.incident.entity] = now
             if self.offline and note.incident is not None and note.kind in ("firing", "resolved"):
                 incident = note.incident
-                offline.append((incident.entity, incident.id, note.kind, incident.severity, now, self.member))
+                offline.append(
+                    (
+                        incident.entity,
+                        incident.id,
+                        note.kind,
+                        incident.severity,
+                        now,
+                        self.member,
+                        incident.check,
+                        incident.node,
+                    )
+                )
         batch = []
         for (channel, _family), parts in by_channel.items():
             title, body = messages.grouped(
@@ -432,6 +450,33 @@ class Alerter:
                 incident.repeated = now
             self._dirty.pop(incident.id, None)
         return len(batch)
+
+    def _resolve_elsewhere(self, now: float) -> None:
+        """People were told from a local outbox that something failed; this monitor sees it healthy
+        (it recovered while the shared store was away, or the monitor that told it was cut off from it):
+        they hear that it is fine, once, instead of a CRITICAL that never clears."""
+        open_entities = {i.entity for i in self.incidents.values()}
+        for entity, record in list(self._elsewhere.items()):
+            if record["kind"] != "firing" or entity in open_entities or not self.entity_ok(entity):
+                continue
+            del self._elsewhere[entity]
+            self._forget_elsewhere.append((entity, record["at"]))
+            incident = Incident(
+                record["incident"] or f"told-offline:{entity}",
+                entity,
+                record["check_name"] or entity,
+                record["node"],
+                self.kind_of(entity),
+                record["severity"],
+                record["at"],
+                "",
+                notified=record["at"],
+                closed=now,
+                closing_message=f"healthy as seen by this monitor; the alert was sent by {record['member']} while "
+                "the shared store was away",
+            )
+            self.closed[incident.id] = incident
+            self._queue("resolved", incident, now)
 
     def _told_elsewhere(self, note: Note) -> bool:
         """Was this transition told from a monitor's local outbox while the shared store was away? A
@@ -603,7 +648,8 @@ class Alerter:
                 await self._write_states()
         finally:
             self._send_executor.shutdown(wait=False)
-            self._db_executor.shutdown(wait=True)
+            # Off the event loop: a job still running there may be waiting on a store that hangs.
+            await asyncio.to_thread(self._db_executor.shutdown, True)
 
 
 async def heartbeat_loop(

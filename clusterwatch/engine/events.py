@@ -21,7 +21,6 @@ class EventKind(enum.StrEnum):
     REMEDIATION_EXHAUSTED = "remediation_exhausted"
     MONITOR_LAGGING = "monitor_lagging"
     LEADER_ELECTED = "leader_elected"  # a group of monitors: this one took over acting
-    LEADER_STOOD_DOWN = "leader_stood_down"  # ... and this one stopped acting (remediation paused here)
 
 
 @dataclass(slots=True)

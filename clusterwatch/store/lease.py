@@ -1,7 +1,7 @@
 """The leader lease and the group's members, in the shared store (PostgreSQL), timed by its clock.
 
 One row: taken or renewed with a single conditional UPDATE; the epoch goes up at every change of
-holder. A fenced transaction first asks the database, holding the lease row `FOR SHARE` until it
+holder. A fenced transaction ends by asking the database, holding the lease row `FOR SHARE` until it
 commits, whether this member still holds the lease with the epoch it believes: a new leader's take
 waits for that commit, and a stale leader's write is refused (`Fenced`) instead of being made.
 No session advisory locks: they break behind a transaction pooler and across a database failover.
@@ -130,5 +130,8 @@ class LeaseStore:
     def run(self, db: Database, statements: Sequence[tuple[str, Any]], member: str, epoch: int | None) -> list[Result]:
         """Statements in one transaction that first checks the lease (see `check`)."""
         with db.transaction() as tx:
+            results = [Result(tx.execute(sql, args)) for sql, args in statements]
+            # Last, just before COMMIT: as safe as first (nobody can take the lease between this check
+            # and the commit), and the holder's own renewal waits for the lease row only that long.
             self.check(tx, member, epoch)
-            return [Result(tx.execute(sql, args)) for sql, args in statements]
+            return results

@@ -77,7 +77,7 @@ class Outbox:
     ) -> list[int]:
         """Committed before this returns: from here on a notification can't be lost. `told` rows
         (alert_state) are written and `done` incidents' rows deleted in the same transaction; so are
-        `offline` rows (told_offline: entity, incident, kind, severity, at, member) of a monitor
+        `offline` rows (told_offline: entity, incident, kind, severity, at, member, check_name, node) of a monitor
         alerting from its local outbox while the shared store is away."""
         now = time.time()
         statements: list[tuple[str, Any]] = [
@@ -199,16 +199,21 @@ class Outbox:
         one monitor cut off from the rest (perhaps cut off from the service too), and the leader tells
         from its own, current view."""
         with self._db.transaction() as tx:
-            told = tx.execute("SELECT entity, incident, kind, severity, at, member FROM told_offline").fetchall()
-            sent: set[str] = set()
-            for (incidents,) in tx.execute("SELECT incidents FROM outbox WHERE delivered IS NOT NULL").fetchall():
-                sent.update(json.loads(incidents or "[]"))
+            told = tx.execute(f"SELECT {_TOLD_COLUMNS} FROM told_offline").fetchall()
+            # (incident, kind) pairs that reached a channel: a resolved notice held back must not count
+            # because its firing went out.
+            sent: set[tuple[str, str]] = set()
+            for incidents, severity in tx.execute(
+                "SELECT incidents, severity FROM outbox WHERE delivered IS NOT NULL"
+            ).fetchall():
+                kind = "resolved" if severity == "resolved" else "firing"
+                sent.update((incident, kind) for incident in json.loads(incidents or "[]"))
             tx.execute("DELETE FROM told_offline")
             tx.execute(
                 "UPDATE outbox SET expired = ?, last_error = ? WHERE delivered IS NULL AND expired IS NULL",
                 (time.time(), "not sent: the shared store came back first, and its leader tells"),
             )
-        return [tuple(r) for r in told if r["incident"] in sent]
+        return [tuple(r) for r in told if (r["incident"], r["kind"]) in sent]
 
     def take_over(self, told: list[Any]) -> None:
         """The shared store receives what a local outbox told (see hand_over), in one transaction."""
@@ -216,9 +221,7 @@ class Outbox:
             self._tx([(_TOLD_OFFLINE, row) for row in told])
 
     def told_offline(self, since: float) -> list[Any]:
-        return self._rows(
-            "SELECT entity, incident, kind, severity, at, member FROM told_offline WHERE at >= ? ORDER BY at", (since,)
-        )
+        return self._rows(f"SELECT {_TOLD_COLUMNS} FROM told_offline WHERE at >= ? ORDER BY at", (since,))
 
     def forget_told_offline(self, entity: str, until: float) -> None:
         self._run("DELETE FROM told_offline WHERE entity = ? AND at <= ?", (entity, until))
@@ -247,7 +250,8 @@ class Outbox:
         return self._run("DELETE FROM silences WHERE id = ?", (silence_id,)).rowcount > 0
 
 
-_TOLD_OFFLINE = "INSERT INTO told_offline (entity, incident, kind, severity, at, member) VALUES (?,?,?,?,?,?)"
+_TOLD_COLUMNS = "entity, incident, kind, severity, at, member, check_name, node"
+_TOLD_OFFLINE = f"INSERT INTO told_offline ({_TOLD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
 _ALERT_STATE_UPSERT = (
     "INSERT INTO alert_state (incident, entity, severity, notified, repeated, silenced, healed_by) "
     "VALUES (?,?,?,?,?,?,?) ON CONFLICT (incident) DO UPDATE SET entity = excluded.entity, "

@@ -127,7 +127,7 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE told_offline (
         entity TEXT NOT NULL, incident TEXT, kind TEXT NOT NULL, severity TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
-        member TEXT NOT NULL);
+        member TEXT NOT NULL, check_name TEXT, node TEXT);
     CREATE INDEX told_offline_entity ON told_offline (entity, at);
     """,
 ]

@@ -233,11 +233,11 @@ class Store:
         assert self._db is not None, "not open"
         try:
             with self._db.transaction() as tx:
-                if self.fence is not None:
-                    self.fence.check(tx)
                 for item in items:
                     getattr(self, f"_w_{item[0]}")(tx, *item[1:])
                 self._rollups.write(tx)
+                if self.fence is not None:  # last, just before COMMIT: the lease row is locked only that long
+                    self.fence.check(tx)
         except Exception as exc:
             self._rollups.rolled_back()
             self.failures += 1
@@ -328,8 +328,6 @@ class Store:
         assert self._db is not None, "not open"
         try:
             with self._db.transaction() as conn:
-                if self.fence is not None:
-                    self.fence.check(conn)
                 conn.execute("DELETE FROM observations WHERE ts < ?", (now - o.raw_max_age,))
                 # The cap per entity spares the minutes still being rolled up: their rows are rebuilt from raw.
                 conn.execute(
@@ -345,6 +343,8 @@ class Store:
                     "DELETE FROM incidents WHERE closed IS NOT NULL AND closed < ?", (now - o.events_max_age,)
                 )
                 conn.execute("DELETE FROM commands WHERE done IS NOT NULL AND done < ?", (now - 86400,))
+                if self.fence is not None:
+                    self.fence.check(conn)
         except Fenced:
             pass
         except Exception:
@@ -369,7 +369,7 @@ class Store:
         rows = self.reads.rows("SELECT id FROM incidents WHERE closed IS NULL")
         stray = [r[0] for r in rows if r[0] not in still_open]
         if stray:
-            run_all(
+            (self.fence.run if self.fence is not None else run_all)(
                 self.reads,
                 [
                     (
@@ -384,7 +384,7 @@ class Store:
 
     def pending_commands(self) -> list[Any]:
         """A person's commands (`heal reset`), taken once: by this monitor, or in a group by the leader."""
-        rows = run_all(
+        rows = (self.fence.run if self.fence is not None else run_all)(
             self.reads,
             [("UPDATE commands SET done = ? WHERE done IS NULL RETURNING id, ts, kind, target", (self.clock(),))],
         )[0].rows
