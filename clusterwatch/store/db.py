@@ -29,6 +29,8 @@ SQLITE_BUSY_TIMEOUT_S = 10.0
 PG_CONNECT_TIMEOUT_S = 5
 PG_STATEMENT_TIMEOUT_MS = 15_000
 PG_POOL_TIMEOUT_S = 5.0
+PG_IDLE_IN_TRANSACTION_MS = 5_000
+PG_LOCK_TIMEOUT_MS = 5_000
 # A database-wide trouble, not one item's: worth waiting out rather than splitting a batch over.
 _SQLITE_TRANSIENT = (
     "SQLITE_BUSY",
@@ -275,10 +277,15 @@ class Postgres:
 
         self.location = url
         self.path = shown(url)
+        # A monitor cut off in the middle of a transaction must not hold its locks (the lease row's
+        # among them) for long: the server ends a session idle in a transaction, or whose client stopped
+        # answering its keepalives, within seconds. The store's transactions never wait on anything but
+        # their own statements, so a few idle seconds mean the client is gone.
         options = (
             f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
-            f"-c idle_in_transaction_session_timeout={PG_STATEMENT_TIMEOUT_MS * 2} "
-            "-c lock_timeout=10000"
+            f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS} "
+            f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
+            "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
         )
         self._pool = psycopg_pool.ConnectionPool(
             url,

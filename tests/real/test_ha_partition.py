@@ -442,6 +442,9 @@ def partition(pg: PostgresServer, bridge: str, tmp_path_factory: pytest.TempPath
         # monitor-a, cut off, tells from its local outbox what it sees (api unreachable); the receiver
         # is out of its reach too, so the notice waits there until the link comes back.
         stale = soft_wait(lambda: [r for r in local_outbox(a) if r["title"].startswith("[CRITICAL] api on")], 60)
+        # monitor-b's own last word on api (its heal) reaches people before the link comes back: what
+        # arrives after that is judged below, and must not be a notice monitor-b was still sending.
+        soft_wait(lambda: told(hook, "[RESOLVED] api on"), 60)
         scene.seen.update(
             stood_down=down[0] if down else None,
             second=second,
