@@ -27,7 +27,7 @@ from clusterwatch.model import Observation, Status, one_line
 from clusterwatch.redact import Redactor
 from clusterwatch.store.db import Fenced
 from clusterwatch.store.db import errors as db_errors
-from clusterwatch.store.healing import Attempt, BudgetRow, HealLedger
+from clusterwatch.store.healing import INTERRUPTED, Attempt, BudgetRow, HealLedger
 
 log = logging.getLogger("clusterwatch.healer")
 T = TypeVar("T")
@@ -370,6 +370,15 @@ class Healer:
         }
         row = self._redactor().data(row)
         attempt_id = await self._db(self.ledger.begin, row)  # committed before anything runs
+        if not self.acting():  # the lease went while the attempt was written (a pause, a cut): not run
+            await self._db(
+                self.ledger.finish,
+                attempt_id,
+                finished=self._clock(),
+                outcome=INTERRUPTED,
+                detail="not run: this monitor no longer held the leader lease",
+            )
+            return False
         if not dry_run:
             budget.attempts.append(started)
         self._emit(

@@ -124,8 +124,16 @@ def transient(error: BaseException) -> bool:
         import psycopg
         import psycopg_pool
 
+        e = psycopg.errors
+        # A standby answering during a failover, a deadlock, a lock or a statement timeout: wait it out.
         return isinstance(
-            error, psycopg.OperationalError | psycopg_pool.PoolTimeout | psycopg.errors.SerializationFailure
+            error,
+            psycopg.OperationalError
+            | psycopg_pool.PoolTimeout
+            | e.SerializationFailure
+            | e.DeadlockDetected
+            | e.ReadOnlySqlTransaction
+            | e.LockNotAvailable,
         )
     return False
 
