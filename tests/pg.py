@@ -333,10 +333,11 @@ class PostgresServer:
             return "(no server log)"
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL for the whole session; skipped where it cannot run (see unavailable_reason)."""
-    server = PostgresServer()
+@contextlib.contextmanager
+def running_server(listen_addresses: str = "127.0.0.1") -> Iterator[PostgresServer]:
+    """A PostgreSQL of the caller's own (a session's, or a module's that halts or partitions it),
+    stopped by PID at the end; skipped where it cannot run (see unavailable_reason)."""
+    server = PostgresServer(listen_addresses)
     try:
         server.start()
         yield server
@@ -344,13 +345,30 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.stop()
 
 
+@contextlib.contextmanager
+def fresh_database(server: PostgresServer, prefix: str = "t") -> Iterator[str]:
+    """A new database owned by clusterwatch; its URL. Dropped afterwards, even if the test left the
+    server down (it is started again first)."""
+    server.ensure_running()
+    name = f"{prefix}{os.getpid()}_{next(_db_names)}"
+    url = server.create_database(name)
+    try:
+        yield url
+    finally:
+        with contextlib.suppress(Exception):  # stop() cleans up anyway
+            server.ensure_running()
+            server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session."""
+    with running_server() as server:
+        yield server
+
+
 @pytest.fixture
 def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     """A fresh database for this test, owned by clusterwatch; its URL. Dropped afterwards."""
-    postgres_server.ensure_running()
-    name = f"t{os.getpid()}_{next(_db_names)}"
-    url = postgres_server.create_database(name)
-    yield url
-    with contextlib.suppress(Exception):  # the test may have left the server down; stop() cleans up anyway
-        postgres_server.ensure_running()
-        postgres_server.drop_database(name)
+    with fresh_database(postgres_server) as url:
+        yield url

@@ -29,7 +29,7 @@ from clusterwatch.store.outbox import Message, Outbox
 from clusterwatch.store.schema import MIGRATIONS, schema_version
 from clusterwatch.store.writer import Store
 from tests.helpers import run_cli
-from tests.pg import PASSWORD, PostgresServer
+from tests.pg import PASSWORD, PostgresServer, fresh_database, running_server
 from tests.storecheck import engine, execute, fail_when, migrated, rows, store_options
 
 NOW = time.time()
@@ -44,20 +44,14 @@ _names = itertools.count(1)
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
     """This module's own server (skipped where PostgreSQL cannot run), stopped by PID at the end."""
-    server = PostgresServer()
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def fresh_url(pg: PostgresServer) -> Iterator[str]:
-    name = f"mig{os.getpid()}_{next(_names)}"
-    url = pg.create_database(name)
-    yield url
-    pg.drop_database(name)
+    with fresh_database(pg, "mig") as url:
+        yield url
 
 
 def write_store(location: str) -> None:

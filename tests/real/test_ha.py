@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import re
@@ -32,14 +31,13 @@ from clusterwatch.model import Status
 from clusterwatch.store.db import Database, open_database
 from clusterwatch.store.lease import LeaseStore
 from tests.helpers import Proc, free_port, port_open, wait_until
-from tests.pg import PostgresServer
+from tests.pg import PostgresServer, fresh_database, running_server
 from tests.real.daemon import Daemon, kill_pidfile
 from tests.real.receivers import WebhookReceiver
 
 LEASE = 4.0  # seconds: short, so that every takeover here is quick; the bounds below are generous
 TAKEOVER_SLACK = 5.0  # a takeover may take the lease plus this (a renewal every lease/4, a busy machine)
 FAILOVER = "leads the monitors now"
-_databases = itertools.count(1)
 
 # What the restart action runs: counts its calls in a file, fails (exit 1) before call FIRST_GOOD, and
 # from then on really starts the service (an HTTP server on the port, detached, its PID in the
@@ -72,23 +70,14 @@ print(f"call {calls}: started the service, pid {proc.pid}")
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
     """A PostgreSQL of this module's own: one test halts it, and nobody else should feel that."""
-    server = PostgresServer()
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def pg_url(pg: PostgresServer) -> Iterator[str]:
-    pg.ensure_running()
-    name = f"ha_{os.getpid()}_{next(_databases)}"
-    url = pg.create_database(name)
-    yield url
-    with contextlib.suppress(Exception):
-        pg.ensure_running()
-        pg.drop_database(name)
+    with fresh_database(pg, "ha_") as url:
+        yield url
 
 
 @pytest.fixture
