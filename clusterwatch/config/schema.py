@@ -339,10 +339,12 @@ class SSHOptions(Strict):
 
 
 class Node(Strict):
-    """A remote machine (Linux server or Termux phone) reached over SSH."""
+    """A remote machine (Linux server or Termux phone): reached over SSH, or running an agent that pushes."""
 
     name: Name
-    host: str
+    host: str | None = None  # for SSH; an agent's node needs none (it connects to the monitor)
+    agent: bool = False  # `clusterwatch agent run` on the node runs its checks and pushes them here
+    agent_timeout: Duration | None = None  # silent this long: the node is critical (default 3 intervals)
     ssh: SSHOptions = SSHOptions()
     termux: bool | None = None  # default: guessed from port 8022 / a u0_a user
     thresholds: Thresholds | None = None  # default: node_thresholds
@@ -355,6 +357,12 @@ class Node(Strict):
     fall: Annotated[int, Field(ge=1, le=100)] | None = None
     rise: Annotated[int, Field(ge=1, le=100)] | None = None
     depends_on: list[Name] = []
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Node:
+        if not self.agent and not self.host:
+            raise FieldError("host", "a node needs a host (for SSH), or `agent: true` (its agent pushes)")
+        return self
 
     @property
     def is_termux(self) -> bool:
@@ -497,6 +505,21 @@ class AlertOptions(Strict):
         return self
 
 
+class WebTLS(Strict):
+    """HTTPS for the dashboard, the API and agents' pushes: a PEM certificate (chain) and its key."""
+
+    cert: str
+    key: str
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        path = os.path.expanduser(value)
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise ValueError(f"file {value!r} does not exist or is not readable")
+        return path
+
+
 class WebAuth(Strict):
     read: bool = False  # require the token for reading too
 
@@ -509,6 +532,7 @@ class WebOptions(Strict):
     token: str | None = None  # write ${ENV}; or token_file
     token_file: str | None = None
     auth: WebAuth = WebAuth()
+    tls: WebTLS | None = None
 
     @field_validator("listen")
     @classmethod

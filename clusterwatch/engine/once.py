@@ -84,7 +84,7 @@ def _placeholder(item: CheckBase | Node, status: Status, message: str, *, down: 
     kind = _kind(item)
     group = Group.NODES if kind == "ssh" else Group.SYSTEM if kind == "node" else Group.SERVICES
     target = (
-        item.host
+        item.host or ""
         if isinstance(item, Node)
         else str(getattr(item, "url", None) or getattr(item, "scheduler", None) or getattr(item, "socket", None) or "")
     )

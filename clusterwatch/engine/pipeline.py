@@ -68,8 +68,9 @@ class Pipeline:
                 obs.details = redactor.data(obs.details)
         return observations
 
-    def handle(self, item: Item, observations: list[Observation]) -> None:
-        now = self._clock()
+    def handle(self, item: Item, observations: list[Observation], at: float | None = None) -> None:
+        """`at`: when the probe ran, for a round an agent pushed (default: now)."""
+        now = self._clock() if at is None else at
         # A check that cannot be reached (the Docker daemon, the Dask scheduler) reports none of what it
         # watches: those are not gone, only unseen, and become `unknown` (affected by it), not vanished.
         primary = next((o for o in observations if o.name == item.name and o.down), None)
