@@ -166,9 +166,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", help="a real local Dask cluster, watched and healed")
     demo.add_argument("--web-port", type=int, metavar="PORT", help="dashboard port (default 9877, else a free one)")
 
-    install = command("install", help="print (or --write) a systemd unit or a cron line")
-    install.add_argument("what", choices=["systemd", "cron"])
-    install.add_argument("--write", action="store_true", help="write it to /etc instead of printing it")
+    install = command(
+        "install",
+        help="print (or --write) a systemd unit or a cron line; `install agent ...` for a node's agent",
+        description="`install systemd|cron`: start the monitor at boot. `install agent systemd|termux-boot|cron "
+        "--server URL --name NAME --token-file FILE`: start a node's agent at boot (Termux:Boot on Android).",
+    )
+    install.add_argument("what", choices=["systemd", "cron", "agent"])
+    install.add_argument("how", nargs="?", choices=["systemd", "termux-boot", "cron"], help="for `agent`")
+    install.add_argument("--write", action="store_true", help="write it in place instead of printing it")
+    _agent_options(install, required=False)
+
+    agent = command("agent", help="node agents: enroll, revoke, list; run one on a node")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    enroll = action(agent_sub, "enroll", help="a token for a node's agent: shown once, stored hashed")
+    enroll.add_argument("name", help="the node's name (a node with `agent: true` in the config)")
+    enroll.add_argument("--token-file", metavar="FILE", help="write the token to FILE (mode 600), not the terminal")
+    revoke = action(agent_sub, "revoke", help="the agent's token stops working at once")
+    revoke.add_argument("name")
+    action(agent_sub, "list", help="enrolled agents: when and from where each was last heard")
+    agent_run = action(
+        agent_sub,
+        "run",
+        help="on a node: run its checks (the monitor sends them) and push them to the monitor",
+        description="Runs on the node: no config file; it fetches the node's checks from the monitor, probes them "
+        "with the monitor's own code, pushes the rounds, restarts what the monitor tells it to, and heals its own "
+        "checks while it cannot reach the monitor. Nothing listens on the node.",
+    )
+    _agent_options(agent_run, required=True)
 
     store = command("store", help="the store itself: copy it into another")
     store_sub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
@@ -203,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     action(config_sub, "validate", help="check the config file and exit 0 or 3")
     action(config_sub, "show", help="print the effective config, secrets redacted")
     return parser
+
+
+def _agent_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--server", required=required, metavar="URL", help="the monitor, e.g. https://monitor:9877")
+    parser.add_argument("--name", required=required, metavar="NODE", help="this node's name in the monitor's config")
+    parser.add_argument("--token-file", required=required, metavar="FILE", help="the token `agent enroll` gave")
+    parser.add_argument("--ca-file", metavar="FILE", help="the CA that signed the monitor's certificate (https)")
+    parser.add_argument("--state-dir", metavar="DIR", help="its queue and ledger (default ~/.local/state/...)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -433,6 +466,8 @@ def cmd_heal(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from clusterwatch import install
 
+    if args.what == "agent":
+        return _install_agent(args)
     if args.what == "systemd":
         text, path = install.systemd_unit(args.config), install.UNIT_PATH
     else:
@@ -450,6 +485,102 @@ def cmd_install(args: argparse.Namespace) -> int:
         return 1
     if args.what == "systemd":
         print("then: systemctl daemon-reload && systemctl enable --now clusterwatch")
+    return 0
+
+
+def _install_agent(args: argparse.Namespace) -> int:
+    from clusterwatch import install
+
+    missing = [f"--{o.replace('_', '-')}" for o in ("server", "name", "token_file") if not getattr(args, o)]
+    if args.how is None or missing:
+        print(
+            "clusterwatch: install agent systemd|termux-boot|cron needs " + ", ".join(missing or ["how"]),
+            file=sys.stderr,
+        )
+        return EXIT_UNKNOWN
+    argv = install.agent_argv(args.server, args.name, args.token_file, args.ca_file, args.state_dir)
+    text, path = {
+        "systemd": lambda: (install.agent_unit(argv), install.AGENT_UNIT_PATH),
+        "termux-boot": lambda: (install.agent_termux_boot(argv), install.termux_boot_path()),
+        "cron": lambda: (install.agent_cron(argv), install.AGENT_CRON_PATH),
+    }[args.how]()
+    if not args.write:
+        print(text, end="")
+        return 0
+    try:
+        print(install.write(path, text, executable=args.how == "termux-boot"))
+    except OSError as exc:
+        print(f"clusterwatch: cannot write {path}: {exc.strerror} (without --write, copy it by hand)", file=sys.stderr)
+        return 1
+    print(install.agent_next_step(args.how))
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    if args.agent_command == "run":
+        from clusterwatch.agent.runner import main as run_agent
+
+        return run_agent(args)
+    from clusterwatch.store.agents import AgentRegistry
+    from clusterwatch.store.db import shown, store_location
+
+    loaded = _load(args)
+    if loaded is None:
+        return EXIT_UNKNOWN
+    config = loaded.config
+    registry = AgentRegistry(store_location(config.store)).open()
+    try:
+        if args.agent_command == "enroll":
+            return _enroll(args, config, registry, shown(registry.location))
+        if args.agent_command == "revoke":
+            if registry.revoke(args.name):
+                print(f"agent {args.name}: token revoked; its pushes are refused within seconds")
+                return 0
+            print(f"clusterwatch: no enrolled agent {args.name!r} with a token in force", file=sys.stderr)
+            return 1
+        rows = registry.all()
+        if not rows:
+            print("no agents enrolled (`clusterwatch agent enroll NODE`)")
+        for row in rows:
+            state = f"revoked {_local_time(row.revoked)}" if row.revoked else "active"
+            seen = f"last heard {_local_time(row.last_seen)} from {row.last_addr}" if row.last_seen else "never heard"
+            print(f"{row.name}\t{state}\tenrolled {_local_time(row.created)}\t{seen}")
+        return 0
+    finally:
+        registry.close()
+
+
+def _enroll(args: argparse.Namespace, config: Any, registry: Any, where: str) -> int:
+    node = next((n for n in config.nodes if n.name == args.name), None)
+    if node is None or not node.agent:
+        print(
+            f"clusterwatch: {args.name!r} is not a node with `agent: true` in the config: add "
+            f"`- {{name: {args.name}, agent: true}}` under nodes: (its pushes are refused until then)",
+            file=sys.stderr,
+        )
+    token = registry.enroll(args.name)
+    web = config.web
+    scheme = "https" if web.tls else "http"
+    host = web.host if not web.loopback else "THIS-MONITOR"
+    server = f"{scheme}://{host}:{web.port}"
+    if args.token_file:
+        path = os.path.expanduser(args.token_file)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        print(f"agent {args.name} enrolled (store {where}); its token is in {path}: copy it to the node")
+    else:
+        print(f"agent {args.name} enrolled (store {where}). Its token, shown this once:\n\n  {token}\n")
+        print("On the node, save it (mode 600) as ~/.clusterwatch-token:")
+        print("  umask 077 && cat > ~/.clusterwatch-token   # paste the token, then Ctrl-D")
+    print("then run there:")
+    ca = " --ca-file ~/monitor-ca.pem" if web.tls else ""
+    print(f"  clusterwatch agent run --server {server} --name {args.name} --token-file ~/.clusterwatch-token{ca}")
+    if web.loopback:
+        print(
+            f"(this monitor listens on {web.listen} only: set web.listen to an address the node reaches, with "
+            "web.token_file and web.tls, and put that address in --server)"
+        )
     return 0
 
 
@@ -633,4 +764,5 @@ COMMANDS: dict[str, typing.Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "silence": cmd_silence,
     "store": cmd_store,
+    "agent": cmd_agent,
 }

@@ -20,19 +20,22 @@ from typing import Any
 import psutil
 
 from clusterwatch import redact
+from clusterwatch.agent.hub import AgentHub
 from clusterwatch.alerting.alerter import Alerter, heartbeat_loop
 from clusterwatch.config.loader import BUILTIN, ConfigError, LoadedConfig, load_config
-from clusterwatch.config.schema import CheckBase, Config
+from clusterwatch.config.schema import CheckBase, Config, Node, RestartPolicy
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.pipeline import Item, Pipeline
 from clusterwatch.engine.plan import Plan
 from clusterwatch.engine.scheduler import Job, Scheduler
 from clusterwatch.engine.state import StateMachine
 from clusterwatch.ha import Change, Lease
+from clusterwatch.heal.actions import Outcome, perform
 from clusterwatch.heal.healer import Healer
 from clusterwatch.model import Observation, Status
 from clusterwatch.probes.base import ProbeContext, new_http_session
 from clusterwatch.sdnotify import Notifier
+from clusterwatch.store.agents import AgentRegistry
 from clusterwatch.store.db import errors as db_errors
 from clusterwatch.store.healing import HealLedger
 from clusterwatch.store.lease import LeaseStore
@@ -75,6 +78,8 @@ class Monitor:
             emit=self.pipeline.emit,
             redactor=redact.current,
         )
+        self.healer.perform = self._perform
+        self.agents = AgentHub(self, AgentRegistry(self.store.location))
         self.scheduler = Scheduler(self._run_job, self.config.concurrency)
         self.health = Health(
             beat=lambda: self.scheduler.beat,
@@ -165,13 +170,37 @@ class Monitor:
         """The healer's verification: a check reloaded away meanwhile is not probed back to life."""
         if check.name not in self.plan.items:
             return []
+        node = self.agent_of(check)
+        if node is not None:  # its agent probes it: ask for a round now
+            await self.agents.probe_now(node, check)
+            return []
         return await self.pipeline.reprobe(check)
+
+    def agent_of(self, item: Item) -> Node | None:
+        """The agent's node a check runs on (its agent probes and restarts it), or None."""
+        name = getattr(item, "node", None) if isinstance(item, CheckBase) else None
+        if not name:
+            return None
+        return next((n for n in self.config.nodes if n.name == name and n.agent), None)
+
+    async def _perform(self, policy: RestartPolicy, check: CheckBase, config: Config) -> Outcome:
+        """A restart for a check on an agent's node runs there, by its agent; any other as configured."""
+        node = self.agent_of(check)
+        if node is not None and policy.node in (None, node.name):
+            return await self.agents.restart(node, check, policy)
+        return await perform(policy, check, config)
 
     # --- the scheduler's work ------------------------------------------------------------------------
 
     async def _run_job(self, job: Job) -> None:
         item = self.plan.items.get(job.key)
-        if item is None:
+        if item is None or self.agent_of(item) is not None:
+            return  # a check on an agent's node: its agent runs it and pushes the rounds
+        if isinstance(item, Node) and item.agent:
+            for seen, observations in self.agents.watch(item):  # silence is a failure
+                self.pipeline.handle(seen, observations)
+            if any(s.fail_streak and not s.down for s in self.states.entities_of(item.name)):
+                self.scheduler.run_soon(item.name, self.plan.retry_interval(item))
             return
         observations = await self.pipeline.probe(item)
         if self.plan.items.get(job.key) is not item:
@@ -184,6 +213,7 @@ class Monitor:
 
     async def start(self) -> None:
         await self.blocking(self.store.open)
+        await self.blocking(self.agents.open)
         self._session = new_http_session(limit=self.config.concurrency)
         self.pipeline.ctx = ProbeContext(config=self.config, http=self._session)
         member = self.lease.member if self.lease is not None else "local"
@@ -244,9 +274,7 @@ class Monitor:
         # meanwhile and may move the live states on (an incident closed in memory that the alerter must
         # still hear was told, or its resolved notice is lost).
         open_incidents = self._open_incidents()
-        stray = await self.blocking(
-            self.store.close_stray_incidents, {row[0] for row in open_incidents}, time.time()
-        )
+        stray = await self.blocking(self.store.close_stray_incidents, {row[0] for row in open_incidents}, time.time())
         if stray:
             log.info("closed %d incident(s) whose recovery the last monitor did not get to record", len(stray))
         assert self.outbox is not None
@@ -307,6 +335,7 @@ class Monitor:
             await self.blocking(self.outbox.close)
         if self.lease is not None:
             await asyncio.to_thread(self.lease.store.close)
+        await asyncio.to_thread(self.agents.registry.close)
         await asyncio.to_thread(self.store.close, 2.0)
         self._io.shutdown(wait=False)
         self._lease_io.shutdown(wait=False)
@@ -633,7 +662,8 @@ class Monitor:
                 async with semaphore:
                     self.pipeline.handle(item, await self.pipeline.probe(item))
 
-            await asyncio.gather(*(one(item) for item in self.plan.items.values()))
+            local = [i for i in self.plan.items.values() if not ((isinstance(i, Node) and i.agent) or self.agent_of(i))]
+            await asyncio.gather(*(one(item) for item in local))
             await self.healer.reconcile()
             await self.healer.drain(self.plan.longest_heal() * 4 + 5)
             worst = Status.worst([e.last.status for e in self.states.entities.values() if e.last])

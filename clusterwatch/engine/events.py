@@ -21,6 +21,9 @@ class EventKind(enum.StrEnum):
     REMEDIATION_EXHAUSTED = "remediation_exhausted"
     MONITOR_LAGGING = "monitor_lagging"
     LEADER_ELECTED = "leader_elected"  # a group of monitors: this one took over acting
+    AGENT_BACK = "agent_back"  # a node's agent is heard again after a silence: the gap, said once
+    AGENT_HEALING_TAKEN = "agent_healing_taken"  # an agent cut off from every monitor heals on its own
+    AGENT_HEALING_RETURNED = "agent_healing_returned"  # ... and hands healing back to the monitor
 
 
 @dataclass(slots=True)

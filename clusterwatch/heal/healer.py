@@ -66,6 +66,8 @@ class Healer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-heal-ledger")
         # A group of monitors: only the one that holds the leader lease acts (the ledger is fenced too).
         self.acting: Callable[[], bool] = lambda: True
+        # How an action runs: here, over SSH, or (a check on an agent's node) by that node's agent.
+        self.perform: Callable[[RestartPolicy, CheckBase, Config], Awaitable[Outcome]] = perform
 
     def update_config(self, config: Config) -> None:
         self.config = config
@@ -73,6 +75,9 @@ class Healer:
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """The ledger's SQLite calls, off the event loop in a thread of their own."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    def key(self, target: str) -> str:
+        return self._key(target)
 
     def _key(self, target: str) -> str:
         """A target as the store knows it: a secret in a command's argv never reaches the disk."""
@@ -288,6 +293,44 @@ class Healer:
             await self.reconcile(only=check.name)
         return True
 
+    def record_elsewhere(
+        self,
+        check: CheckBase,
+        entity: str,
+        *,
+        started: float,
+        finished: float,
+        succeeded: bool,
+        attempt: int,
+        detail: str,
+        by: str,
+    ) -> None:
+        """A restart done without this monitor (a node's agent while it was cut off): in the ledger and
+        in the budget, so what is left of the budget is what both did not use."""
+        policy = check.restart
+        assert policy is not None
+        key = self._key(policy.target)
+        budget = self.budgets.setdefault(key, BudgetRow(key))
+        budget.attempts = sorted([*budget.attempts, started])
+        budget.failed_streak = 0 if succeeded else budget.failed_streak + 1
+        budget.last_finished = max(finished, budget.last_finished or finished)
+        row = self._redactor().data(
+            {
+                "started": started,
+                "finished": finished,
+                "check": check.name,
+                "entity": entity,
+                "target": policy.target,
+                "action": policy.action,
+                "reason": f"done by {by} while it was cut off from the monitor",
+                "attempt": attempt,
+                "outcome": "succeeded" if succeeded else "failed",
+                "detail": one_line(detail),
+                "monitor": by,
+            }
+        )
+        self._spawn(f"record:{by}:{started}", self._db(self.ledger.record, row))
+
     # --- one remediation episode ----------------------------------------------------------------------------
 
     async def _remediate(self, check: CheckBase, policy: RestartPolicy, entity: str, reason: str) -> None:
@@ -399,7 +442,7 @@ class Healer:
             if dry_run:
                 outcome = Outcome(True, f"dry run: would run {policy.action} on {target}")
             else:
-                outcome = await perform(policy, check, self.config)
+                outcome = await self.perform(policy, check, self.config)
                 healthy = outcome.ok and await self._verify(check, entity, policy.verify_timeout)
         except asyncio.CancelledError:
             raise  # left `running`: the next monitor records it as interrupted and looks before acting

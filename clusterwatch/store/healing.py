@@ -141,6 +141,21 @@ class HealLedger:
         )[0]
         return int(result.rows[0][0])
 
+    def record(self, row: dict[str, Any]) -> None:
+        """An attempt made elsewhere (a node's agent while cut off), filed finished: it counts in the budget."""
+        self._tx(
+            [
+                (
+                    "INSERT INTO actions (started, finished, duration, check_name, entity, target, action, reason, "
+                    "attempt, outcome, detail, dry_run, epoch, monitor) VALUES (:started, :finished, :finished - "
+                    ":started, :check, :entity, :target, :action, :reason, :attempt, :outcome, :detail, 0, :epoch, "
+                    ":monitor)",
+                    {**row, "epoch": (self.fence.epoch or 0) if self.fence is not None else 0},
+                )
+            ],
+            fenced=True,
+        )
+
     def finish(self, attempt_id: int, *, finished: float, outcome: str, detail: str) -> None:
         self._tx(
             [

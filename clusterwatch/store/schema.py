@@ -130,6 +130,14 @@ MIGRATIONS: list[str] = [
         member TEXT NOT NULL, check_name TEXT, node TEXT);
     CREATE INDEX told_offline_entity ON told_offline (entity, at);
     """,
+    # 8: node agents: a token each (only its SHA-256 is kept), revocable; when and from where each was
+    # last heard; the last of its queued items the store has filed (a resend after a lost answer is
+    # filed once)
+    """
+    CREATE TABLE agents (
+        name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, created DOUBLE PRECISION NOT NULL,
+        revoked DOUBLE PRECISION, last_seen DOUBLE PRECISION, last_addr TEXT, acked BIGINT NOT NULL DEFAULT 0);
+    """,
 ]
 
 # PostgreSQL: SQLite's six migrations as one; later ones are appended to MIGRATIONS and run on both

@@ -172,6 +172,10 @@ class Store:
     def command(self, kind: str, target: str) -> None:
         self._put(("command", (self.clock(), kind, target)))
 
+    def agent_filed(self, name: str, seq: int, seen: float, addr: str | None) -> None:
+        """An agent's queue is filed up to `seq`: in the transaction of the rounds queued before it."""
+        self._put(("agent", (seq, seq, seen, addr, name)))
+
     # --- the writer thread ---------------------------------------------------------------------
 
     def _writer(self) -> None:
@@ -316,6 +320,13 @@ class Store:
                 "WHERE id = :id AND closed IS NULL",
                 {"new": severity, "message": e.message, "id": e.incident},
             )
+
+    def _w_agent(self, conn: Tx, row: tuple[Any, ...]) -> None:
+        conn.execute(
+            "UPDATE agents SET acked = CASE WHEN acked < ? THEN ? ELSE acked END, last_seen = ?, last_addr = ? "
+            "WHERE name = ?",
+            row,
+        )
 
     def _w_command(self, conn: Tx, row: tuple[Any, ...]) -> None:
         conn.execute("INSERT INTO commands (ts, kind, target) VALUES (?,?,?)", row)

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from clusterwatch import redact
-from clusterwatch.web import api, dashboard
+from clusterwatch.agent.protocol import AGENT_PATHS
+from clusterwatch.web import agents_api, api, dashboard
 from clusterwatch.web.cache import Snapshot
 from clusterwatch.web.metrics import counts, render
 from clusterwatch.web.queries import READS, History
@@ -130,6 +132,7 @@ class WebServer:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
         app["monitor"] = self.monitor
         api.routes(app)
+        agents_api.routes(app)
         dashboard.routes(app)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
@@ -168,7 +171,7 @@ class WebServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
+        if request.path in OPEN_PATHS or request.path in AGENT_PATHS:  # agents: their own tokens (agents_api)
             return await handler(request)
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             # Changing state: the header only (a cookie would let other sites act through a browser).
@@ -240,8 +243,12 @@ class WebServer:
         options = self.monitor.config.web
         self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self.runner.setup()
+        tls = None
         try:
-            await web.TCPSite(self.runner, options.host, options.port, reuse_address=True).start()
+            if options.tls is not None:  # a key that does not match its certificate: said here, with the rest
+                tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                tls.load_cert_chain(options.tls.cert, options.tls.key)
+            await web.TCPSite(self.runner, options.host, options.port, reuse_address=True, ssl_context=tls).start()
         except OSError as exc:
             log.error(
                 "web: cannot listen on %s (%s): dashboard, API and /metrics are off; monitoring goes on",
@@ -252,7 +259,7 @@ class WebServer:
             self.runner = None
             return False
         host = f"[{options.host}]" if ":" in options.host else options.host
-        self.url = f"http://{host}:{options.port}/"
+        self.url = f"{'https' if tls else 'http'}://{host}:{options.port}/"
         log.info("dashboard at %s", self.url)
         self.history.start()
         self._task = asyncio.create_task(self._refresh_counts())

@@ -26,6 +26,11 @@ class MonitorView:
         return self._m.config
 
     @property
+    def agents(self) -> Any:
+        """The node agents' side of the monitor (their pushes, polls and config), behind their own tokens."""
+        return self._m.agents
+
+    @property
     def started_at(self) -> float:
         return self._m.started_at
 
