@@ -365,3 +365,26 @@ def test_many_problems_are_summed_up(write):
     found = problems(path)
     assert len(found) == 101 and found[0] == f"{path}:2: checks[0](c0).port: required key is missing"
     assert found[-1] == f"{path}: 400 more problems not shown"
+
+
+def test_a_node_needs_a_host_or_an_agent(write):
+    path = write("c.yaml", "nodes:\n  - {name: phone-1, agent: true}\n  - {name: srv}\n")
+    assert problems(path) == [
+        f"{path}:3: nodes[1](srv).host: a node needs a host (for SSH), or `agent: true` (its agent pushes)"
+    ]
+
+
+def test_a_restart_on_an_agents_node_is_for_a_check_on_that_node(write):
+    path = write(
+        "c.yaml",
+        "nodes:\n  - {name: phone-1, agent: true}\nchecks:\n"
+        "  - {name: w, kind: tcp, port: 80, restart: {command: [x], node: phone-1}}\n",
+    )
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}:4: checks[0](w).restart.node: phone-1 has an agent")
+
+
+def test_web_tls_files_must_exist(write, tmp_path):
+    path = write("c.yaml", f"web:\n  tls: {{cert: {tmp_path}/no.pem, key: {tmp_path}/no.key}}\n")
+    found = problems(path)
+    assert any(p.startswith(f"{path}:2: web.tls.cert: file") and "does not exist" in p for p in found), found

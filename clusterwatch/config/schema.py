@@ -633,6 +633,12 @@ class Config(Strict):
             ):
                 if node and node not in node_names:
                     raise UnknownNode(index, node, sorted(node_names), ("restart", key))
+                if node and node != check.node and self.nodes[node_names[node]].agent:
+                    raise FieldError(
+                        ("checks", index, "restart", key),
+                        f"{node} has an agent: a restart there is run by its agent, for a check on that node "
+                        f"(set this check's node: {node})",
+                    )
         everything = set(seen) | set(node_names)
         for section, items in (("checks", self.checks), ("nodes", self.nodes)):
             for index, item in enumerate(items):

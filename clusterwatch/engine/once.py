@@ -46,7 +46,13 @@ def _kind(item: CheckBase | Node) -> str:
 
 
 def selected(config: Config, only: Iterable[Group] | None) -> list[CheckBase | Node]:
-    items: list[CheckBase | Node] = [*config.checks, *config.nodes]
+    """What a round here looks at: not the nodes with an agent, nor their checks (their agents run them,
+    where they are, and push to the running monitor)."""
+    agents = {n.name for n in config.nodes if n.agent}
+    items: list[CheckBase | Node] = [
+        *(c for c in config.checks if c.node not in agents),
+        *(n for n in config.nodes if not n.agent),
+    ]
     if only is None:
         return items
     wanted = set(only)
