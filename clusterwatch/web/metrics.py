@@ -24,6 +24,12 @@ _FACTS: dict[tuple[str, str], tuple[str, str]] = {
     ("ssh", "disk_percent"): ("clusterwatch_node_disk_percent", "disk used, percent"),
     ("ssh", "load1"): ("clusterwatch_node_load1", "load average over 1 minute"),
     ("ssh", "battery_percent"): ("clusterwatch_node_battery_percent", "battery charge (Termux), percent"),
+    # a node whose agent pushes: the same report as over SSH
+    ("agent", "cpu_percent"): ("clusterwatch_node_cpu_percent", "CPU busy, percent"),
+    ("agent", "memory_percent"): ("clusterwatch_node_memory_percent", "memory used, percent"),
+    ("agent", "disk_percent"): ("clusterwatch_node_disk_percent", "disk used, percent"),
+    ("agent", "load1"): ("clusterwatch_node_load1", "load average over 1 minute"),
+    ("agent", "battery_percent"): ("clusterwatch_node_battery_percent", "battery charge (Termux), percent"),
     ("gpu", "utilization_percent"): ("clusterwatch_gpu_utilization_percent", "GPU utilisation, percent"),
     ("gpu", "memory_used_bytes"): ("clusterwatch_gpu_memory_used_bytes", "GPU memory used"),
     ("gpu", "memory_percent"): ("clusterwatch_gpu_memory_percent", "GPU memory used, percent"),
