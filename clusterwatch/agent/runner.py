@@ -13,7 +13,6 @@ logged, printed, or put in an exception message.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -26,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -46,6 +45,9 @@ from clusterwatch.heal.healer import Healer, used
 from clusterwatch.model import Group, Observation, Status, one_line
 from clusterwatch.probes.base import ProbeContext, new_http_session
 from clusterwatch.store.healing import BudgetRow, HealLedger
+
+if TYPE_CHECKING:
+    import argparse
 
 log = logging.getLogger("clusterwatch.agent")
 T = TypeVar("T")
