@@ -93,12 +93,16 @@ def test_a_ca_file_that_is_here_runs(tmp_path: Path) -> None:
     assert [c.name for c in built.config.checks] == ["tls"] and not built.broken
 
 
-def test_checks_that_clash_with_each_other_leave_only_the_clashing_one_out(tmp_path: Path) -> None:
-    checks = [http("a"), http("a", url="http://127.0.0.1:1/"), http("phone-1"), http("b")]
+def test_checks_that_clash_with_each_other_leave_only_the_clashing_one_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    checks = [http("a"), http("a", url="http://127.0.0.1:1/"), http("phone-1"), http("b"), http("c", kind="x")]
     built = build_config(agent_config(checks), str(tmp_path))
     assert [c.name for c in built.config.checks] == ["a", "b"]
-    assert set(built.broken) == {"a", "phone-1"}
-    assert "duplicate name" in built.broken["a"].error
+    # Reported as unknown under its own name, it would stand for the check (or node) of that name: logged only.
+    assert set(built.broken) == {"c"}
+    assert "second check named a" in caplog.text and "duplicate name" in caplog.text
+    assert "second check named phone-1" in caplog.text
 
 
 def test_roots_on_other_nodes_are_the_monitors_to_judge(tmp_path: Path) -> None:

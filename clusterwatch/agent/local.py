@@ -203,6 +203,10 @@ def build_config(agent: AgentConfig, state_dir: str) -> Built:
                 continue
             kept.append(check)
         config = Config.model_validate({**base, "checks": kept})
+    # A broken check is reported under its own name: not when that name is the node's or a running check's.
+    taken = {c.name for c in config.checks} | {node.name}
+    for name in [n for n in broken if n in taken]:
+        log.warning("a second check named %s cannot run on this node and is left out: %s", name, broken.pop(name).error)
     return Built(config, config.nodes[0], broken, targets)
 
 

@@ -157,6 +157,7 @@ class Agent:
         self.cut_since: float | None = None  # wall time of the last 2xx before the cut
         self._link: bool | None = None  # as last logged
         self._refused: int | None = None  # the refusal last logged
+        self._refused_at = float("-inf")  # monotonic time of the last refusal
         self._backlog: int | None = None  # rounds queued when the link came back (for "back: sent N")
         self._sent_since_back = 0
         self._wake = asyncio.Event()  # something was queued
@@ -211,6 +212,7 @@ class Agent:
         of the link whatever else happens."""
         assert self._session is not None
         data = body.model_dump_json(exclude_none=False) if body is not None else None
+        started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 async with self._session.request(
@@ -232,7 +234,7 @@ class Agent:
             raise Rejected(f"HTTP {status}: {_error_text(raw)}")
         if not 200 <= status < 300:
             raise LinkDown(f"HTTP {status}: {_error_text(raw)}")
-        self._link_ok()
+        self._link_ok(started)
         try:
             return answer.model_validate_json(raw)
         except ValidationError as exc:
@@ -240,7 +242,9 @@ class Agent:
             where = ".".join(str(p) for p in first.get("loc", ()))
             raise LinkDown(f"an answer this agent does not understand ({where}: {first.get('msg')})") from None
 
-    def _link_ok(self) -> None:
+    def _link_ok(self, started: float) -> None:
+        if started < self._refused_at:
+            return  # a long poll sent before the token was refused: it says nothing of the token now
         self.last_ok = time.monotonic()
         self._refused = None
         if self._link is not True:
@@ -255,6 +259,7 @@ class Agent:
             log.warning("cannot reach the monitor at %s (%s), %d queued", self.server, why, self.queue.rounds)
 
     def _link_refused(self, exc: Refused) -> None:
+        self._refused_at = time.monotonic()
         if self._refused != exc.status:
             self._refused = exc.status
             self._link = False
@@ -283,6 +288,7 @@ class Agent:
         """From the monitor; if it cannot be reached, the cached one; with none, try again (1 s doubling to 30 s)."""
         cached = await self._blocking(self.queue.get, "config")
         delay = CONFIG_BACKOFF[0]
+        told: str | None = None
         while not self.stop.is_set():
             try:
                 return await self._fetch_config()
@@ -303,12 +309,14 @@ class Agent:
                     self._config_wanted.set()
                     return found
                 wait = REFUSED_RETRY if isinstance(exc, Refused) else delay
-                log.warning(
-                    "cannot get the config from %s (%s) and none is cached here: trying again in %gs",
-                    self.server,
-                    why,
-                    wait,
-                )
+                if why != told:  # one line per reason, not one per try
+                    told = why
+                    log.warning(
+                        "cannot get the config from %s (%s) and none is cached here: trying again (every %gs at most)",
+                        self.server,
+                        why,
+                        REFUSED_RETRY if isinstance(exc, Refused) else CONFIG_BACKOFF[1],
+                    )
                 await self._sleep(wait)
                 delay = min(delay * 2, CONFIG_BACKOFF[1])
         return None
