@@ -97,12 +97,14 @@ def test_checks_that_clash_with_each_other_leave_only_the_clashing_one_out(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     checks = [http("a"), http("a", url="http://127.0.0.1:1/"), http("phone-1"), http("b"), http("c", kind="x")]
+    checks.append(http("no spaces in names"))
     built = build_config(agent_config(checks), str(tmp_path))
     assert [c.name for c in built.config.checks] == ["a", "b"]
     # Reported as unknown under its own name, it would stand for the check (or node) of that name: logged only.
     assert set(built.broken) == {"c"}
     assert "second check named a" in caplog.text and "duplicate name" in caplog.text
     assert "second check named phone-1" in caplog.text
+    assert "unusable name was left out: 'no spaces in names'" in caplog.text
 
 
 def test_roots_on_other_nodes_are_the_monitors_to_judge(tmp_path: Path) -> None:
@@ -165,8 +167,7 @@ def test_the_report_reads_like_the_ssh_scripts_on_the_same_machine(tmp_path: Pat
     for mine, script in zip(ours["df"], theirs["df"], strict=True):
         assert mine.split()[1] == script.split()[1], "the same size in kB"
     assert ("stat1" in ours) == ("stat1" in theirs)
-    if "dask_worker" in theirs:
-        assert ours["dask_worker"] == theirs["dask_worker"]
+    assert ("dask_worker" in ours) == ("dask_worker" in theirs) or "dask_worker" not in theirs  # no pgrep there
     node = Node(name="n1", agent=True)
     config = Config()
     a, b = judge(node, config, ours, "here", 1.0), judge(node, config, theirs, "here", 1.0)
@@ -178,7 +179,8 @@ def test_the_report_reads_like_the_ssh_scripts_on_the_same_machine(tmp_path: Pat
 
 def test_the_node_is_judged_with_the_ssh_nodes_thresholds_and_words(tmp_path: Path) -> None:
     node = Node(name="phone-1", agent=True, expect_dask_worker=False)
-    limits = {"cpu": {"warning": 0, "critical": 100}, "disk": {"warning": 0, "critical": 100}}
+    # Warnings that always fire, nothing critical: the outcome cannot depend on how busy this machine is.
+    limits = {"cpu": {"warning": 0}, "disk": {"warning": 0}, "memory": {}}
     config = Config(node_thresholds=limits)
     (obs,) = run(probe_node(node, config, sample=0.1))
     assert obs.name == obs.check == obs.node == "phone-1"
@@ -198,7 +200,8 @@ def test_battery_from_termux_battery_status_when_there_is_one(tmp_path: Path, mo
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     report = run(node_report(home=str(tmp_path), sample=0.05))
     assert json.loads(report["battery"]) == data
-    obs = judge(Node(name="phone-1", agent=True, expect_dask_worker=False), Config(), report, "here", 1.0)
+    quiet = Config(node_thresholds={"cpu": {}, "memory": {}, "disk": {}})  # only the battery is graded
+    obs = judge(Node(name="phone-1", agent=True, expect_dask_worker=False), quiet, report, "here", 1.0)
     assert obs.metrics["battery_percent"] == 15
     assert "battery 15%" in obs.message and obs.status is Status.WARNING
 

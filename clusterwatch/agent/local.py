@@ -25,7 +25,7 @@ import psutil
 from pydantic import TypeAdapter, ValidationError
 
 from clusterwatch.agent.protocol import AgentConfig
-from clusterwatch.config.schema import Check, CheckBase, Config, Node, RestartPolicy
+from clusterwatch.config.schema import NAME_PATTERN, Check, CheckBase, Config, Node, RestartPolicy
 from clusterwatch.model import Group, Observation, Status, one_line
 from clusterwatch.probes.ssh import judge
 
@@ -164,6 +164,10 @@ def build_config(agent: AgentConfig, state_dir: str) -> Built:
     for raw in agent.checks:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             log.warning("a check from the monitor without a name was left out: %s", one_line(repr(raw), 200))
+            continue
+        if not re.fullmatch(NAME_PATTERN, raw["name"]) or len(raw["name"]) > 100:
+            # Not even `unknown` can be reported for it: a round names its check, and the name is refused.
+            log.warning("a check from the monitor with an unusable name was left out: %r", raw["name"][:100])
             continue
         data = dict(raw)
         name, kind = data["name"], str(data.get("kind", "unknown"))[:50]
