@@ -231,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _agent_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--server", required=required, metavar="URL", help="the monitor, e.g. https://monitor:9877")
+    parser.add_argument(
+        "--server", required=required, metavar="URL", help="the monitor: https://HOST:9877 (a group: comma-separated)"
+    )
     parser.add_argument("--name", required=required, metavar="NODE", help="this node's name in the monitor's config")
     parser.add_argument("--token-file", required=required, metavar="FILE", help="the token `agent enroll` gave")
     parser.add_argument("--ca-file", metavar="FILE", help="the CA that signed the monitor's certificate (https)")

@@ -460,6 +460,7 @@ class Monitor:
         # it attaches the listeners): probes landing meanwhile must not write this monitor's own
         # (follower's) incidents over the ones the store holds.
         await self._resume()
+        await self.blocking(self.agents.resync)
         assert self.alerter is not None and self.outbox is not None
         released = await self.blocking(self.outbox.release_claims, epoch)
         if released:

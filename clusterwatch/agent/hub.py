@@ -87,6 +87,11 @@ class AgentHub:
     def open(self) -> None:
         """Blocking: the registry, and each agent's last filed item (a resend is filed once)."""
         self.registry.open()
+        self.resync()
+
+    def resync(self) -> None:
+        """Blocking: what the store has filed of each agent. At start, and when this monitor takes over a
+        group: the last leader filed what the agents pushed to it meanwhile."""
         for row in self.registry.all():
             self.stored[row.name] = row
             self.link(row.name).filed = row.acked

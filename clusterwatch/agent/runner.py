@@ -129,7 +129,10 @@ class Agent:
         stop: asyncio.Event,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.server = server.rstrip("/")
+        # Several monitors (a group sharing one PostgreSQL store): the agent talks to one at a time and
+        # moves to the next when it cannot reach it or it is not the leader (503).
+        self.servers = [s.strip().rstrip("/") for s in server.split(",") if s.strip()]
+        self.server = self.servers[0]
         self.name = name
         self._auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
@@ -212,11 +215,26 @@ class Agent:
         of the link whatever else happens."""
         assert self._session is not None
         data = body.model_dump_json(exclude_none=False) if body is not None else None
-        started = time.monotonic()
+        started, server = time.monotonic(), self.server
+        try:
+            return await self._request(method, server, path, data, answer, timeout, started)
+        except LinkDown:
+            self._next_server(server)
+            raise
+
+    def _next_server(self, failed: str) -> None:
+        if len(self.servers) > 1 and failed == self.server:
+            self.server = self.servers[(self.servers.index(failed) + 1) % len(self.servers)]
+            log.info("trying the next monitor: %s", self.server)
+
+    async def _request(
+        self, method: str, server: str, path: str, data: str | None, answer: type[Any], timeout: float, started: float
+    ) -> Any:
+        assert self._session is not None
         try:
             async with asyncio.timeout(timeout):
                 async with self._session.request(
-                    method, self.server + path, data=data, headers=self._auth, ssl=self._ssl, allow_redirects=False
+                    method, server + path, data=data, headers=self._auth, ssl=self._ssl, allow_redirects=False
                 ) as resp:
                     raw = await _read(resp)
                     status = resp.status
@@ -948,8 +966,8 @@ async def run_agent(
     stop: asyncio.Event | None = None,
 ) -> int:
     """Run until `stop` is set (SIGTERM/SIGINT in `main`): 0 then, 1 on a failure of its own, 2 for bad arguments."""
-    if not re.match(r"^https?://[^/\s]+", server):
-        log.error("--server %r: expected http(s)://HOST:PORT of the monitor", server)
+    if not all(re.match(r"^https?://[^/\s]+", s.strip()) for s in server.split(",")):
+        log.error("--server %r: expected http(s)://HOST:PORT of the monitor (several: comma-separated)", server)
         return 2
     if not re.fullmatch(NAME_PATTERN.strip("^$"), name) or len(name) > 100:
         log.error("--name %r: not a node name (letters, digits, _ . : @ -)", name)
