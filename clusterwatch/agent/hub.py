@@ -91,7 +91,9 @@ class AgentHub:
 
     def resync(self) -> None:
         """Blocking: what the store has filed of each agent. At start, and when this monitor takes over a
-        group: the last leader filed what the agents pushed to it meanwhile."""
+        group: the last leader filed what the agents pushed to it meanwhile. Silence is counted from here:
+        a follower did not listen to the agents, and a new leader gives them their timeout to find it."""
+        self.started = time.monotonic()
         for row in self.registry.all():
             self.stored[row.name] = row
             self.link(row.name).filed = row.acked
@@ -470,6 +472,6 @@ class AgentHub:
             link.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(link.wake.wait(), wait)
+        # Heard when the poll arrived, not when its hold ends: an agent killed meanwhile is not "seen" then.
         commands, link.commands = link.commands, []
-        self._touch(name, addr)
         return protocol.PollAnswer(commands=commands, config_version=self.version(name))

@@ -215,12 +215,15 @@ class Agent:
         of the link whatever else happens."""
         assert self._session is not None
         data = body.model_dump_json(exclude_none=False) if body is not None else None
-        started, server = time.monotonic(), self.server
-        try:
-            return await self._request(method, server, path, data, answer, timeout, started)
-        except LinkDown:
-            self._next_server(server)
-            raise
+        for tried in range(len(self.servers)):  # each monitor of a group once, then the caller's backoff
+            started, server = time.monotonic(), self.server
+            try:
+                return await self._request(method, server, path, data, answer, timeout, started)
+            except LinkDown:
+                self._next_server(server)
+                if tried == len(self.servers) - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _next_server(self, failed: str) -> None:
         if len(self.servers) > 1 and failed == self.server:
