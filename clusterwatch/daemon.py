@@ -153,9 +153,13 @@ class Monitor:
         for name in change.removed + change.changed:
             self.scheduler.remove(name)
             self.pipeline.forget_check(name)
-        for name in change.changed + change.added:
-            item = plan.items[name]
-            self.scheduler.add(name, item, plan.interval(item))
+        restarted = set(change.changed + change.added)
+        for name, item in plan.items.items():
+            local = self.agent_of(item) is None  # a node that got (or lost) an agent moves its checks with it
+            if local and (name in restarted or name not in self.scheduler.jobs):
+                self.scheduler.add(name, item, plan.interval(item))
+            elif not local and name in self.scheduler.jobs:
+                self.scheduler.remove(name)
         log.info(
             "config reloaded (%s): %d changed, %d added, %d removed, %d unchanged",
             why,
@@ -195,7 +199,7 @@ class Monitor:
     async def _run_job(self, job: Job) -> None:
         item = self.plan.items.get(job.key)
         if item is None or self.agent_of(item) is not None:
-            return  # a check on an agent's node: its agent runs it and pushes the rounds
+            return  # a check moved onto an agent's node by a reload: its agent runs it now
         if isinstance(item, Node) and item.agent:
             for seen, observations in self.agents.watch(item):  # silence is a failure
                 self.pipeline.handle(seen, observations)
@@ -349,7 +353,8 @@ class Monitor:
         try:
             await self.start()
             for name, item in self.plan.items.items():
-                self.scheduler.add(name, item, self.plan.interval(item))
+                if self.agent_of(item) is None:  # a check on an agent's node is its agent's to run
+                    self.scheduler.add(name, item, self.plan.interval(item))
             log.info(
                 "monitoring %d checks; ready %.2fs after the process started",
                 len(self.plan.items),

@@ -16,9 +16,12 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
+import re
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +58,7 @@ class Link:
     last_wall: float | None = None
     addr: str | None = None
     filed: int = 0  # the highest seq handled (the store's `acked` trails it until the writer commits)
+    committed: int = 0  # the highest seq known written (flushed) by the store
     silent_since: float | None = None  # wall time this monitor called it silent; None while it is heard
     gap_from: float | None = None  # when it was last heard before that silence
     back_at: float = 0.0  # when it was heard again after a silence: rounds before this are history
@@ -81,6 +85,10 @@ class AgentHub:
         self._auth: dict[str, tuple[float, AgentRow | None]] = {}
         self._refusals: dict[str, float] = {}
         self._versions: dict[str, tuple[Any, protocol.AgentConfig]] = {}
+        self._by_node: tuple[Any, dict[str, list[CheckBase]]] = (None, {})
+        self._flush_waiters: list[asyncio.Future[bool]] = []
+        self._flusher: asyncio.Future[None] | None = None
+        self._flush_thread = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-agents-flush")
 
     # --- life cycle ---------------------------------------------------------------------------------
 
@@ -96,7 +104,8 @@ class AgentHub:
         self.started = time.monotonic()
         for row in self.registry.all():
             self.stored[row.name] = row
-            self.link(row.name).filed = row.acked
+            link = self.link(row.name)
+            link.filed = link.committed = row.acked
 
     def link(self, name: str) -> Link:
         found = self.links.get(name)
@@ -110,7 +119,7 @@ class AgentHub:
         """The agent a bearer token stands for; Refused(401) otherwise, logged with the address only."""
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         if not token:
-            self._refuse_log(addr, "no bearer token")
+            self.refused(addr, "no bearer token")
             raise Refused(401, "missing bearer token (an agent sends the token `clusterwatch agent enroll` printed)")
         key = token_hash(token)
         cached = self._auth.get(key)
@@ -121,22 +130,25 @@ class AgentHub:
             cached = self._auth[key] = (time.monotonic(), row)
         row = cached[1]
         if row is None:
-            self._refuse_log(addr, "unknown token")
+            self.refused(addr, "unknown token")
             raise Refused(401, "unknown token")
         if row.revoked is not None:
-            self._refuse_log(addr, f"revoked token of agent {row.name}")
+            self.refused(addr, f"revoked token of agent {row.name}")
             raise Refused(401, "this agent's token was revoked (`clusterwatch agent enroll` issues a new one)")
         if not self.monitor.acting():
             raise Refused(503, "this monitor is a follower in a group of monitors: push to the leader")
         return row.name
 
-    def _refuse_log(self, addr: str | None, why: str) -> None:
+    def refused(self, addr: str | None, why: str) -> None:
+        """One log line per address and kind of refusal every REFUSAL_LOG_EVERY: a flood of bad requests
+        is not a flood of lines, and a different mistake from the same address is still said."""
         where = addr or "unknown address"
+        key = f"{where} {re.sub(r'[0-9]+', '#', why)[:60]}"
         now = time.monotonic()
-        if now - self._refusals.get(where, -REFUSAL_LOG_EVERY) >= REFUSAL_LOG_EVERY:
-            self._refusals[where] = now
+        if now - self._refusals.get(key, -REFUSAL_LOG_EVERY) >= REFUSAL_LOG_EVERY:
             if len(self._refusals) > 10_000:
                 self._refusals.clear()
+            self._refusals[key] = now
             log.warning("agent request from %s refused: %s", where, why)
 
     def _touch(self, name: str, addr: str | None) -> Link:
@@ -158,9 +170,17 @@ class AgentHub:
         return node.agent_timeout or 3 * self.monitor.plan.interval(node)
 
     def checks_of(self, name: str) -> list[CheckBase]:
-        return [c for c in self.monitor.config.checks if c.node == name]
+        plan = self.monitor.plan
+        if self._by_node[0] is not plan:  # once per config: a push asks for them several times
+            by_node: dict[str, list[CheckBase]] = {}
+            for check in plan.config.checks:
+                if check.node:
+                    by_node.setdefault(check.node, []).append(check)
+            self._by_node = (plan, by_node)
+        return self._by_node[1].get(name, [])
 
-    def config_for(self, name: str) -> protocol.AgentConfig:
+    def _described(self, name: str) -> protocol.AgentConfig:
+        """The node's part of the config, built once per config (its version is a hash of it)."""
         node = self._node(name)
         plan = self.monitor.plan
         cached = self._versions.get(name)
@@ -186,10 +206,13 @@ class AgentHub:
             version = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
             cached = (plan, protocol.AgentConfig(**body, version=version, server_time=0.0))
             self._versions[name] = cached
-        return cached[1].model_copy(update={"budgets": self.budgets(name), "server_time": self.clock()})
+        return cached[1]
+
+    def config_for(self, name: str) -> protocol.AgentConfig:
+        return self._described(name).model_copy(update={"budgets": self.budgets(name), "server_time": self.clock()})
 
     def version(self, name: str) -> str:
-        return self.config_for(name).version
+        return self._described(name).version
 
     def budgets(self, name: str) -> dict[str, list[float]]:
         """Each restart target's attempts that still count (the monitor's clock): the agent's share is the rest."""
@@ -210,7 +233,6 @@ class AgentHub:
 
     async def push(self, name: str, addr: str | None, push: protocol.Push) -> protocol.PushAnswer:
         if push.node != name:
-            self._refuse_log(addr, f"agent {name} pushed for node {push.node}")
             raise Refused(403, f"this token is agent {name}'s: it may not push for node {push.node}")
         node = self._node(name)
         self._check_belongs(node, push)
@@ -230,11 +252,33 @@ class AgentHub:
             link.filed, filed = seq, filed + 1
         store = self.monitor.store
         store.agent_filed(name, link.filed, now, addr)
-        if filed:
-            written = await asyncio.get_running_loop().run_in_executor(None, store.flush, 10.0)
-            if not written:
+        if link.filed > link.committed:  # answered only once written: what it acks, the store holds
+            mark = link.filed
+            if not await self._written():
                 raise Refused(503, "the store is not writing now: keep the queue and push again")
+            link.committed = max(link.committed, mark)
         return protocol.PushAnswer(accepted=link.filed, config_version=self.version(name), budgets=self.budgets(name))
+
+    async def _written(self) -> bool:
+        """Whether what was queued for the store so far is written. Pushes that arrive together share one
+        flush (in a thread of its own): hundreds of agents pushing each second are a few flushes, not hundreds."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(waiter)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_loop())
+        return await waiter
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._flush_waiters:
+            waiters, self._flush_waiters = self._flush_waiters, []  # all queued their writes before this flush
+            try:
+                written = await loop.run_in_executor(self._flush_thread, self.monitor.store.flush, 10.0)
+            except Exception:
+                written = False
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(written)
 
     def _check_belongs(self, node: Node, push: protocol.Push) -> None:
         """All or nothing: one round or event for another node's check and nothing is filed."""
@@ -467,7 +511,9 @@ class AgentHub:
             future = link.waiting.get(result.id)
             if future is not None and not future.done():
                 future.set_result(result)
-        wait = min(poll.wait, protocol.POLL_WAIT, self.timeout(node) / 2)
+        # Held a little less than asked, by a random part: a fleet that connected at once (a monitor's restart)
+        # does not come back all in the same instant, poll after poll.
+        wait = min(poll.wait, protocol.POLL_WAIT, self.timeout(node) / 2) * random.uniform(0.8, 1.0)
         if not link.commands and wait > 0:
             link.wake.clear()
             with contextlib.suppress(TimeoutError):

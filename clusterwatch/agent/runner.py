@@ -228,7 +228,13 @@ class Agent:
     def _next_server(self, failed: str) -> None:
         if len(self.servers) > 1 and failed == self.server:
             self.server = self.servers[(self.servers.index(failed) + 1) % len(self.servers)]
-            log.info("trying the next monitor: %s", self.server)
+            log.debug("trying the next monitor: %s", self.server)
+
+    def _backoff_max(self) -> float:
+        """A link that comes back (or a new leader) hears this agent within a quarter of its timeout,
+        long before it would call the agent silent."""
+        timeout = self.agent_config.agent_timeout if self.agent_config is not None else 4 * LINK_BACKOFF[1]
+        return min(LINK_BACKOFF[1], max(LINK_BACKOFF[0], timeout / 4))
 
     async def _request(
         self, method: str, server: str, path: str, data: str | None, answer: type[Any], timeout: float, started: float
@@ -586,7 +592,7 @@ class Agent:
             except LinkDown as exc:
                 self._link_down(str(exc))
                 await self._sleep(delay)
-                delay = min(delay * 2, LINK_BACKOFF[1])
+                delay = min(delay * 2, self._backoff_max())
                 continue
             delay = LINK_BACKOFF[0]
             self._batch_cap = protocol.MAX_ROUNDS
@@ -653,7 +659,7 @@ class Agent:
                 self._give_back(results)
                 self._link_down(str(exc))
                 await self._sleep(delay)
-                delay = min(delay * 2, LINK_BACKOFF[1])
+                delay = min(delay * 2, self._backoff_max())
                 continue
             delay = LINK_BACKOFF[0]
             self._answered(answer)

@@ -60,6 +60,8 @@ async def _handle(request: web.Request, work: Any) -> web.Response:
         name = await hub.authenticate(request.headers.get("Authorization", ""), request.remote)
         return _answer(await work(hub, name))
     except Refused as exc:
+        if exc.status not in (401, 503):  # a 401 is logged where the token was looked at; a 503 is no mistake
+            hub.refused(request.remote, f"{exc.status} {exc}")
         return _refused(exc.status, str(exc))
 
 

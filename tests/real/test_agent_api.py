@@ -244,11 +244,11 @@ def address_lines(d: Daemon) -> list[str]:
 
 
 class RefusalLog:
-    """The monitor logs at most one refusal line per client address every REFUSAL_LOG_EVERY seconds
-    (a flood of bad tokens is not a flood of lines). To see the line of each refusal, a test waits
-    until the window since the last line it saw has passed: the monitor wrote that line before the
-    test saw it, so the window has surely passed on the monitor's (same, monotonic) clock too. The
-    line is written before the answer is sent, so it is there when the answer is."""
+    """The monitor logs at most one line per client address and kind of refusal every REFUSAL_LOG_EVERY
+    seconds (a flood of bad tokens is not a flood of lines). To see the line of a refusal it has just
+    caused by the same mistake, a test waits until the window since the last line it saw has passed:
+    the monitor wrote that line before the test saw it, so the window has surely passed on the
+    monitor's (same, monotonic) clock too. The line is written before the answer is sent."""
 
     def __init__(self, d: Daemon) -> None:
         self.d = d
@@ -456,8 +456,7 @@ def assert_refused(m: Monitor, case: Refusal) -> Answer:
     d = m.d
     before = stored(d)
     names_before = {r["name"] for r in d.query("SELECT name FROM entities")}
-    log = m.refusals
-    log.window_free()
+    log = m.refusals  # each case is a different refusal: the monitor says each at once (its limit is per kind)
     token = case.token(m)
     answer = send(m, case.body(m), token)
 
