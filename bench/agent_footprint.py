@@ -226,11 +226,13 @@ async def _agent(spec: dict[str, Any], agent: dict[str, Any], out: SimResult, of
     name, checks = agent["name"], [agent["name"], *agent["checks"]]
     rng = random.Random(name)
     interval = spec["interval"]
-    if spec["spread"]:  # each check at its own moment, rounds due within a second go in one push
-        by_second: dict[int, list[str]] = {}
+    if spec["spread"]:  # each check at its own moment; healthy rounds go in batches, as the agent sends them
+        batch = spec["batch"]
+        by_moment: dict[float, list[str]] = {}
         for check in checks:
-            by_second.setdefault(int(agent["phase"] + rng.uniform(0, interval)), []).append(check)
-        plan = sorted((float(second), due) for second, due in by_second.items())
+            moment = math.floor((agent["phase"] + rng.uniform(0, interval)) / batch) * batch
+            by_moment.setdefault(moment, []).append(check)
+        plan = sorted(by_moment.items())
     else:
         plan = [(agent["phase"], checks)]
     start, end = spec["start"] + offset, spec["end"] + offset
@@ -395,6 +397,7 @@ def part_a(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
         "url": url,
         "interval": INTERVAL,
         "spread": args.spread,
+        "batch": args.batch,
         "poll": not args.no_poll,
         "start": begin,
         "end": measure_to + 0.5,
@@ -476,7 +479,9 @@ def part_a(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]:
     return {
         "agents": args.agents,
         "observations_per_agent": args.observations,
-        "mode": "spread (per-check moments, batched per second)" if args.spread else "one push per agent per interval",
+        "mode": f"spread (per-check moments, healthy rounds batched per {args.batch:g} s)"
+        if args.spread
+        else "one push per agent per interval",
         "long_poll": not args.no_poll,
         "monitor_ready_s": round(ready, 1),
         "window_s": round(window, 1),
@@ -796,6 +801,9 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=500)
     parser.add_argument("--observations", type=int, default=20, help="per agent per interval (node + checks)")
     parser.add_argument("--spread", action="store_true", help="each check's round at its own moment (like the agent)")
+    parser.add_argument(
+        "--batch", type=float, default=5.0, help="--spread: seconds healthy rounds wait for company (agent: 5)"
+    )
     parser.add_argument("--no-poll", action="store_true", help="the simulated agents hold no long poll")
     parser.add_argument("--workers", type=int, default=2, help="processes simulating the agents")
     parser.add_argument("--warmup", type=float, default=15.0)

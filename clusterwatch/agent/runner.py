@@ -57,6 +57,7 @@ REFUSED_RETRY = 30.0  # a refused token: try again this often, never faster
 CONFIG_BACKOFF = (1.0, 30.0)
 LINK_BACKOFF = (1.0, 10.0)
 PUSH_EVERY = 1.0  # rounds queued within a second go in one push
+STEADY_PUSH_EVERY = 5.0  # rounds that change nothing wait for company this long (at most agent_timeout/4)
 WATCH_EVERY = 1.0
 MAX_ANSWER = 8 * 1024 * 1024
 SAME_ATTEMPT = 3.0  # seconds: an attempt the monitor reports back is this agent's own one within this
@@ -164,6 +165,8 @@ class Agent:
         self._backlog: int | None = None  # rounds queued when the link came back (for "back: sent N")
         self._sent_since_back = 0
         self._wake = asyncio.Event()  # something was queued
+        self._last_status: dict[str, Status] = {}  # each entity's status in its last queued round
+        self._news = False  # a queued round says something new: pushed within PUSH_EVERY
         self._push_now = asyncio.Event()  # a probe the monitor asked for: no batching wait
         self._config_wanted = asyncio.Event()
         self._results: list[protocol.CommandResult] = []
@@ -539,7 +542,22 @@ class Agent:
                 log.warning("observation %s left out of the round: %s", obs.name, one_line(str(exc), 200))
         body = {"at": at, "check": check, "observations": wire}
         await self._blocking(self.queue.put_round, at, check, body)
+        # News goes out within PUSH_EVERY: a status that is not ok, or that changed. Steady rounds wait for
+        # company (a node of 20 checks is a push every few seconds, not every second); polls keep it heard.
+        news = False
+        for obs in observations:
+            if obs.status is not Status.OK or self._last_status.get(obs.name) is not obs.status:
+                news = True
+            self._last_status[obs.name] = obs.status
+        if news:
+            self._news = True
         self._wake.set()
+
+    def _batch_wait(self) -> float:
+        if self._news:
+            return PUSH_EVERY
+        timeout = self.agent_config.agent_timeout if self.agent_config is not None else STEADY_PUSH_EVERY * 4
+        return max(PUSH_EVERY, min(STEADY_PUSH_EVERY, timeout / 4))
 
     # --- pushing -------------------------------------------------------------------------------------------
 
@@ -566,8 +584,12 @@ class Agent:
                 self._wake.clear()
                 await self._sleep(5.0, self._wake)
                 continue
-            if not self._push_now.is_set():  # batching: at most one push a second
-                await self._sleep(last + PUSH_EVERY - time.monotonic(), self._push_now)
+            # Batching: news at most a second late, steady rounds a few seconds (see _queue_round).
+            while not (self._push_now.is_set() or self.stop.is_set()):
+                left = last + self._batch_wait() - time.monotonic()
+                if left <= 0:
+                    break
+                await self._sleep(min(left, PUSH_EVERY), self._push_now)  # news may come meanwhile
             self._push_now.clear()
             if self.stop.is_set():
                 return
@@ -576,7 +598,7 @@ class Agent:
             )
             if not batch:
                 continue
-            last = time.monotonic()
+            last, self._news = time.monotonic(), False
             try:
                 answer: protocol.PushAnswer = await self._exchange(
                     "POST", protocol.PUSH_PATH, self._push_body(batch), protocol.PushAnswer, REQUEST_TIMEOUT
