@@ -230,7 +230,7 @@ async def _agent(spec: dict[str, Any], agent: dict[str, Any], out: SimResult, of
         batch = spec["batch"]
         by_moment: dict[float, list[str]] = {}
         for check in checks:
-            moment = math.floor((agent["phase"] + rng.uniform(0, interval)) / batch) * batch
+            moment = agent["phase"] + math.floor(rng.uniform(0, interval) / batch) * batch  # each agent its own grid
             by_moment.setdefault(moment, []).append(check)
         plan = sorted(by_moment.items())
     else:
