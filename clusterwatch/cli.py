@@ -238,6 +238,9 @@ def _agent_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--token-file", required=required, metavar="FILE", help="the token `agent enroll` gave")
     parser.add_argument("--ca-file", metavar="FILE", help="the CA that signed the monitor's certificate (https)")
     parser.add_argument("--state-dir", metavar="DIR", help="its queue and ledger (default ~/.local/state/...)")
+    parser.add_argument(
+        "--insecure-http", action="store_true", help="allow http:// to another machine (token and commands in clear)"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -501,6 +504,8 @@ def _install_agent(args: argparse.Namespace) -> int:
         )
         return EXIT_UNKNOWN
     argv = install.agent_argv(args.server, args.name, args.token_file, args.ca_file, args.state_dir)
+    if args.insecure_http:
+        argv.append("--insecure-http")
     text, path = {
         "systemd": lambda: (install.agent_unit(argv), install.AGENT_UNIT_PATH),
         "termux-boot": lambda: (install.agent_termux_boot(argv), install.termux_boot_path()),

@@ -464,8 +464,9 @@ class Monitor:
         # Recording starts once the store's view is restored (_resume sets `leading` in the same step as
         # it attaches the listeners): probes landing meanwhile must not write this monitor's own
         # (follower's) incidents over the ones the store holds.
+        marks = await self.blocking(self.agents.read_marks)  # the last leader can no longer write them
+        self.agents.resync(marks)  # before `_resume` lets this monitor accept pushes
         await self._resume()
-        await self.blocking(self.agents.resync)
         assert self.alerter is not None and self.outbox is not None
         released = await self.blocking(self.outbox.release_claims, epoch)
         if released:

@@ -162,3 +162,19 @@ def test_a_store_in_the_way_is_the_operators_to_fix_not_a_bug(tmp_path: Path):
     assert done.returncode == 3
     assert "could not go on" in done.stderr and "bug" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_agent_refuses_plain_http_to_another_machine(tmp_path: Path):
+    """The token and the commands a node runs never travel in clear unless the operator says so."""
+    token = tmp_path / "token"
+    token.write_text("a-token\n")
+    argv = ["agent", "run", "--server", "http://192.0.2.1:9877", "--name", "n1", "--token-file", str(token)]
+    done = subprocess.run(
+        [sys.executable, "-m", "clusterwatch", *argv, "--state-dir", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "plain HTTP to another machine" in done.stderr and "--insecure-http" in done.stderr
+    assert "a-token" not in done.stderr + done.stdout

@@ -170,6 +170,23 @@ def test_a_gap_in_monitoring_is_unknown_time(db: str):
     assert not [m for m in minutes if T0 + 360 <= m["ts"] < T0 + 3900]  # no row for the gap
 
 
+def test_history_filed_late_moves_no_timeline_back(db: str):
+    """An agent's queue, filed after the cut it was kept through: its rows count in their minutes, and the
+    time around them is credited once (the silence the monitor saw meanwhile stays as it was)."""
+    store = Store(store_options(db)).open()
+    for i in range(12):  # what the monitor saw live: unknown while the agent was silent, then ok again
+        store.observation(obs("w", Status.UNKNOWN if i < 6 else Status.OK), T0 + 10 * i, expected_every=10)
+    for i in range(6):  # the agent's own rounds from the silence, arriving afterwards
+        store.observation(obs("w", Status.CRITICAL), T0 + 5 + 10 * i, expected_every=10, late=True)
+    store.observation(obs("w", Status.OK), T0 + 120, expected_every=10)
+    assert store.flush(30)
+    store.close()
+    minutes = rows(db, "SELECT ts, count, seconds_known FROM rollup_minute WHERE entity = 'w' ORDER BY ts")
+    assert [m["count"] for m in minutes] == [12, 6, 1]  # every raw row counts in its minute
+    assert all(m["seconds_known"] <= 60.0 for m in minutes), minutes
+    assert sum(m["seconds_known"] for m in minutes) == pytest.approx(120.0)
+
+
 def test_the_last_observation_before_a_restart_still_counts(db: str):
     """The interval that spans a restart is credited: the previous observation is read back."""
     store = Store(store_options(db)).open()

@@ -32,6 +32,7 @@ from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.heal.actions import Outcome
 from clusterwatch.model import Group, Observation, Status
 from clusterwatch.store.agents import AgentRegistry, AgentRow, token_hash
+from clusterwatch.store.db import errors as db_errors
 
 if TYPE_CHECKING:
     from clusterwatch.daemon import Monitor
@@ -61,6 +62,7 @@ class Link:
     committed: int = 0  # the highest seq known written (flushed) by the store
     silent_since: float | None = None  # wall time this monitor called it silent; None while it is heard
     gap_from: float | None = None  # when it was last heard before that silence
+    watched_since: float | None = None  # when this monitor first looked at it as an agent's node
     back_at: float = 0.0  # when it was heard again after a silence: rounds before this are history
     gap_note: str | None = None  # said with the node's recovery
     last_round: dict[str, float] = field(default_factory=dict)  # check -> time of its last live round
@@ -95,15 +97,26 @@ class AgentHub:
     def open(self) -> None:
         """Blocking: the registry, and each agent's last filed item (a resend is filed once)."""
         self.registry.open()
-        self.resync()
+        self.resync(self.read_marks())
 
-    def resync(self) -> None:
-        """Blocking: what the store has filed of each agent. At start, and when this monitor takes over a
-        group: the last leader filed what the agents pushed to it meanwhile. Silence is counted from here:
-        a follower did not listen to the agents, and a new leader gives them their timeout to find it."""
+    def read_marks(self) -> list[AgentRow]:
+        """Blocking: what the store holds of each agent (the last leader filed what agents pushed to it)."""
+        return self.registry.all()
+
+    def resync(self, rows: list[AgentRow]) -> None:
+        """On the event loop, at start and when this monitor takes over a group, before it accepts a push:
+        what is filed comes from the store, and silence is counted afresh (a follower did not listen to the
+        agents; a new leader gives them their timeout to find it)."""
         self.started = time.monotonic()
-        for row in self.registry.all():
+        for row in rows:
             self.stored[row.name] = row
+        for link in self.links.values():
+            row = self.stored.get(link.name)
+            link.filed = link.committed = row.acked if row is not None else 0
+            link.last_mono, link.silent_since, link.gap_from, link.gap_note = None, None, None, None
+            link.back_at = self.clock()  # what an agent queued before this is history to this leader
+            link.last_round.clear()
+        for row in rows:
             link = self.link(row.name)
             link.filed = link.committed = row.acked
 
@@ -124,10 +137,18 @@ class AgentHub:
         key = token_hash(token)
         cached = self._auth.get(key)
         if cached is None or time.monotonic() - cached[0] > AUTH_CACHE:
-            row = await asyncio.get_running_loop().run_in_executor(None, self.registry.holder, token)
-            if len(self._auth) > 10_000:
-                self._auth.clear()
-            cached = self._auth[key] = (time.monotonic(), row)
+            try:
+                found = await asyncio.get_running_loop().run_in_executor(None, self.registry.holder, token)
+            except db_errors() as exc:  # the store away: a token known a moment ago still is; others wait
+                if cached is None or cached[1] is None:
+                    log.error("agent tokens cannot be looked up: the store did not answer (%s)", exc)
+                    raise Refused(503, "the monitor's store does not answer: keep the queue and try again") from None
+                found = cached[1]
+            if found is None and len(self._auth) > 10_000:
+                self._auth = {k: v for k, v in self._auth.items() if v[1] is not None}  # random tokens go first
+                if len(self._auth) > 10_000:
+                    self._auth.clear()
+            cached = self._auth[key] = (time.monotonic(), found)
         row = cached[1]
         if row is None:
             self.refused(addr, "unknown token")
@@ -240,7 +261,6 @@ class AgentHub:
         now = self.clock()
         offset = now - push.sent_at  # the agent's clock to ours, within the network's latency
         items: list[tuple[int, Any]] = [(r.seq, r) for r in push.rounds] + [(e.seq, e) for e in push.events]
-        filed = 0
         for seq, item in sorted(items, key=lambda pair: pair[0]):
             if seq <= link.filed:
                 continue  # sent again after an answer that was lost: filed already
@@ -249,15 +269,21 @@ class AgentHub:
                 self._round(node, link, item, at, now)
             else:
                 self._event(node, item, at)
-            link.filed, filed = seq, filed + 1
+            link.filed = seq
         store = self.monitor.store
         store.agent_filed(name, link.filed, now, addr)
         if link.filed > link.committed:  # answered only once written: what it acks, the store holds
-            mark = link.filed
-            if not await self._written():
-                raise Refused(503, "the store is not writing now: keep the queue and push again")
+            mark, lost = link.filed, self._lost()
+            if not await self._written() or self._lost() != lost:
+                # Not all written (a writer behind, a write refused or given up): filed again on the resend.
+                link.filed = link.committed
+                raise Refused(503, "the store did not write everything now: keep the queue and push again")
             link.committed = max(link.committed, mark)
         return protocol.PushAnswer(accepted=link.filed, config_version=self.version(name), budgets=self.budgets(name))
+
+    def _lost(self) -> int:
+        health = self.monitor.store.health()
+        return int(health.get("dropped", 0)) + int(health.get("fenced", 0)) + int(health.get("failed_items", 0))
 
     async def _written(self) -> bool:
         """Whether what was queued for the store so far is written. Pushes that arrive together share one
@@ -292,6 +318,9 @@ class AgentHub:
         for event in push.events:
             if event.check is not None and event.check not in own:
                 raise Refused(403, f"check {event.check!r} is not on node {node.name}")
+            check = event.check or node.name
+            if event.entity is not None and event.entity != check and not event.entity.startswith(check + "/"):
+                raise Refused(422, f"event entity {event.entity!r} does not belong to check {check!r}")
 
     def _round(self, node: Node, link: Link, round_: protocol.Round, at: float, now: float) -> None:
         m = self.monitor
@@ -312,7 +341,7 @@ class AgentHub:
         every = m.plan.expected_every(round_.check)
         if at < link.back_at or now - at > self.timeout(node):
             for obs in observations:  # old news: history, not alerts
-                m.store.observation(obs, at, expected_every=every)
+                m.store.observation(obs, at, expected_every=every, late=True)
             return
         at = max(at, link.last_round.get(round_.check, 0.0))
         link.last_round[round_.check] = at
@@ -321,8 +350,6 @@ class AgentHub:
             state = m.states.entities.get(node.name)
             if state is not None and state.hard is Status.OK:
                 link.gap_note = None
-        if isinstance(item, CheckBase) and any(s.fail_streak and not s.down for s in m.states.entities_of(item.name)):
-            self._command(link, "probe", item.name, after=m.plan.retry_interval(item))
         self._notify(link)
 
     @staticmethod
@@ -372,7 +399,9 @@ class AgentHub:
         node is critical (down) and its checks are not seen (affected by it)."""
         link = self.link(node.name)
         timeout = self.timeout(node)
-        heard = link.last_mono if link.last_mono is not None else self.started
+        if link.watched_since is None:  # a node given an agent by a reload gets its timeout from then
+            link.watched_since = time.monotonic()
+        heard = link.last_mono if link.last_mono is not None else max(self.started, link.watched_since)
         silent_for = time.monotonic() - heard
         if silent_for <= timeout:
             return []
@@ -484,7 +513,8 @@ class AgentHub:
         command_id = self._command(link, "restart", check.name, policy=policy.model_dump(mode="json", by_alias=True))
         link.waiting[command_id] = future
         try:
-            result = await asyncio.wait_for(future, policy.timeout + COMMAND_SLACK)
+            # The agent may first wait out a restart of its own on the target (up to the timeout), then run it.
+            result = await asyncio.wait_for(future, 2 * policy.timeout + COMMAND_SLACK)
         except TimeoutError:
             return Outcome(False, f"the agent of {node.name} did not report the restart within {policy.timeout:g}s")
         finally:

@@ -22,6 +22,7 @@ import re
 import signal
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -736,12 +737,19 @@ class Agent:
             return
         target = policy.target
         deadline = time.monotonic() + policy.timeout
+        waited = False
         while (busy := healer.busy.get(target)) is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._result(command, False, f"{target} is busy: another restart of it is running on {self.name}")
                 return
+            waited = True
             await asyncio.wait({busy}, timeout=left)
+        if waited:  # the agent's own restart (or an earlier command's) just ran: one restart, not two
+            detail = f"not run again: a restart of {target} had just run on {self.name}; the probe says if it helped"
+            log.warning("restart of %s for %s, as the monitor asked: %s", target, check.name, detail)
+            self._result(command, True, detail)
+            return
         task: asyncio.Task[Outcome] = asyncio.ensure_future(perform(policy, check, self.config))
         healer.busy[target] = task  # type: ignore[assignment]  # the healer's own lock: it will not act meanwhile
         task.add_done_callback(lambda t: healer.busy.pop(target, None) if healer.busy.get(target) is t else None)
@@ -970,6 +978,11 @@ def _cached_config(cached: Any) -> tuple[protocol.AgentConfig, float] | None:
         return None
 
 
+def _loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 def read_token(path: str) -> str:
     """The token, stripped; an error names the file, never what is in it."""
     try:
@@ -995,11 +1008,23 @@ async def run_agent(
     ca_file: str | None = None,
     state_dir: str | None = None,
     stop: asyncio.Event | None = None,
+    insecure_http: bool = False,
 ) -> int:
     """Run until `stop` is set (SIGTERM/SIGINT in `main`): 0 then, 1 on a failure of its own, 2 for bad arguments."""
     if not all(re.match(r"^https?://[^/\s]+", s.strip()) for s in server.split(",")):
         log.error("--server %r: expected http(s)://HOST:PORT of the monitor (several: comma-separated)", server)
         return 2
+    plain = [s.strip() for s in server.split(",") if s.strip().startswith("http://") and not _loopback(s.strip())]
+    if plain and not insecure_http:
+        # Over plain HTTP anyone on the path could read the token and send this node commands to run.
+        log.error(
+            "--server %s: plain HTTP to another machine; use https:// (web.tls on the monitor, --ca-file here), "
+            "or --insecure-http on a network you trust (the token and commands would travel in clear)",
+            ", ".join(plain),
+        )
+        return 2
+    if plain:
+        log.warning("plain HTTP to %s (--insecure-http): the token and commands travel in clear", ", ".join(plain))
     if not re.fullmatch(NAME_PATTERN.strip("^$"), name) or len(name) > 100:
         log.error("--name %r: not a node name (letters, digits, _ . : @ -)", name)
         return 2
@@ -1048,6 +1073,7 @@ def main(args: argparse.Namespace) -> int:
             getattr(args, "ca_file", None),
             getattr(args, "state_dir", None),
             stop,
+            insecure_http=bool(getattr(args, "insecure_http", False)),
         )
 
     code = asyncio.run(go())

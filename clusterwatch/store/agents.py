@@ -88,6 +88,3 @@ class AgentRegistry:
     def all(self) -> list[AgentRow]:
         rows = self.db.rows("SELECT name, created, revoked, last_seen, last_addr, acked FROM agents ORDER BY name")
         return [AgentRow(*r) for r in rows]
-
-    def seen(self, name: str, at: float, addr: str | None) -> None:
-        run_all(self.db, [("UPDATE agents SET last_seen = ?, last_addr = ? WHERE name = ?", (at, addr, name))])

@@ -94,7 +94,12 @@ class Rollups:
         self.last: dict[str, tuple[float, str]] = {}  # committed: each entity's last (time, status)
         self._batch = _Batch()
 
-    def observed(self, conn: sqlite3.Connection, entity: str, at: float, status: str, expected_every: float) -> None:
+    def observed(
+        self, conn: sqlite3.Connection, entity: str, at: float, status: str, expected_every: float, late: bool = False
+    ) -> None:
+        if late:  # history filed after the fact (an agent's queue after a cut): its raw row counts in its minute,
+            self._batch.minutes.add((entity, int(at // MINUTE) * MINUTE))  # but it moves no timeline back
+            return
         previous = self._previous(conn, entity)
         if previous is not None and at > previous[0]:
             start, was = previous

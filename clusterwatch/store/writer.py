@@ -129,11 +129,13 @@ class Store:
             return
         self._queue.put(item)
 
-    def observation(self, obs: Observation, at: float, *, expected_every: float | None = None) -> None:
+    def observation(
+        self, obs: Observation, at: float, *, expected_every: float | None = None, late: bool = False
+    ) -> None:
         """`expected_every`: the check's interval — how long an observation's status may be taken to
         hold until the next one; a longer gap is unknown time in the uptime (None: 60 s)."""
         every = expected_every if expected_every is not None and expected_every > 0 else DEFAULT_EXPECTED_EVERY
-        self._put(("obs", obs, at, every))
+        self._put(("obs", obs, at, every, late))
 
     def entity(self, state: EntityState, kind: str) -> None:
         last = state.last
@@ -253,8 +255,8 @@ class Store:
         self._last_commit = time.monotonic()
         return None
 
-    def _w_obs(self, conn: Tx, obs: Observation, at: float, expected_every: float) -> None:
-        self._rollups.observed(conn, obs.name, at, obs.status.value, expected_every)
+    def _w_obs(self, conn: Tx, obs: Observation, at: float, expected_every: float, late: bool = False) -> None:
+        self._rollups.observed(conn, obs.name, at, obs.status.value, expected_every, late)
         conn.execute(
             "INSERT INTO observations (ts, entity, check_name, kind, node, status, message, latency_ms, metrics, "
             "details) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -350,9 +352,7 @@ class Store:
                 conn.execute("DELETE FROM rollup_hour WHERE ts < ?", (now - o.hour_rollups_max_age,))
                 conn.execute("DELETE FROM events WHERE ts < ?", (now - o.events_max_age,))
                 conn.execute("DELETE FROM actions WHERE started < ?", (now - o.events_max_age,))
-                conn.execute(
-                    "DELETE FROM incidents WHERE closed IS NOT NULL AND closed < ?", (now - o.events_max_age,)
-                )
+                conn.execute("DELETE FROM incidents WHERE closed IS NOT NULL AND closed < ?", (now - o.events_max_age,))
                 conn.execute("DELETE FROM commands WHERE done IS NOT NULL AND done < ?", (now - 86400,))
                 if self.fence is not None:
                     self.fence.check(conn)

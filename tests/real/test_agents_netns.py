@@ -359,6 +359,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
         for node in NODES:
             argv = [sys.executable, "-m", "clusterwatch", "agent", "run", "--server", web, "--name", node]
             argv += ["--token-file", str(tokens[node]), "--state-dir", str(tmp / f"state-{node}"), "-v"]
+            argv += ["--insecure-http"]  # plain HTTP on the test's own bridge (TLS is tested in test_agent_api)
             agents[node] = stack.add(Proc(argv, tmp / f"agent-{node}.log", netns=node))
 
         def story_so_far() -> str:
