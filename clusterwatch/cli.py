@@ -581,7 +581,7 @@ def _enroll(args: argparse.Namespace, config: Any, registry: Any, where: str) ->
         print("On the node, save it (mode 600) as ~/.clusterwatch-token:")
         print("  umask 077 && cat > ~/.clusterwatch-token   # paste the token, then Ctrl-D")
     print("then run there:")
-    ca = " --ca-file ~/monitor-ca.pem" if web.tls else ""
+    ca = " --ca-file ~/monitor-ca.pem" if web.tls else "" if web.loopback else " --insecure-http"
     print(f"  clusterwatch agent run --server {server} --name {args.name} --token-file ~/.clusterwatch-token{ca}")
     if web.loopback:
         print(
