@@ -63,6 +63,7 @@ class Link:
     silent_since: float | None = None  # wall time this monitor called it silent; None while it is heard
     gap_from: float | None = None  # when it was last heard before that silence
     watched_since: float | None = None  # when this monitor first looked at it as an agent's node
+    agent_cut: bool = False  # between the agent's healing_taken and healing_returned: what it sends is history
     back_at: float = 0.0  # when it was heard again after a silence: rounds before this are history
     gap_note: str | None = None  # said with the node's recovery
     last_round: dict[str, float] = field(default_factory=dict)  # check -> time of its last live round
@@ -114,6 +115,7 @@ class AgentHub:
             row = self.stored.get(link.name)
             link.filed = link.committed = row.acked if row is not None else 0
             link.last_mono, link.silent_since, link.gap_from, link.gap_note = None, None, None, None
+            link.agent_cut = False
             link.back_at = self.clock()  # what an agent queued before this is history to this leader
             link.last_round.clear()
         for row in rows:
@@ -339,7 +341,7 @@ class AgentHub:
                     obs.message = f"{obs.message} — {link.gap_note}"
             observations.append(obs)
         every = m.plan.expected_every(round_.check)
-        if at < link.back_at or now - at > self.timeout(node):
+        if link.agent_cut or at < link.back_at or now - at > self.timeout(node):
             for obs in observations:  # old news: history, not alerts
                 m.store.observation(obs, at, expected_every=every, late=True)
             return
@@ -360,6 +362,8 @@ class AgentHub:
     def _event(self, node: Node, event: protocol.AgentEvent, at: float) -> None:
         """What the agent did while cut off: filed in the history and counted in the budget, not alerted."""
         m = self.monitor
+        if event.kind in ("healing_taken", "healing_returned"):  # the agent's own word on when it was cut off
+            self.link(node.name).agent_cut = event.kind == "healing_taken"
         kind = {
             "healing_taken": EventKind.AGENT_HEALING_TAKEN,
             "healing_returned": EventKind.AGENT_HEALING_RETURNED,

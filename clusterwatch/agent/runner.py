@@ -55,6 +55,7 @@ T = TypeVar("T")
 
 REQUEST_TIMEOUT = 15.0  # config and push: connect, send, answer
 REFUSED_RETRY = 30.0  # a refused token: try again this often, never faster
+FORBIDDEN_RETRY = 5.0  # a push refused for its checks (403): the config is fetched again meanwhile
 CONFIG_BACKOFF = (1.0, 30.0)
 LINK_BACKOFF = (1.0, 10.0)
 PUSH_EVERY = 1.0  # rounds queued within a second go in one push
@@ -85,6 +86,14 @@ class Rejected(Exception):
 
 class LinkDown(Exception):
     """No usable answer: the monitor is unreachable, slow, or answered 5xx; `str()` says why."""
+
+    timed_out = False
+
+
+class TimedOut(LinkDown):
+    """No answer in time: on a slow link a smaller push may get through where a big one does not."""
+
+    timed_out = True
 
 
 def default_state_dir() -> str:
@@ -252,7 +261,7 @@ class Agent:
                     raw = await _read(resp)
                     status = resp.status
         except TimeoutError:
-            raise LinkDown(f"no answer within {timeout:g}s") from None
+            raise TimedOut(f"no answer within {timeout:g}s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise LinkDown(f"its TLS certificate is not trusted ({exc.certificate_error}); see --ca-file") from None
         except aiohttp.ClientConnectorError as exc:
@@ -607,13 +616,16 @@ class Agent:
             except Refused as exc:
                 self._link_refused(exc)
                 self._config_wanted.set()  # a 403 for a check: the config may have changed
-                await self._sleep(REFUSED_RETRY)
+                # A token refused (401) is a person's to fix; a 403 is usually a reload the fetch catches up with.
+                await self._sleep(REFUSED_RETRY if exc.status == 401 else FORBIDDEN_RETRY)
                 continue
             except Rejected as exc:
                 await self._rejected(batch, str(exc))
                 continue
             except LinkDown as exc:
                 self._link_down(str(exc))
+                if exc.timed_out:  # a slow link: half the rounds next time (the queue keeps the rest)
+                    self._batch_cap = max(1, self._batch_cap // 2)
                 await self._sleep(delay)
                 delay = min(delay * 2, self._backoff_max())
                 continue
