@@ -456,8 +456,10 @@ class Alerter:
         (it recovered while the shared store was away, or the monitor that told it was cut off from it):
         they hear that it is fine, once, instead of a CRITICAL that never clears."""
         open_entities = {i.entity for i in self.incidents.values()}
+        # An incident of this monitor's own that ends now (healed before its firing went out) tells it.
+        ending = {n.incident.entity for n in self.notes if n.incident is not None and n.kind in TELLS_THE_END}
         for entity, record in list(self._elsewhere.items()):
-            if record["kind"] != "firing" or entity in open_entities or not self.entity_ok(entity):
+            if record["kind"] != "firing" or entity in open_entities or entity in ending or not self.entity_ok(entity):
                 continue
             del self._elsewhere[entity]
             self._forget_elsewhere.append((entity, record["at"]))
@@ -483,10 +485,14 @@ class Alerter:
         firing if that monitor's latest word on the entity was a firing of this severity; a resolved
         notice if its latest word was a resolution that came after this incident opened."""
         incident = note.incident
-        if self.offline or incident is None or note.kind not in ("firing", "resolved"):
+        if self.offline or incident is None or note.kind not in ("firing", "resolved", "healed"):
             return False
         record = self._elsewhere.get(incident.entity)
         if record is None:
+            return False
+        if note.kind == "healed":  # fixed before this monitor told it: its notice is the end of what was told
+            del self._elsewhere[incident.entity]
+            self._forget_elsewhere.append((incident.entity, record["at"]))
             return False
         if record["at"] <= self._last_told.get(incident.entity, 0.0):
             del self._elsewhere[incident.entity]  # this alerter has told of the entity since: it stands for nothing
