@@ -837,7 +837,7 @@ class Agent:
         left = {}
         for check in config.checks:
             if check.restart is not None:
-                budget = healer.budgets.get(healer._key(check.restart.target))
+                budget = healer.budgets.get(healer.key(check.restart.target))
                 count = used(budget, check.restart.window, now) if budget is not None else 0
                 left[check.restart.target] = max(0, check.restart.max_attempts - count)
         return left
@@ -847,10 +847,10 @@ class Agent:
         healer, config, built = self.healer, self.config, self.built
         if healer is None or config is None or built is None:
             return
-        policies = {healer._key(c.restart.target): c.restart for c in config.checks if c.restart is not None}
+        policies = {healer.key(c.restart.target): c.restart for c in config.checks if c.restart is not None}
         now = time.time()
         for monitor_target, attempts in self.monitor_budgets.items():
-            key = healer._key(built.targets.get(monitor_target, monitor_target))
+            key = healer.key(built.targets.get(monitor_target, monitor_target))
             policy = policies.get(key)
             if policy is None:
                 continue

@@ -11,13 +11,13 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from clusterwatch.agent import protocol
-from clusterwatch.agent.hub import AgentHub, Refused
+from clusterwatch.agent.hub import Refused
 
 if TYPE_CHECKING:
-    from clusterwatch.web.view import MonitorView
+    from clusterwatch.web.view import AgentEndpoints, MonitorView
 
 
-def _hub(request: web.Request) -> AgentHub:
+def _hub(request: web.Request) -> AgentEndpoints:
     view: MonitorView = request.app["monitor"]
     return view.agents
 
@@ -70,14 +70,14 @@ async def config(request: web.Request) -> web.Response:
 
 
 async def push(request: web.Request) -> web.Response:
-    async def work(hub: AgentHub, name: str) -> BaseModel:
+    async def work(hub: AgentEndpoints, name: str) -> BaseModel:
         return await hub.push(name, request.remote, _parse(protocol.Push, await _body(request)))
 
     return await _handle(request, work)
 
 
 async def poll(request: web.Request) -> web.Response:
-    async def work(hub: AgentHub, name: str) -> BaseModel:
+    async def work(hub: AgentEndpoints, name: str) -> BaseModel:
         return await hub.poll(name, request.remote, _parse(protocol.Poll, await _body(request)))
 
     return await _handle(request, work)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clusterwatch.alerting.routing import Silence
 from clusterwatch.config.schema import Config
@@ -13,7 +13,18 @@ from clusterwatch.engine.pipeline import Item
 from clusterwatch.engine.state import EntityState
 
 if TYPE_CHECKING:
+    from clusterwatch.agent import protocol
     from clusterwatch.daemon import Monitor
+
+
+class AgentEndpoints(Protocol):
+    """All the web may ask of the agents' side: who is asking, and the three exchanges."""
+
+    async def authenticate(self, header: str, addr: str | None) -> str: ...
+    async def config(self, name: str, addr: str | None) -> protocol.AgentConfig: ...
+    async def push(self, name: str, addr: str | None, push: protocol.Push) -> protocol.PushAnswer: ...
+    async def poll(self, name: str, addr: str | None, poll: protocol.Poll) -> protocol.PollAnswer: ...
+    def refused(self, addr: str | None, why: str) -> None: ...
 
 
 class MonitorView:
@@ -26,7 +37,7 @@ class MonitorView:
         return self._m.config
 
     @property
-    def agents(self) -> Any:
+    def agents(self) -> AgentEndpoints:
         """The node agents' side of the monitor (their pushes, polls and config), behind their own tokens."""
         return self._m.agents
 
