@@ -22,6 +22,7 @@ fi
 
 if [ "$what" = bench ]; then
   need monit monit
+  need prometheus-node-exporter prometheus-node-exporter
   what=test
 fi
 if [ "$what" = test ]; then
