@@ -260,7 +260,7 @@ class AgentHub:
         node = self._node(name)
         self._check_belongs(node, push)
         link = self._touch(name, addr)
-        now = self.clock()
+        now, lost = self.clock(), self._lost()  # before filing: a write refused at once counts too
         offset = now - push.sent_at  # the agent's clock to ours, within the network's latency
         items: list[tuple[int, Any]] = [(r.seq, r) for r in push.rounds] + [(e.seq, e) for e in push.events]
         for seq, item in sorted(items, key=lambda pair: pair[0]):
@@ -275,7 +275,7 @@ class AgentHub:
         store = self.monitor.store
         store.agent_filed(name, link.filed, now, addr)
         if link.filed > link.committed:  # answered only once written: what it acks, the store holds
-            mark, lost = link.filed, self._lost()
+            mark = link.filed
             if not await self._written() or self._lost() != lost:
                 # Not all written (a writer behind, a write refused or given up): filed again on the resend.
                 link.filed = link.committed
