@@ -376,6 +376,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         print_json(to_json(result, loaded.source))
     else:
         print_table(result, loaded.source)
+    agents = [n.name for n in loaded.config.nodes if n.agent]
+    if agents:  # on stderr: the table (or JSON) stays what it was; a person still learns what was not looked at
+        left = sum(1 for c in loaded.config.checks if c.node in agents)
+        print(
+            f"clusterwatch: not looked at here: {len(agents)} node(s) with an agent ({', '.join(agents[:5])}"
+            f"{', ...' if len(agents) > 5 else ''}) and {left} check(s) on them; their agents report to "
+            "`clusterwatch run` (see its dashboard or /api/v1/status)",
+            file=sys.stderr,
+        )
     return result.status.exit_code
 
 
@@ -506,6 +515,13 @@ def _install_agent(args: argparse.Namespace) -> int:
     argv = install.agent_argv(args.server, args.name, args.token_file, args.ca_file, args.state_dir)
     if args.insecure_http:
         argv.append("--insecure-http")
+    elif any(s.strip().startswith("http://") and not install.loopback_url(s.strip()) for s in args.server.split(",")):
+        print(
+            "clusterwatch: the agent refuses plain http:// to another machine: use https:// (web.tls), or add "
+            "--insecure-http on a network you trust",
+            file=sys.stderr,
+        )
+        return 1
     text, path = {
         "systemd": lambda: (install.agent_unit(argv), install.AGENT_UNIT_PATH),
         "termux-boot": lambda: (install.agent_termux_boot(argv), install.termux_boot_path()),
@@ -562,12 +578,16 @@ def _enroll(args: argparse.Namespace, config: Any, registry: Any, where: str) ->
     if node is None or not node.agent:
         print(
             f"clusterwatch: {args.name!r} is not a node with `agent: true` in the config: add "
-            f"`- {{name: {args.name}, agent: true}}` under nodes: (its pushes are refused until then)",
+            f"`- {{name: {args.name}, agent: true}}` under nodes:, then enroll it",
             file=sys.stderr,
         )
+        return 1
+    replaced = any(row.name == args.name and row.revoked is None for row in registry.all())
     token = registry.enroll(args.name)
+    if replaced:
+        print(f"clusterwatch: {args.name} had a token: it stops working now (give the agent the new one)")
     web = config.web
-    scheme = "https" if web.tls else "http"
+    scheme = "https" if web.tls or web.loopback else "http"  # a node elsewhere needs web.tls first
     host = web.host if not web.loopback else "THIS-MONITOR"
     server = f"{scheme}://{host}:{web.port}"
     if args.token_file:

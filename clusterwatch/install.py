@@ -90,6 +90,13 @@ def agent_argv(server: str, name: str, token_file: str, ca_file: str | None, sta
     return argv
 
 
+def loopback_url(url: str) -> bool:
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _command(argv: list[str]) -> str:
     return executable() + " " + shlex.join(argv)
 

@@ -178,3 +178,27 @@ def test_agent_refuses_plain_http_to_another_machine(tmp_path: Path):
     assert done.returncode == 2, done.stderr
     assert "plain HTTP to another machine" in done.stderr and "--insecure-http" in done.stderr
     assert "a-token" not in done.stderr + done.stdout
+
+
+def test_agent_enroll_refuses_a_node_without_an_agent_and_says_when_a_token_is_replaced(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"store: {{path: {tmp_path / 'state.db'}}}\nnodes:\n  - {{name: phone-1, agent: true}}\n"
+        "  - {name: srv, host: 127.0.0.1}\n"
+    )
+    token = tmp_path / "token"
+
+    def enroll(name: str) -> subprocess.CompletedProcess[str]:
+        argv = ["agent", "enroll", name, "-c", str(config), "--token-file", str(token)]
+        return subprocess.run([sys.executable, "-m", "clusterwatch", *argv], capture_output=True, text=True, timeout=60)
+
+    for name in ("srv", "nosuch"):
+        refused = enroll(name)
+        assert refused.returncode == 1 and "is not a node with `agent: true`" in refused.stderr, refused.stderr
+    assert not token.exists()
+    first = enroll("phone-1")
+    assert first.returncode == 0 and "stops working" not in first.stdout
+    old = token.read_text().strip()
+    again = enroll("phone-1")
+    assert again.returncode == 0 and "phone-1 had a token: it stops working now" in again.stdout
+    assert token.read_text().strip() != old and old not in again.stdout + again.stderr

@@ -22,7 +22,6 @@ import re
 import signal
 import ssl
 import time
-import urllib.parse
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -43,6 +42,7 @@ from clusterwatch.engine.scheduler import Job, Scheduler
 from clusterwatch.engine.state import StateMachine
 from clusterwatch.heal.actions import Outcome, perform
 from clusterwatch.heal.healer import Healer, used
+from clusterwatch.install import loopback_url
 from clusterwatch.model import Group, Observation, Status, one_line
 from clusterwatch.probes.base import ProbeContext, new_http_session
 from clusterwatch.store.healing import BudgetRow, HealLedger
@@ -990,11 +990,6 @@ def _cached_config(cached: Any) -> tuple[protocol.AgentConfig, float] | None:
         return None
 
 
-def _loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host == "localhost" or host == "::1" or host.startswith("127.")
-
-
 def read_token(path: str) -> str:
     """The token, stripped; an error names the file, never what is in it."""
     try:
@@ -1026,7 +1021,7 @@ async def run_agent(
     if not all(re.match(r"^https?://[^/\s]+", s.strip()) for s in server.split(",")):
         log.error("--server %r: expected http(s)://HOST:PORT of the monitor (several: comma-separated)", server)
         return 2
-    plain = [s.strip() for s in server.split(",") if s.strip().startswith("http://") and not _loopback(s.strip())]
+    plain = [s.strip() for s in server.split(",") if s.strip().startswith("http://") and not loopback_url(s.strip())]
     if plain and not insecure_http:
         # Over plain HTTP anyone on the path could read the token and send this node commands to run.
         log.error(

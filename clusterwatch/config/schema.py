@@ -362,6 +362,8 @@ class Node(Strict):
     def _reachable(self) -> Node:
         if not self.agent and not self.host:
             raise FieldError("host", "a node needs a host (for SSH), or `agent: true` (its agent pushes)")
+        if self.agent_timeout is not None and not self.agent:
+            raise FieldError("agent_timeout", "only for a node with `agent: true` (this one is reached over SSH)")
         return self
 
     @property
