@@ -129,6 +129,20 @@ class _Sink:
         self._on_event(event)
 
 
+class _Echo(logging.Filter):
+    """While the monitor hears this agent, it is the one that alerts and acts: the agent's own log tells the
+    same events at INFO, not as a second ERROR line. Cut off, the agent's judgement is the one that counts."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__()
+        self.agent = agent
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.agent.cut_off and record.levelno > logging.INFO:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 class Agent:
     def __init__(
         self,
@@ -186,6 +200,7 @@ class Agent:
         self._merged: dict[str, list[float]] = {}  # budget key -> the monitor's attempts merged in (local clock)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed = False
+        logging.getLogger("clusterwatch.events").addFilter(_Echo(self))
 
     # --- plumbing -----------------------------------------------------------------------------------
 
