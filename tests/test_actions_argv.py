@@ -36,7 +36,7 @@ def run(config: dict) -> tuple[bool, str]:
     cfg = Config.model_validate(config)
     check = cfg.checks[0]
     assert check.restart is not None
-    outcome = asyncio.run(perform(check.restart, check, cfg))
+    outcome = asyncio.run(perform(check.restart[0], check, cfg))
     return outcome.ok, outcome.detail
 
 

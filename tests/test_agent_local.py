@@ -122,8 +122,8 @@ def test_a_restart_on_this_node_runs_here_and_keeps_the_monitors_budget_name(tmp
     ]
     built = build_config(agent_config(checks), str(tmp_path))
     by_name = {c.name: c for c in built.config.checks}
-    assert by_name["w1"].restart is not None and by_name["w1"].restart.node is None
-    assert by_name["w2"].restart is not None and by_name["w2"].restart.dask_worker.node is None
+    assert by_name["w1"].restart is not None and by_name["w1"].restart[0].node is None
+    assert by_name["w2"].restart is not None and by_name["w2"].restart[0].dask_worker.node is None
     assert by_name["w3"].restart is None, "another node's restart is not this agent's to run"
     assert built.targets["command:dask worker tcp://10.0.0.1:8786@phone-1"] == "command:dask worker tcp://10.0.0.1:8786"
     assert built.targets["dask_worker:phone-1/w2"] == "dask_worker:local/w2"

@@ -255,7 +255,7 @@ def test_a_wait_may_be_zero(write):
         "c.yaml", "alerts: {group_wait: 0s}\nchecks: [{name: t, kind: tcp, port: 1, restart: {systemd: x, grace: 0}}]\n"
     )
     loaded = load_config(str(path), env={}, cwd=path.parent)
-    assert loaded.config.alerts.group_wait == 0 and loaded.config.checks[0].restart.grace == 0  # type: ignore[union-attr]
+    assert loaded.config.alerts.group_wait == 0 and loaded.config.checks[0].restart[0].grace == 0  # type: ignore[union-attr]
 
 
 def test_numbers_out_of_range(write):

@@ -331,7 +331,7 @@ def assert_runnable(config: Config) -> None:
             assert value is None or value >= 0.001, (name, value)
     for check in config.checks:
         if check.restart:
-            assert min(check.restart.backoff, check.restart.window, check.restart.timeout) >= 0.001
+            assert min(min(s.backoff, s.window, s.timeout) for s in check.restart) >= 0.001
 
 
 @settings(SETTINGS, max_examples=300)

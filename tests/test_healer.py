@@ -256,7 +256,7 @@ def test_backoff_after_failed_attempts_survives_a_restart(store_location: str):
         await w.healer.start()
         [budget] = w.healer.budgets.values()
         assert budget.failed_streak == 1 and budget.last_finished == w.now - 4
-        policy = w.config.checks[0].restart
+        policy = w.config.checks[0].restart[0]
         assert policy is not None
         wait = w.healer._backoff(policy, budget, w.now)
         w.observe()
@@ -293,7 +293,7 @@ def test_a_pause_that_comes_during_the_backoff_holds_the_next_attempt(store_loca
 
 def test_two_checks_on_one_target_share_one_budget_and_one_escalation(store_location: str):
     w = World(store_location, max_attempts=1)
-    restart = w.config.checks[0].restart
+    restart = w.config.checks[0].restart[0]
     assert restart is not None
     w.config = Config.model_validate(
         {

@@ -186,7 +186,7 @@ def seen(location: str) -> dict[str, Any]:
     ledger = HealLedger(location)
     ledger.open()
     try:
-        found["budgets"] = ledger.budgets(TARGETS, now=NOW)
+        found["budgets"] = ledger.budgets(TARGETS.get, now=NOW)
         found["paused"] = ledger.paused(NOW)
     finally:
         ledger.close()

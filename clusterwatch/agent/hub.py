@@ -241,11 +241,10 @@ class AgentHub:
         """Each restart target's attempts that still count (the monitor's clock): the agent's share is the rest."""
         healer, now, out = self.monitor.healer, self.clock(), {}
         for check in self.checks_of(name):
-            if check.restart is None:
-                continue
-            budget = healer.budgets.get(healer.key(check.restart.target))
-            if budget is not None:
-                out[check.restart.target] = [t for t in budget.attempts if now - t <= check.restart.window]
+            for step in check.restart or []:
+                budget = healer.budgets.get(healer.key(step.target))
+                if budget is not None:
+                    out[step.target] = [t for t in budget.attempts if now - t <= step.window]
         return out
 
     async def config(self, name: str, addr: str | None) -> protocol.AgentConfig:
@@ -394,6 +393,7 @@ class AgentHub:
                     attempt=int(event.details.get("attempt") or 0),
                     detail=filed.message,
                     by=f"agent:{node.name}",
+                    step=int(event.details.get("step") or 0),
                 )
 
     # --- silence ----------------------------------------------------------------------------------------

@@ -102,20 +102,34 @@ def _error(exc: Exception) -> str:
 
 def _localize_restart(restart: Any, node: str) -> tuple[Any, str | None]:
     """The restart as it runs here: an action the monitor would run over SSH on this node runs locally.
-    Returns the restart (None when it targets another node, which this agent cannot reach) and why not."""
-    if not isinstance(restart, dict):
+    Returns the restart (a ladder cut where a step needs another node, which this agent cannot reach;
+    None when even its first does) and why not."""
+    steps = [restart] if isinstance(restart, dict) else restart
+    if not isinstance(steps, list):
         return restart, None
-    restart = dict(restart)
-    if restart.get("node") is not None:
-        if restart["node"] != node:
-            return None, f"its restart runs on node {restart['node']!r}, not here"
-        restart["node"] = None
-    worker = restart.get("dask_worker")
+    local: list[Any] = []
+    for step in steps:
+        here, why_not = _localize_step(step, node)
+        if here is None:
+            return (local or None), why_not
+        local.append(here)
+    return local, None
+
+
+def _localize_step(step: Any, node: str) -> tuple[Any, str | None]:
+    if not isinstance(step, dict):
+        return step, None
+    step = dict(step)
+    if step.get("node") is not None:
+        if step["node"] not in (node, "{node}"):
+            return None, f"its restart runs on node {step['node']!r}, not here"
+        step["node"] = None
+    worker = step.get("dask_worker")
     if isinstance(worker, dict) and worker.get("node") is not None:
-        if worker["node"] != node:
+        if worker["node"] not in (node, "{node}"):
             return None, f"its restart runs on node {worker['node']!r}, not here"
-        restart["dask_worker"] = {**worker, "node": None}
-    return restart, None
+        step["dask_worker"] = {**worker, "node": None}
+    return step, None
 
 
 def local_policy(policy: dict[str, Any]) -> RestartPolicy:
@@ -174,7 +188,7 @@ def build_config(agent: AgentConfig, state_dir: str) -> Built:
         # Roots on other nodes are the monitor's to judge: here a check depends only on what runs here.
         if isinstance(data.get("depends_on"), list):
             data["depends_on"] = [r for r in data["depends_on"] if r in names or r == node.name]
-        monitor_target = _target(data.get("restart"))
+        monitor_targets = _targets(data.get("restart"))
         data["restart"], why_not = _localize_restart(data.get("restart"), node.name)
         if why_not:
             log.warning("check %s: not restarted by this agent: %s", name, why_not)
@@ -188,8 +202,9 @@ def build_config(agent: AgentConfig, state_dir: str) -> Built:
         if problem:
             broken[name] = Broken(name, kind, problem, node.name, interval)
             continue
-        if monitor_target and check.restart is not None:
-            targets[monitor_target] = check.restart.target
+        for monitor_target, step in zip(monitor_targets, check.restart or [], strict=False):
+            if monitor_target:
+                targets[monitor_target] = step.target
         valid.append(check)
 
     try:
@@ -223,13 +238,16 @@ def _interval(value: Any) -> float | None:
         return None
 
 
-def _target(restart: Any) -> str | None:
-    if not isinstance(restart, dict):
-        return None
-    try:
-        return RestartPolicy.model_validate(restart).target
-    except ValidationError:
-        return None
+def _targets(restart: Any) -> list[str]:
+    """The monitor's name of each step's target (a step it sent that is not valid here has none)."""
+    steps = [restart] if isinstance(restart, dict) else restart if isinstance(restart, list) else []
+    out = []
+    for step in steps:
+        try:
+            out.append(RestartPolicy.model_validate(step).target)
+        except ValidationError:
+            out.append("")
+    return out
 
 
 # --- the node's own report -----------------------------------------------------------------------------

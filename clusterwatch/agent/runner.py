@@ -851,10 +851,10 @@ class Agent:
         now = time.time()
         left = {}
         for check in config.checks:
-            if check.restart is not None:
-                budget = healer.budgets.get(healer.key(check.restart.target))
-                count = used(budget, check.restart.window, now) if budget is not None else 0
-                left[check.restart.target] = max(0, check.restart.max_attempts - count)
+            for step in check.restart or []:
+                budget = healer.budgets.get(healer.key(step.target))
+                count = used(budget, step.window, now) if budget is not None else 0
+                left[step.target] = max(0, step.max_attempts - count)
         return left
 
     def _merge_budgets(self) -> None:
@@ -862,7 +862,7 @@ class Agent:
         healer, config, built = self.healer, self.config, self.built
         if healer is None or config is None or built is None:
             return
-        policies = {healer.key(c.restart.target): c.restart for c in config.checks if c.restart is not None}
+        policies = {healer.key(step.target): step for c in config.checks for step in c.restart or []}
         now = time.time()
         for monitor_target, attempts in self.monitor_budgets.items():
             key = healer.key(built.targets.get(monitor_target, monitor_target))

@@ -383,6 +383,8 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Path_, Path_]:
             path.append(element)
         elif _is_tag(current, element):
             continue
+        elif isinstance(current, dict) and element == 0:
+            continue  # one mapping where a list may stand (`restart:`): the list pydantic made of it
         else:
             path.append(element)
             current = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import urllib.parse
 from typing import Annotated, Any, Literal
@@ -31,6 +32,9 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 Percent = Annotated[float, Field(ge=0, le=100)]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+# A restart's node may be the failing entity's own: `node: "{node}"` (see RestartPolicy.for_entity).
+NodeOrTemplate = Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:@-]*|\{node\})$", max_length=100)]
+PLACEHOLDERS = ("{entity}", "{node}")
 
 
 class Strict(BaseModel):
@@ -93,18 +97,33 @@ class ComposeTarget(Strict):
 
 
 class DaskWorkerTarget(Strict):
-    """Restart a named worker on its node, as Cluster AI did by hand: pkill it, start it again."""
+    """Restart a named worker on its node, as Cluster AI did by hand: stop it, start it again."""
 
-    node: Name | None = None  # where it runs (over SSH); none: this machine
-    name: str  # the worker's --name, to find its process
+    node: NodeOrTemplate | None = None  # where it runs (over SSH); none: this machine
+    name: str  # the worker's --name, to find its process (matched exactly)
     command: Argv  # how to start it, e.g. [dask, worker, tcp://10.0.0.1:8786, --name, w1]
 
 
 _ACTIONS = ("docker", "compose", "systemd", "supervisor", "command", "dask_worker")
+DEFAULT_VERIFY = 60.0  # the least a restart is given to come up when verify_timeout is not set
+
+
+def _fill(value: Any, entity: str, node: str) -> Any:
+    """Plain replacement, not str.format: a command's own braces (awk, JSON) stay as they are."""
+    if isinstance(value, str):
+        return value.replace("{entity}", entity).replace("{node}", node)
+    if isinstance(value, list):
+        return [_fill(v, entity, node) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, entity, node) for k, v in value.items()}
+    return value
 
 
 class RestartPolicy(Strict):
-    """One restart action and the limits around it (Monit's `if N restarts within M cycles`)."""
+    """One restart action and the limits around it (Monit's `if N restarts within M cycles`).
+
+    `{entity}` (the failing entity's own name: `w2` for `dask/w2`) and `{node}` (its node) in the
+    action make it act on the one entity that failed, with a budget of its own."""
 
     docker: str | None = None  # container name (Cluster AI's matching)
     compose: ComposeTarget | None = None
@@ -112,12 +131,14 @@ class RestartPolicy(Strict):
     supervisor: str | None = None  # program name
     command: Argv | None = None
     dask_worker: DaskWorkerTarget | None = None
-    node: Name | None = None  # run systemd/command over SSH on this node
+    stop: Argv | None = None  # a command restart: how to stop the old instance before `command` starts one
+    stop_timeout: Duration = 10.0  # for `stop`, and for the old instance to be gone after it
+    node: NodeOrTemplate | None = None  # run systemd/command over SSH on this node
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     window: Duration = 600.0
     backoff: Duration = 5.0  # delay before the second attempt; doubles after each
     timeout: Duration = 30.0  # for the action itself
-    verify_timeout: Duration = 60.0  # re-probe until healthy or this long
+    verify_timeout: Duration | None = None  # re-probe until healthy or this long; default: learnt (see healer)
     stable_for: Duration = 30.0  # healthy this long before the budget comes back (a blip is no recovery)
     grace: Delay = 0.0  # wait before the first attempt (let the service's own manager try first)
     dry_run: bool = False
@@ -130,6 +151,8 @@ class RestartPolicy(Strict):
         if len(chosen) != 1:
             found = f"found {', '.join(chosen)}" if chosen else "found none"
             raise ValueError(f"needs exactly one action of {', '.join(_ACTIONS)} ({found})")
+        if self.stop is not None and self.command is None:
+            raise FieldError(("stop",), "`stop` goes with a `command` restart (the other actions stop by themselves)")
         return self
 
     @property
@@ -149,6 +172,49 @@ class RestartPolicy(Strict):
         where = f"@{self.node}" if self.node else ""
         return f"{self.action}:{value}{where}"
 
+    def uses(self, placeholder: str) -> bool:
+        return placeholder in repr(self.model_dump(include={*_ACTIONS, "stop", "node"}))
+
+    @property
+    def templated(self) -> bool:
+        """Acts on one entity (`{entity}`/`{node}` in what it touches)."""
+        return any(self.uses(p) for p in PLACEHOLDERS)
+
+    def for_entity(self, entity: str, node: str) -> RestartPolicy:
+        """This policy acting on one entity: its placeholders filled (no-op for a plain policy)."""
+        if not self.templated:
+            return self
+        fields = {*_ACTIONS, "stop", "node"}
+        filled = _fill(self.model_dump(include=fields, exclude_none=True), entity, node)
+        return self.model_copy(update={k: getattr(RestartPolicy.model_validate(filled), k) for k in filled})
+
+    def how(self) -> str:
+        """What this restart does, as a person would type it (for hints and banners)."""
+        where = f" on {self.node}" if self.node else ""
+        if self.docker is not None:
+            return f"`docker restart {self.docker}`"
+        if self.compose is not None:
+            file = f" -f {self.compose.file}" if self.compose.file else ""
+            return f"`docker compose -p {self.compose.project}{file} up -d {self.compose.service}`{where}"
+        if self.systemd is not None:
+            return f"`systemctl restart {self.systemd}`{where}"
+        if self.supervisor is not None:
+            return f"`supervisorctl restart {self.supervisor}`"
+        if self.dask_worker is not None:
+            place = f" on {self.dask_worker.node}" if self.dask_worker.node else ""
+            return f"`{shlex.join(self.dask_worker.command)}`{place}"
+        assert self.command is not None
+        stop = f"`{shlex.join(self.stop)}`, then " if self.stop else ""
+        return f"{stop}`{shlex.join(self.command)}`{where}"
+
+
+def _one_or_many(value: Any) -> Any:
+    """`restart:` is one action, or a ladder of them (each step tried when the one before did not help)."""
+    return [value] if isinstance(value, dict) else value
+
+
+Restart = Annotated[list[RestartPolicy], BeforeValidator(_one_or_many), Field(min_length=1, max_length=10)]
+
 
 class CheckBase(Strict):
     name: Name
@@ -159,7 +225,18 @@ class CheckBase(Strict):
     fall: Annotated[int, Field(ge=1, le=100)] | None = None
     rise: Annotated[int, Field(ge=1, le=100)] | None = None
     depends_on: list[Name] = []
-    restart: RestartPolicy | None = None
+    restart: Restart | None = None  # one action, or a ladder: [{supervisor: ..}, {command: [..]}, ..]
+
+    def fix_hint(self, entity: str | None = None) -> str | None:
+        """What this check's own restart would do, for a message's hint (`{entity}` filled when given)."""
+        if not self.restart:
+            return None
+        step = self.restart[0]
+        if step.templated:
+            if entity is None:
+                return None
+            step = step.for_entity(entity, self.node or "local")
+        return step.how()
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
@@ -235,6 +312,9 @@ class DaskCheck(CheckBase):
     memory_warning: Percent = 80.0  # percent of the worker's memory limit (Dask pauses at 80)
     memory_critical: Percent = 95.0  # Dask's nanny kills the worker at 95
     max_body: Size = 8 * 1024 * 1024
+    # Tasks executing on a worker and none finishing this long (its heartbeat fine): a wedged worker,
+    # a warning naming the task prefix. Off by default: how long a task may run is the workload's.
+    stuck_after: Duration | None = None
 
     @model_validator(mode="after")
     def _heartbeats(self) -> DaskCheck:
@@ -268,12 +348,19 @@ class DockerCheck(CheckBase):
 
 
 class GenerateProbe(Strict):
-    """Opt-in: ask the model for one token, to measure that it really answers."""
+    """Opt-in: a real generation, to see that the model answers and how fast.
+
+    A few tokens, not one: Ollama times generation from the first token on (the first comes out of
+    the prompt's own pass), so a one-token answer proves the model answers but has no tokens/s. The
+    prompt asks for a steady run of tokens, so each probe measures about the same work."""
 
     model: str
-    prompt: str = "Reply with one word: ok"
+    prompt: str = "Count from 1 to 20, separated by spaces."
+    num_predict: Annotated[int, Field(ge=1, le=4096)] = 8  # tokens asked for; tokens/s needs 2 or more
     timeout: Duration = 60.0
     latency_warning: Duration = 10.0
+    # tokens/s below this share of the model's recent median (its own baseline) is a warning
+    tokens_drop_warning: Annotated[float, Field(gt=0, lt=1)] = 0.5
 
 
 class OllamaCheck(CheckBase):
@@ -281,6 +368,8 @@ class OllamaCheck(CheckBase):
     url: HttpUrl = "http://127.0.0.1:11434"
     expect_models: list[str] = []
     generate: GenerateProbe | None = None
+    # a model loaded wholly on CPU is a warning too (partly on CPU always is): for a machine with a GPU
+    expect_gpu: bool = False
     max_body: Size = 8 * 1024 * 1024
 
 
@@ -289,6 +378,22 @@ class OpenWebUICheck(CheckBase):
     url: HttpUrl = "http://127.0.0.1:3000"
     check_db: bool = True
     max_body: Size = 1024 * 1024
+    # Its DATA_DIR, where the probe runs: a missing or unreadable webui.db is critical (/health/db only
+    # pings the connection already open; the next restart would start on a new, empty database).
+    data_dir: str | None = None
+    # Its OLLAMA_BASE_URL (its public /api/config does not tell): an ollama check at that URL becomes
+    # this check's dependency. Default: http://127.0.0.1:11434, for an ollama check on the same node.
+    ollama_url: HttpUrl | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = os.path.expanduser(value)
+        if not os.path.isabs(path):
+            raise ValueError(f"data_dir must be an absolute path (got {value[:80]!r})")
+        return os.path.normpath(path)
 
 
 class NodeCheck(CheckBase):
@@ -299,6 +404,14 @@ class NodeCheck(CheckBase):
     disks: list[str] = []  # mount points; default: every local disk
     gpus: bool = True
     cpu_sample: Duration = 0.5
+    expect_gpus: Annotated[int, Field(ge=1, le=1024)] | None = None  # NVML listing fewer: critical
+    xid_window: Duration = 3600.0  # each GPU's XID errors are counted over this window
+
+    @model_validator(mode="after")
+    def _gpus_expected(self) -> NodeCheck:
+        if self.expect_gpus is not None and not self.gpus:
+            raise ValueError("expect_gpus needs gpus: true (with gpus: false no GPU is looked at)")
+        return self
 
 
 Check = Annotated[
@@ -628,19 +741,21 @@ class Config(Strict):
                 raise UnknownNode(index, check.node, sorted(node_names))
             if check.name in node_names:
                 raise DuplicateName("checks", index, check.name, node_names[check.name], "nodes")
-            restart = check.restart
-            for key, node in (
-                ("node", restart and restart.node),
-                ("dask_worker", restart and restart.dask_worker and restart.dask_worker.node),
-            ):
-                if node and node not in node_names:
-                    raise UnknownNode(index, node, sorted(node_names), ("restart", key))
-                if node and node != check.node and self.nodes[node_names[node]].agent:
-                    raise FieldError(
-                        ("checks", index, "restart", key),
-                        f"{node} has an agent: a restart there is run by its agent, for a check on that node "
-                        f"(set this check's node: {node})",
-                    )
+            for step_index, step in enumerate(check.restart or []):
+                for key, node in (
+                    ("node", step.node),
+                    ("dask_worker", step.dask_worker and step.dask_worker.node),
+                ):
+                    if not node or node == "{node}":
+                        continue
+                    if node not in node_names:
+                        raise UnknownNode(index, node, sorted(node_names), ("restart", step_index, key))
+                    if node != check.node and self.nodes[node_names[node]].agent:
+                        raise FieldError(
+                            ("checks", index, "restart", step_index, key),
+                            f"{node} has an agent: a restart there is run by its agent, for a check on that node "
+                            f"(set this check's node: {node})",
+                        )
         everything = set(seen) | set(node_names)
         for section, items in (("checks", self.checks), ("nodes", self.nodes)):
             for index, item in enumerate(items):
@@ -684,6 +799,44 @@ class Config(Strict):
                 return "checks", index
         return "nodes", next(i for i, n in enumerate(self.nodes) if n.name == name)
 
+    @model_validator(mode="after")
+    def _openwebui_needs_its_ollama(self) -> Config:
+        """Open WebUI serves nothing useful without the Ollama at its OLLAMA_BASE_URL: when both are
+        checked and the openwebui check names no `depends_on` of its own, that ollama check is its root
+        (one incident when Ollama fails, not two). Never at the price of a cycle."""
+        ollamas = [c for c in self.checks if isinstance(c, OllamaCheck)]
+        for check in self.checks if ollamas else []:
+            if not isinstance(check, OpenWebUICheck) or "depends_on" in check.model_fields_set:
+                continue
+            wanted = check.ollama_url or DEFAULT_OLLAMA_URL
+            roots = [o.name for o in ollamas if _same_service(wanted, check.node, o.url, o.node)]
+            if not roots:
+                continue
+            check.depends_on = roots
+            try:
+                self._no_cycles()
+            except DependencyCycle:
+                check.depends_on = []
+        return self
+
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"  # Open WebUI's own default OLLAMA_BASE_URL, outside Docker
+_LOOPBACK = re.compile(r"^(localhost|127(\.\d{1,3}){3}|::1|0\.0\.0\.0)$")
+
+
+def _same_service(url: str, node: str | None, other: str, other_node: str | None) -> bool:
+    """Two URLs name one service: same scheme, host and port; a loopback host only on one node."""
+    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(other)
+    if a.scheme.lower() != b.scheme.lower():
+        return False
+    default = 443 if a.scheme.lower() == "https" else 80
+    if (a.port or default) != (b.port or default):
+        return False
+    host, other_host = (a.hostname or "").lower(), (b.hostname or "").lower()
+    if _LOOPBACK.match(host) and _LOOPBACK.match(other_host):
+        return (node or "local") == (other_node or "local")
+    return host == other_host
+
 
 class DuplicateName(ValueError):
     def __init__(self, section: str, index: int, name: str, first: int, other: str | None = None) -> None:
@@ -692,7 +845,7 @@ class DuplicateName(ValueError):
 
 
 class UnknownNode(ValueError):
-    def __init__(self, index: int, node: str, known: list[str], where: tuple[str, ...] = ("node",)) -> None:
+    def __init__(self, index: int, node: str, known: list[str], where: tuple[Any, ...] = ("node",)) -> None:
         names = ", ".join(known) or "none configured"
         super().__init__(f"unknown node {node!r} (nodes: {names})")
         self.loc = ("checks", index, *where)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from clusterwatch.config.schema import CheckBase, Config, Node
+from clusterwatch.config.schema import DEFAULT_VERIFY, CheckBase, Config, Node
 from clusterwatch.engine.state import Rules
 
 Item = CheckBase | Node
@@ -75,4 +75,11 @@ class Plan:
 
     def longest_heal(self) -> float:
         """The longest one restart and its verification may take (for `run --once` to wait)."""
-        return max((c.restart.verify_timeout + c.restart.timeout for c in self.config.checks if c.restart), default=0.0)
+        return max(
+            (
+                (step.verify_timeout or DEFAULT_VERIFY) + step.timeout + (step.stop_timeout if step.stop else 0.0)
+                for c in self.config.checks
+                for step in c.restart or []
+            ),
+            default=0.0,
+        )

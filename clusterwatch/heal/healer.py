@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from clusterwatch.config.schema import CheckBase, Config, RestartPolicy
+from clusterwatch.config.schema import DEFAULT_VERIFY, CheckBase, Config, RestartPolicy
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState, StateMachine
 from clusterwatch.heal.actions import Outcome, perform
@@ -27,7 +28,10 @@ from clusterwatch.model import Observation, Status, one_line
 from clusterwatch.redact import Redactor
 from clusterwatch.store.db import Fenced
 from clusterwatch.store.db import errors as db_errors
-from clusterwatch.store.healing import INTERRUPTED, Attempt, BudgetRow, HealLedger
+from clusterwatch.store.healing import INTERRUPTED, RECOVERED, Attempt, BudgetRow, HealLedger
+
+if TYPE_CHECKING:
+    from clusterwatch.heal.evidence import Instance
 
 log = logging.getLogger("clusterwatch.healer")
 T = TypeVar("T")
@@ -35,6 +39,46 @@ VERIFY_EVERY = 1.0
 ROOT_GRACE = 1.0
 RECONCILE_EVERY = 1.0
 LOOK_AFTER_CRASH = 10.0  # at least this long to look at a target whose restart a crash cut short
+EVIDENCE_TIMEOUT = 5.0  # asking which instance serves never holds a restart up longer
+STARTED_SLACK = 1.0  # an instance started this close before the attempt may be its own (clocks, rounding)
+
+Serving = Callable[[RestartPolicy, CheckBase, Config, str, "Observation | None"], Awaitable["Instance | None"]]
+
+
+async def no_evidence(
+    policy: RestartPolicy, check: CheckBase, config: Config, entity: str, last: Observation | None
+) -> Instance | None:
+    return None
+
+
+def made(outcome: Outcome) -> Instance | None:
+    return getattr(outcome, "instance", None)
+
+
+def verify_for(policy: RestartPolicy, budget: BudgetRow | None) -> float:
+    """As configured; else learnt: the slowest recent start of this target times two, at least a minute
+    (Open WebUI needs 20-25 s on a fast machine, far more on a small one or at its first start)."""
+    if policy.verify_timeout is not None:
+        return policy.verify_timeout
+    slowest = max(budget.start_times, default=0.0) if budget is not None else 0.0
+    return max(DEFAULT_VERIFY, 2 * slowest)
+
+
+def short_name(check: str, entity: str) -> str | None:
+    """The entity's own name within its check (`w2` for `dask/w2`); None for the check's own entity."""
+    prefix = f"{check}/"
+    return entity[len(prefix) :] if entity.startswith(prefix) and len(entity) > len(prefix) else None
+
+
+def credited(before: Instance | None, after: Instance | None, made: Instance | None, started: float) -> bool | None:
+    """Is what serves now this attempt's result? None: it cannot be told (no evidence for this target)."""
+    if after is None:
+        return None
+    if made is not None:
+        return after.key == made.key
+    if before is not None and after.key == before.key:
+        return False  # the instance from before the attempt serves again (resumed, recovered by itself)
+    return not (after.started is not None and after.started < started - STARTED_SLACK)
 
 
 def used(budget: BudgetRow, window: float, now: float) -> int:
@@ -68,6 +112,8 @@ class Healer:
         self.acting: Callable[[], bool] = lambda: True
         # How an action runs: here, over SSH, or (a check on an agent's node) by that node's agent.
         self.perform: Callable[[RestartPolicy, CheckBase, Config], Awaitable[Outcome]] = perform
+        # Which instance of a target serves (evidence for crediting an attempt); none where it cannot be told.
+        self.serving: Serving = no_evidence
 
     def update_config(self, config: Config) -> None:
         self.config = config
@@ -83,11 +129,46 @@ class Healer:
         """A target as the store knows it: a secret in a command's argv never reaches the disk."""
         return self._redactor().text(target)
 
-    def _policies(self) -> list[tuple[CheckBase, RestartPolicy]]:
-        return [(c, c.restart) for c in self.config.checks if c.restart is not None]
-
     def _check(self, name: str) -> CheckBase | None:
         return next((c for c in self.config.checks if c.name == name), None)
+
+    def _healed(self) -> list[CheckBase]:
+        return [c for c in self.config.checks if c.restart]
+
+    def chain(self, check: CheckBase, entity: str) -> list[RestartPolicy] | None:
+        """The restart ladder for one entity of a check: `{entity}`/`{node}` filled; None when it cannot
+        act on this entity (a per-entity action and the check's own entity, or a node not known)."""
+        state = self.states.entities.get(entity)
+        node = (state.last.node if state is not None and state.last is not None else None) or check.node
+        short = short_name(check.name, entity)
+        steps = []
+        for step in check.restart or []:
+            if step.templated:
+                if (step.uses("{entity}") and short is None) or (step.uses("{node}") and node is None):
+                    return None
+                step = step.for_entity(short or "", node or "")
+            steps.append(step)
+        return steps or None
+
+    def _window_of(self) -> Callable[[str], float | None]:
+        """A stored target's window: a plain step's own, or a per-entity step's whose pattern it matches."""
+        exact: dict[str, float] = {}
+        patterns: list[tuple[re.Pattern[str], float]] = []
+        for check in self._healed():
+            for step in check.restart or []:
+                key = self._key(step.target)
+                if step.templated:
+                    text = re.escape(key).replace(re.escape("{entity}"), ".+").replace(re.escape("{node}"), ".+")
+                    patterns.append((re.compile(text), step.window))
+                else:
+                    exact[key] = max(step.window, exact.get(key, 0.0))
+
+        def window(target: str) -> float | None:
+            if target in exact:
+                return exact[target]
+            return next((w for pattern, w in patterns if pattern.fullmatch(target)), None)
+
+        return window
 
     # --- start: carry on where the last monitor stopped -------------------------------------------------
 
@@ -95,28 +176,30 @@ class Healer:
         """Budgets from the store; attempts a crash cut short are looked at before anything else runs."""
         await self._db(self.ledger.open)
         cut = await self._db(self.ledger.take_interrupted, self._clock())
-        windows = {self._key(policy.target): policy.window for _, policy in self._policies()}
-        self.budgets = await self._db(self.ledger.budgets, windows, self._clock())
+        self.budgets = await self._db(self.ledger.budgets, self._window_of(), self._clock())
         self.paused = await self._db(self.ledger.paused, self._clock())
         for attempt in cut:
             check = self._check(attempt.check)
-            if check is None or check.restart is None or check.restart.target in self.busy:
+            chain = self.chain(check, attempt.entity) if check is not None else None
+            if check is None or chain is None or chain[0].target in self.busy:
                 continue
+            policy = next((step for step in chain if self._key(step.target) == attempt.target), chain[0])
             log.warning(
                 "restart of %s (attempt %d) was cut short when the monitor stopped: looking at %s before acting again",
                 attempt.target,
                 attempt.attempt,
                 attempt.entity,
             )
-            self._spawn(check.restart.target, self._after_crash(check, check.restart, attempt))
+            self._spawn(chain[0].target, self._after_crash(check, policy, attempt))
 
     async def _after_crash(self, check: CheckBase, policy: RestartPolicy, attempt: Attempt) -> None:
         """The cut attempt may still be taking effect: give it the time it would have had, probing."""
-        longest = policy.timeout + policy.verify_timeout
+        budget = self.budgets.get(self._key(policy.target))
+        verify = verify_for(policy, budget)
+        longest = policy.timeout + verify
         left = attempt.started + longest - self._clock()  # a clock set back makes this huge: bounded
-        look = min(max(left, min(policy.verify_timeout, LOOK_AFTER_CRASH)), longest)
+        look = min(max(left, min(verify, LOOK_AFTER_CRASH)), longest)
         if await self._verify(check, attempt.entity, look):
-            budget = self.budgets.get(self._key(policy.target))
             if budget is not None:
                 budget.failed_streak = 0
             await self._db(
@@ -161,26 +244,23 @@ class Healer:
         if only is None:
             self.paused = await self._db(self.ledger.paused, now)
             self._told_paused &= set(self.paused)
-        by_target: dict[str, list[tuple[CheckBase, RestartPolicy]]] = {}
-        for check, policy in self._policies():
-            by_target.setdefault(self._key(policy.target), []).append((check, policy))
-        for key, users in by_target.items():
-            if only is not None and all(check.name != only for check, _ in users):
+        # One ladder, one lock: entities (of one check or several) whose restart is the same are judged together.
+        ladders: dict[str, tuple[list[RestartPolicy], list[tuple[CheckBase, EntityState]]]] = {}
+        for check in self._healed():
+            for state in self.states.entities_of(check.name):
+                chain = self.chain(check, state.name)
+                if chain is not None:
+                    ladders.setdefault(self._key(chain[0].target), (chain, []))[1].append((check, state))
+        for chain, members in ladders.values():
+            if only is not None and all(check.name != only for check, _ in members):
                 continue
-            budget = self.budgets.get(key)
-            if budget is not None:  # one target, one budget: its recovery is judged over every check using it
-                states = [s for check, _ in users for s in self.states.entities_of(check.name)]
-                await self._recovery(users[0][1], budget, states, now)
-            for check, policy in users:
-                state = next(
-                    (
-                        e
-                        for e in self.states.entities_of(check.name)
-                        if self._wants_action(e) and self._can_help(check, policy, e.name)
-                    ),
-                    None,
-                )
-                if state is not None:
+            states = [state for _, state in members]
+            for step in chain:  # each step's budget comes back when what they all restart is healthy again
+                budget = self.budgets.get(self._key(step.target))
+                if budget is not None:
+                    await self._recovery(step, budget, states, now)
+            for check, state in members:
+                if self._wants_action(state) and self._can_help(check, chain[0], state.name):
                     self.consider(check, state, state.last.message if state.last else "critical")
                     break
 
@@ -213,34 +293,36 @@ class Healer:
             return
         names = {event.check}
         if event.kind is EventKind.STATE_CHANGE and event.new is Status.OK:
-            names |= {c.name for c, _ in self._policies() if event.entity in self.states.rules(c.name).roots}
+            names |= {c.name for c in self._healed() if event.entity in self.states.rules(c.name).roots}
         for name in names:
             if self._check(name) is not None:
                 self._spawn(f"reconcile:{name}", self.reconcile(only=name))
 
     def consider(self, check: CheckBase, state: EntityState, reason: str) -> None:
-        policy = check.restart
-        if policy is None or policy.target in self.busy:
+        chain = self.chain(check, state.name)
+        if chain is None or chain[0].target in self.busy:
             return  # never two actions at once on one target
-        if not self._may_act(check, policy, state):
+        if not self._may_act(check, chain, state):
             return
-        key = self._key(policy.target)
-        budget = self.budgets.setdefault(key, BudgetRow(key))
-        if budget.exhausted is not None or key in self._dry_run_done:
+        last = self._key(chain[-1].target)
+        budget = self.budgets.get(last)
+        if (budget is not None and budget.exhausted is not None) or self._key(chain[0].target) in self._dry_run_done:
             return
-        self._spawn(policy.target, self._remediate(check, policy, state.name, reason))
+        self._spawn(chain[0].target, self._remediate(check, chain, state.name, reason))
 
-    def _may_act(self, check: CheckBase, policy: RestartPolicy, state: EntityState | None) -> bool:
+    def _may_act(self, check: CheckBase, chain: list[RestartPolicy], state: EntityState | None) -> bool:
         """Everything that must hold for an action, asked again right before each one runs."""
         if state is None or not self.config.healing.enabled or self._check(check.name) is None or not self.acting():
             return False
-        if not self._wants_action(state) or not self._can_help(check, policy, state.name):
+        if not self._wants_action(state) or not self._can_help(check, chain[0], state.name):
             return False
-        key = self._key(policy.target)
-        if key in self.paused:
+        # A pause names a step's target (as configured, or for this entity): it holds the whole ladder.
+        keys = [self._key(step.target) for step in (*chain, *(check.restart or []))]
+        key = next((k for k in keys if k in self.paused), None)
+        if key is not None:
             if key not in self._told_paused:
                 self._told_paused.add(key)
-                log.info("not restarting %s for %s: %s", policy.target, state.name, self.paused[key])
+                log.info("not restarting %s for %s: %s", chain[0].target, state.name, self.paused[key])
             return False
         return True
 
@@ -278,20 +360,33 @@ class Healer:
             log.exception("healer: %s failed unexpectedly", key)
 
     async def reset(self, name: str) -> bool:
-        """A person's reset: by target (`supervisor:dask-worker`) or by check name."""
+        """A person's reset: by target (`supervisor:dask-worker`) or by check name (every step's budget, for
+        every entity). True when there was a budget to give back."""
         check = self._check(name)
-        target = check.restart.target if check and check.restart else name
-        budget = self.budgets.get(self._key(target))
-        if budget is None:
-            return False
-        log.info("restart budget of %s reset by a person", target)
-        budget.counts_from, budget.attempts, budget.exhausted, budget.recovered_at = self._clock(), [], None, None
-        budget.failed_streak = 0
-        await self._db(self.ledger.save_budget, budget)
-        check = check or next((c for c, p in self._policies() if p.target == target), None)
         if check is not None:
-            await self.reconcile(only=check.name)
-        return True
+            keys = {self._key(step.target) for step in check.restart or []}
+            for state in self.states.entities_of(check.name):
+                keys |= {self._key(step.target) for step in self.chain(check, state.name) or []}
+        else:
+            keys = {self._key(name)}
+        found = [self.budgets[k] for k in sorted(keys) if k in self.budgets]
+        for budget in found:
+            log.info("restart budget of %s reset by a person", budget.target)
+            budget.counts_from, budget.attempts, budget.exhausted, budget.recovered_at = self._clock(), [], None, None
+            budget.failed_streak = 0
+            await self._db(self.ledger.save_budget, budget)
+            self._dry_run_done.discard(budget.target)
+        users = [check] if check is not None else [c for c in self._healed() if self._uses_target(c, keys)]
+        for user in users:
+            await self.reconcile(only=user.name)
+        return bool(found)
+
+    def _uses_target(self, check: CheckBase, keys: set[str]) -> bool:
+        return any(
+            self._key(step.target) in keys
+            for state in self.states.entities_of(check.name)
+            for step in self.chain(check, state.name) or []
+        )
 
     def record_elsewhere(
         self,
@@ -304,11 +399,13 @@ class Healer:
         attempt: int,
         detail: str,
         by: str,
+        step: int = 0,
     ) -> None:
         """A restart done without this monitor (a node's agent while it was cut off): in the ledger and
         in the budget, so what is left of the budget is what both did not use."""
-        policy = check.restart
-        assert policy is not None
+        chain = self.chain(check, entity)
+        assert chain is not None
+        policy = chain[min(max(step, 0), len(chain) - 1)]
         key = self._key(policy.target)
         budget = self.budgets.setdefault(key, BudgetRow(key))
         budget.attempts = sorted([*budget.attempts, started])
@@ -333,33 +430,57 @@ class Healer:
 
     # --- one remediation episode ----------------------------------------------------------------------------
 
-    async def _remediate(self, check: CheckBase, policy: RestartPolicy, entity: str, reason: str) -> None:
-        target = policy.target
-        key = self._key(target)
-        budget = self.budgets.setdefault(key, BudgetRow(key))
+    async def _remediate(self, check: CheckBase, chain: list[RestartPolicy], entity: str, reason: str) -> None:
         # A dependant may notice a failure a moment before its root does: give the root that moment.
-        grace = max(policy.grace, ROOT_GRACE if self.states.rules(check.name).roots else 0.0)
+        grace = max(chain[0].grace, ROOT_GRACE if self.states.rules(check.name).roots else 0.0)
         while True:
-            if not self._may_act(check, policy, self.states.entities.get(entity)):
+            if not self._may_act(check, chain, self.states.entities.get(entity)):
                 return
             now = self._clock()
-            if used(budget, policy.window, now) >= policy.max_attempts:
-                await self._exhausted(check, policy, budget, entity, now)
+            picked = await self._step(check, chain, entity, now)
+            if picked is None:
                 return
+            index, policy, budget = picked
             delay = max(grace, self._backoff(policy, budget, now))
             if delay > 0:
                 await asyncio.sleep(delay)
                 # Anything may have changed while waiting: a person's pause, a reload, a recovery, the root.
-                if not self._may_act(check, policy, self.states.entities.get(entity)):
+                if not self._may_act(check, chain, self.states.entities.get(entity)):
                     return
                 root = self.states.root_failing(check.name, entity, Status.CRITICAL)
                 if root is not None:
-                    log.info("not restarting %s for %s: its root %s is down (heal it first)", target, entity, root)
+                    log.info("not restarting %s for %s: its root %s is down", policy.target, entity, root)
                     return
             grace = 0.0
             attempt = used(budget, policy.window, self._clock()) + 1
-            if await self._attempt(check, policy, budget, entity, attempt, reason):
+            if await self._attempt(check, chain, index, budget, entity, attempt, reason):
                 return
+
+    async def _step(
+        self, check: CheckBase, chain: list[RestartPolicy], entity: str, now: float
+    ) -> tuple[int, RestartPolicy, BudgetRow] | None:
+        """The ladder's first step with attempts left; a step that used them all without help is passed
+        (said once); after the last, the healer gives up and pages."""
+        for index, policy in enumerate(chain):
+            key = self._key(policy.target)
+            budget = self.budgets.setdefault(key, BudgetRow(key))
+            if budget.exhausted is None and used(budget, policy.window, now) < policy.max_attempts:
+                return index, policy, budget
+            if index == len(chain) - 1:
+                await self._exhausted(check, chain, budget, entity, now)
+            elif budget.exhausted is None:
+                budget.exhausted = now
+                await self._db(self.ledger.save_budget, budget)
+                log.warning(
+                    "%s did not help %s after %d attempt(s): escalating to step %d of %d, %s",
+                    policy.target,
+                    entity,
+                    policy.max_attempts,
+                    index + 2,
+                    len(chain),
+                    chain[index + 1].target,
+                )
+        return None
 
     @staticmethod
     def _backoff(policy: RestartPolicy, budget: BudgetRow, now: float) -> float:
@@ -370,36 +491,58 @@ class Healer:
         return min(max(0.0, budget.last_finished + wait - now), wait)  # a clock set back never stretches it
 
     async def _exhausted(
-        self, check: CheckBase, policy: RestartPolicy, budget: BudgetRow, entity: str, now: float
+        self, check: CheckBase, chain: list[RestartPolicy], budget: BudgetRow, entity: str, now: float
     ) -> None:
         if budget.exhausted is not None:
             return  # said once: not again until the budget is back
         budget.exhausted = now
         await self._db(self.ledger.save_budget, budget)
+        policy = chain[-1]
         state = self.states.entities.get(entity)
+        ladder = f" (the last of {len(chain)} steps)" if len(chain) > 1 else ""
         self._emit(
             Event(
                 EventKind.REMEDIATION_EXHAUSTED,
                 entity,
                 check.name,
                 now,
-                f"gave up on {policy.target} after {policy.max_attempts} restart(s) within "
+                f"gave up on {policy.target}{ladder} after {policy.max_attempts} restart(s) within "
                 f"{policy.window:g}s: {entity} is still critical — needs a person "
                 f"(`clusterwatch heal reset {check.name}` once fixed)",
                 node=check.node,
                 new=Status.CRITICAL,
                 incident=state.incident if state else None,
-                details={"target": policy.target, "attempts": policy.max_attempts},
+                details={"target": policy.target, "attempts": policy.max_attempts, "steps": len(chain)},
             )
         )
 
+    async def _instance(self, policy: RestartPolicy, check: CheckBase, entity: str) -> Instance | None:
+        """Which instance serves, for crediting: never holds a restart up, never fails it."""
+        state = self.states.entities.get(entity)
+        try:
+            async with asyncio.timeout(EVIDENCE_TIMEOUT):
+                return await self.serving(policy, check, self.config, entity, state.last if state else None)
+        except Exception as exc:  # the evidence is optional; the restart is not
+            log.debug("healer: which instance of %s serves could not be told: %s", policy.target, exc)
+            return None
+
     async def _attempt(
-        self, check: CheckBase, policy: RestartPolicy, budget: BudgetRow, entity: str, attempt: int, reason: str
+        self,
+        check: CheckBase,
+        chain: list[RestartPolicy],
+        index: int,
+        budget: BudgetRow,
+        entity: str,
+        attempt: int,
+        reason: str,
     ) -> bool:
+        policy = chain[index]
         target = policy.target
         dry_run = policy.dry_run or self.config.healing.dry_run
         state = self.states.entities.get(entity)
         incident = state.incident if state else None
+        verify = verify_for(policy, budget)
+        step = f", step {index + 1} of {len(chain)}" if len(chain) > 1 else ""
         started = self._clock()
         row = {
             "started": started,
@@ -431,31 +574,51 @@ class Healer:
                 check.name,
                 started,
                 f"{'would restart' if dry_run else 'restarting'} {target} (attempt {attempt} of "
-                f"{policy.max_attempts}) because {entity}: {reason}",
+                f"{policy.max_attempts}{step}) because {entity}: {reason}",
                 node=check.node,
                 incident=incident,
-                details={"target": target, "attempt": attempt},
+                details={"target": target, "attempt": attempt, "step": index},
             )
         )
-        outcome, healthy = Outcome(False, "the healer failed while running it (logged)"), False
+        outcome, healthy, credit = Outcome(False, "the healer failed while running it (logged)"), False, None
+        after: Instance | None = None
         try:
             if dry_run:
                 outcome = Outcome(True, f"dry run: would run {policy.action} on {target}")
             else:
+                before = await self._instance(policy, check, entity)
                 outcome = await self.perform(policy, check, self.config)
-                healthy = outcome.ok and await self._verify(check, entity, policy.verify_timeout)
+                healthy = outcome.ok and await self._verify(check, entity, verify)
+                if outcome.ok and not healthy:
+                    # Its own new instance may still be coming up: the next attempt never starts on top of it.
+                    late = await self._instance(policy, check, entity)
+                    if late is not None and late.alive and credited(before, late, made(outcome), started):
+                        log.info("%s: %s still coming up after %gs: waiting as long again", target, late.what, verify)
+                        healthy = await self._verify(check, entity, verify)
+                if healthy:
+                    after = await self._instance(policy, check, entity)
+                    credit = credited(before, after, made(outcome), started)
         except asyncio.CancelledError:
             raise  # left `running`: the next monitor records it as interrupted and looks before acting
         except Exception:
             log.exception("healer: restarting %s failed unexpectedly", target)
         finished = self._clock()
-        result = "dry_run" if dry_run else "succeeded" if healthy else "failed"
+        result = "failed" if not healthy else RECOVERED if credit is False else "succeeded"
+        result = "dry_run" if dry_run else result
         if not dry_run:
             budget.failed_streak = 0 if healthy else budget.failed_streak + 1
             budget.last_finished = finished
+            if result == "succeeded" and credit:
+                budget.start_times = [*budget.start_times, finished - started][-5:]
         detail = outcome.detail if outcome.ok else f"action failed: {outcome.detail}"
         if outcome.ok and not healthy and not dry_run:
-            detail += f"; still not healthy after {policy.verify_timeout:g}s"
+            detail += f"; still not healthy after {verify:g}s"
+        if result == RECOVERED and after is not None:
+            detail += f"; healthy again, but not by this action: {after.what} serves"
+        elif healthy and credit is None:
+            detail += "; which instance serves could not be told"
+        elif healthy and after is not None:
+            detail += f"; {after.what} serves"
         detail = one_line(self._redactor().text(detail))
         for wait in (1.0, 2.0, 0.0):
             try:
@@ -466,13 +629,15 @@ class Healer:
                 await asyncio.sleep(wait)
         if dry_run:
             log.warning("dry run: would restart %s for %s", target, entity)
-            self._dry_run_done.add(self._key(target))  # a dry run acts once per episode: quiet until it recovers
+            self._dry_run_done.add(self._key(chain[0].target))  # once per episode: quiet until it recovers
             return True
-        message = (
-            f"{target} restarted by {policy.action}; {entity} healthy again after {finished - started:.1f}s"
-            if healthy
-            else f"restart of {target} (attempt {attempt}) did not help: {detail}"
-        )
+        took = finished - started
+        if result == RECOVERED:
+            message = f"{entity} healthy again after {took:.1f}s, but not by the restart of {target}: {detail}"
+        elif healthy:
+            message = f"{target} restarted by {policy.action}; {entity} healthy again after {took:.1f}s"
+        else:
+            message = f"restart of {target} (attempt {attempt}{step}) did not help: {detail}"
         self._emit(
             Event(
                 EventKind.REMEDIATION_SUCCEEDED if healthy else EventKind.REMEDIATION_FAILED,
@@ -483,7 +648,13 @@ class Healer:
                 node=check.node,
                 incident=incident,
                 new=Status.OK if healthy else Status.CRITICAL,
-                details={"target": target, "attempt": attempt, "duration_s": round(finished - started, 3)},
+                details={
+                    "target": target,
+                    "attempt": attempt,
+                    "step": index,
+                    "duration_s": round(took, 3),
+                    "credited": credit is not False,
+                },
             )
         )
         return healthy

@@ -84,13 +84,13 @@ def test_restart_action_restarts_the_matching_containers(docker: DockerEngine):
     )
     check = config.checks[0]
     assert check.restart is not None
-    outcome = asyncio.run(perform(check.restart, check, config))
+    outcome = asyncio.run(perform(check.restart[0], check, config))
     assert outcome.ok and outcome.detail == "restarted container cluster-ai-backend-1 through the Engine API"
     wait_until(lambda: docker.inspect("cluster-ai-backend-1", "{{.State.Running}}") == "true", what="running again")
     assert docker.inspect("cluster-ai-backend-1", "{{.State.StartedAt}}") != before["cluster-ai-backend-1"]
     assert docker.inspect("cluster-ai-backendish-1", "{{.State.StartedAt}}") == before["cluster-ai-backendish-1"]
 
-    missing = check.restart.model_copy(update={"docker": "prometheus"})
+    missing = check.restart[0].model_copy(update={"docker": "prometheus"})
     outcome = asyncio.run(perform(missing, check, config))
     assert not outcome.ok and outcome.detail == "no container matches 'prometheus'"
 

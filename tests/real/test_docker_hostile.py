@@ -348,6 +348,6 @@ def test_restart_action_against_a_broken_daemon_is_a_failed_outcome(socket_path:
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         with FakeDockerSocket(socket_path, {**HEALTHY, **answers}):
-            outcome = asyncio.run(perform(check.restart, check, config))
+            outcome = asyncio.run(perform(check.restart[0], check, config))
         assert outcome.ok is (name == "healthy"), (name, outcome)
         assert expected in outcome.detail and "\n" not in outcome.detail, (name, outcome.detail)

@@ -1,0 +1,246 @@
+"""Per-entity restarts, ladders of restart steps, and credit only where the evidence shows it: the healer on a
+real ledger (SQLite and PostgreSQL), with the action and the evidence of which instance serves injected."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from clusterwatch.config.schema import CheckBase, Config, RestartPolicy
+from clusterwatch.engine.events import Event, EventKind
+from clusterwatch.engine.state import Rules, StateMachine
+from clusterwatch.heal.actions import Outcome
+from clusterwatch.heal.evidence import Instance
+from clusterwatch.heal.healer import Healer, credited, verify_for
+from clusterwatch.model import Observation, Status
+from clusterwatch.store.healing import BudgetRow, HealLedger
+
+WORKERS = ("w1", "w2", "w3", "w10")
+
+
+class Cluster:
+    """A Dask-like check with one entity per worker; the test says which are up and what a restart does."""
+
+    def __init__(self, db: str, restart: Any) -> None:
+        self.db, self.now = db, 1_000_000.0
+        self.up = dict.fromkeys(WORKERS, True)
+        self.scheduler_up = True
+        self.config = Config.model_validate(
+            {"checks": [{"name": "dask", "kind": "dask", "node": "gpu-1", "restart": restart}],
+             "nodes": [{"name": "gpu-1", "host": "127.0.0.1"}]}
+        )
+        self.states = StateMachine(lambda _name: Rules(fall=1, rise=1))
+        self.events: list[Event] = []
+        self.performed: list[RestartPolicy] = []
+        self.heals: set[str] = set()  # the programs whose restart brings their worker back
+        self.instance: dict[str, Instance | None] = {}  # what `serving` says, by target
+        self.healer = Healer(
+            self.config, self.states, HealLedger(db), reprobe=self.reprobe, emit=self.events.append,
+            clock=lambda: self.now,
+        )
+        self.healer.perform = self.perform
+        self.healer.serving = self.serving
+
+    def observe(self) -> list[Observation]:
+        seen = [Observation("dask", "dask", "s", Status.OK if self.scheduler_up else Status.CRITICAL, "scheduler",
+                            check="dask", down=not self.scheduler_up)]
+        for name, up in self.up.items():
+            seen.append(Observation(f"dask/{name}", "dask", "s", Status.OK if up else Status.CRITICAL,
+                                    "worker" if up else "worker missing", check="dask", node="gpu-1", down=not up))
+        for obs in seen:
+            self.events += self.states.process(obs, self.now)
+        return seen
+
+    async def reprobe(self, _check: object) -> list[Observation]:
+        return self.observe()
+
+    async def perform(self, policy: RestartPolicy, check: CheckBase, config: Config) -> Outcome:
+        self.performed.append(policy)
+        program = policy.supervisor or " ".join(policy.command or [])
+        for name in WORKERS:
+            if program in self.heals and program.endswith(f"-{name}"):
+                self.up[name] = True
+        return Outcome(True, f"ran {program}")
+
+    async def serving(self, policy: RestartPolicy, check: CheckBase, config: Config, entity: str,
+                      last: Observation | None) -> Instance | None:
+        return self.instance.get(policy.target)
+
+    def outcomes(self) -> list[tuple[str, str, str]]:
+        ledger = HealLedger(self.db)
+        ledger.open()
+        try:
+            return [(r["entity"], r["target"], r["outcome"]) for r in ledger._rows("SELECT * FROM actions ORDER BY id")]
+        finally:
+            ledger.close()
+
+    async def settle(self) -> None:
+        self.observe()
+        await self.healer.reconcile()
+        await self.healer.drain(20)
+
+
+def fast(**more: Any) -> dict[str, Any]:
+    return {"max_attempts": 1, "backoff": "10ms", "verify_timeout": "50ms", **more}
+
+
+def test_a_per_entity_restart_acts_on_the_one_worker_that_failed_with_a_budget_of_its_own(store_location: str):
+    c = Cluster(store_location, fast(supervisor="dask-worker-{entity}", max_attempts=2))
+    c.heals = {"dask-worker-w2"}
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w2"] = False
+        await c.settle()
+        assert [p.supervisor for p in c.performed] == ["dask-worker-w2"], "only w2's program, exactly"
+        c.up["w3"] = False  # w3's own program never helps: its budget runs out, w2's is untouched
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    assert [p.supervisor for p in c.performed] == ["dask-worker-w2", "dask-worker-w3", "dask-worker-w3"]
+    assert c.outcomes() == [
+        ("dask/w2", "supervisor:dask-worker-w2", "succeeded"),
+        ("dask/w3", "supervisor:dask-worker-w3", "failed"),
+        ("dask/w3", "supervisor:dask-worker-w3", "failed"),
+    ]
+    exhausted = [e for e in c.events if e.kind is EventKind.REMEDIATION_EXHAUSTED]
+    assert [e.entity for e in exhausted] == ["dask/w3"]
+    assert c.healer.budgets["supervisor:dask-worker-w2"].exhausted is None
+
+
+def test_a_per_entity_restart_does_not_act_on_the_checks_own_entity(store_location: str):
+    """The scheduler itself down: `{entity}` names no worker, so a worker's restart cannot be what helps."""
+    c = Cluster(store_location, fast(supervisor="dask-worker-{entity}"))
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.scheduler_up = False
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    assert c.performed == []
+
+
+def test_node_placeholder_is_the_failing_entitys_node(store_location: str):
+    c = Cluster(store_location, fast(command=["reboot-node", "{node}", "{entity}"]))
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w10"] = False
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    assert [p.command for p in c.performed] == [["reboot-node", "gpu-1", "w10"]]
+
+
+def test_a_ladder_climbs_one_step_at_a_time_and_the_last_one_pages(store_location: str):
+    c = Cluster(
+        store_location,
+        [
+            fast(supervisor="dask-worker-{entity}", max_attempts=2),
+            fast(command=["recreate", "{entity}"]),
+            fast(command=["reboot-node", "{node}"]),
+        ],
+    )
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w1"] = False
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    assert [p.target for p in c.performed] == [
+        "supervisor:dask-worker-w1",
+        "supervisor:dask-worker-w1",
+        "command:recreate w1",
+        "command:reboot-node gpu-1",
+    ]
+    started = [e.message for e in c.events if e.kind is EventKind.REMEDIATION_STARTED]
+    assert "step 2 of 3" in started[2] and "step 3 of 3" in started[3]
+    exhausted = [e for e in c.events if e.kind is EventKind.REMEDIATION_EXHAUSTED]
+    assert len(exhausted) == 1 and "the last of 3 steps" in exhausted[0].message
+
+
+def test_a_ladder_stops_at_the_step_that_helped(store_location: str):
+    c = Cluster(store_location, [fast(supervisor="dask-worker-{entity}"), fast(command=["recreate", "dask-worker-w1"])])
+    c.heals = {"recreate dask-worker-w1"}
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w1"] = False
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    assert [o[2] for o in c.outcomes()] == ["failed", "succeeded"]
+    assert not [e for e in c.events if e.kind is EventKind.REMEDIATION_EXHAUSTED]
+
+
+def test_an_attempt_is_credited_only_when_the_instance_serving_is_its_own(store_location: str):
+    """Healthy again with the same instance as before the restart (a SIGSTOP'd process resumed): recorded as
+    recovered, not by this action; with a new instance: succeeded."""
+    c = Cluster(store_location, fast(supervisor="dask-worker-{entity}", max_attempts=3))
+    c.heals = {"dask-worker-w1", "dask-worker-w2"}
+    old = Instance("pid:100", "pid 100", started=c.now - 3600)
+    c.instance["supervisor:dask-worker-w1"] = old  # the restart "helps" but the old instance is what serves
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w1"] = False
+        await c.settle()
+        c.instance["supervisor:dask-worker-w2"] = None  # no evidence at all: credited, and said so
+        c.up["w2"] = False
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    assert c.outcomes() == [
+        ("dask/w1", "supervisor:dask-worker-w1", "recovered"),
+        ("dask/w2", "supervisor:dask-worker-w2", "succeeded"),
+    ]
+    done = [e for e in c.events if e.kind is EventKind.REMEDIATION_SUCCEEDED]
+    assert "not by the restart of supervisor:dask-worker-w1" in done[0].message and done[0].details["credited"] is False
+    assert done[1].details["credited"] is True
+
+
+def test_credit_rules():
+    t0 = 1000.0
+    old, new = Instance("pid:1", "pid 1", started=t0 - 50), Instance("pid:2", "pid 2", started=t0 + 3)
+    assert credited(old, new, None, t0) is True
+    assert credited(old, old, None, t0) is False, "the instance from before serves again"
+    assert credited(None, old, None, t0) is False, "an instance older than the attempt was not started by it"
+    assert credited(old, new, Instance("pid:3", "pid 3", started=t0 + 1), t0) is False, "not the one it started"
+    assert credited(old, None, None, t0) is None
+
+
+def test_verify_window_is_learnt_from_the_targets_own_start_times():
+    policy = RestartPolicy.model_validate({"command": ["x"]})
+    assert verify_for(policy, None) == 60
+    assert verify_for(policy, BudgetRow("t", start_times=[20.0, 45.0, 25.0])) == 90
+    assert verify_for(policy, BudgetRow("t", start_times=[5.0])) == 60
+    set_by_hand = RestartPolicy.model_validate({"command": ["x"], "verify_timeout": "5s"})
+    assert verify_for(set_by_hand, BudgetRow("t", start_times=[100.0])) == 5
+
+
+def test_start_times_come_back_from_the_ledger_after_a_restart_of_the_monitor(store_location: str):
+    c = Cluster(store_location, fast(supervisor="dask-worker-{entity}", verify_timeout=None))
+    c.heals = {"dask-worker-w2"}
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w2"] = False
+        await c.settle()
+        await c.healer.stop()
+        again = Healer(c.config, c.states, HealLedger(c.db), reprobe=c.reprobe, emit=c.events.append,
+                       clock=lambda: c.now)
+        await again.start()
+        budget = again.budgets["supervisor:dask-worker-w2"]
+        assert len(budget.start_times) == 1 and budget.start_times[0] >= 0
+        assert len(budget.attempts) == 1, "the per-entity target's window was found from its pattern"
+        await again.stop()
+
+    asyncio.run(scenario())
