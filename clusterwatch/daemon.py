@@ -31,6 +31,7 @@ from clusterwatch.engine.scheduler import Job, Scheduler
 from clusterwatch.engine.state import StateMachine
 from clusterwatch.ha import Change, Lease
 from clusterwatch.heal.actions import Outcome, perform
+from clusterwatch.heal.evidence import Instance, serving
 from clusterwatch.heal.healer import Healer
 from clusterwatch.model import Observation, Status
 from clusterwatch.probes.base import ProbeContext, new_http_session
@@ -79,6 +80,7 @@ class Monitor:
             redactor=redact.current,
         )
         self.healer.perform = self._perform
+        self.healer.serving = self._serving
         self.agents = AgentHub(self, AgentRegistry(self.store.location))
         self.scheduler = Scheduler(self._run_job, self.config.concurrency)
         self.health = Health(
@@ -193,6 +195,14 @@ class Monitor:
         if node is not None and policy.node in (None, node.name):
             return await self.agents.restart(node, check, policy)
         return await perform(policy, check, config)
+
+    async def _serving(
+        self, policy: RestartPolicy, check: CheckBase, config: Config, entity: str, last: Observation | None
+    ) -> Instance | None:
+        """Which instance serves: told here; on an agent's node it cannot be (the agent's own healer tells)."""
+        if self.agent_of(check) is not None and policy.node in (None, check.node):
+            return None
+        return await serving(policy, check, config, entity, last)
 
     # --- the scheduler's work ------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from clusterwatch.engine.plan import Plan
 from clusterwatch.engine.scheduler import Job, Scheduler
 from clusterwatch.engine.state import StateMachine
 from clusterwatch.heal.actions import Outcome, perform
+from clusterwatch.heal.evidence import serving
 from clusterwatch.heal.healer import Healer, used
 from clusterwatch.install import loopback_url
 from clusterwatch.model import Group, Observation, Status, one_line
@@ -466,6 +467,7 @@ class Agent:
             redactor=redact.current,
         )
         self.healer.acting = lambda: self.cut_off
+        self.healer.serving = serving
         self.pipeline.listeners = [self.healer.on_event]
         self.scheduler = Scheduler(self._run_job, config.concurrency)
         for name, item in plan.items.items():

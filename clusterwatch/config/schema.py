@@ -105,7 +105,8 @@ class DaskWorkerTarget(Strict):
 
 
 _ACTIONS = ("docker", "compose", "systemd", "supervisor", "command", "dask_worker")
-DEFAULT_VERIFY = 60.0  # the least a restart is given to come up when verify_timeout is not set
+DEFAULT_VERIFY = 60.0
+ONE_ENTITY = ("http", "tcp", "openwebui")  # kinds whose only entity is the check itself  # the least a restart is given to come up when verify_timeout is not set
 
 
 def _fill(value: Any, entity: str, node: str) -> Any:
@@ -742,6 +743,12 @@ class Config(Strict):
             if check.name in node_names:
                 raise DuplicateName("checks", index, check.name, node_names[check.name], "nodes")
             for step_index, step in enumerate(check.restart or []):
+                if step.uses("{entity}") and check.kind in ONE_ENTITY:
+                    raise FieldError(
+                        ("checks", index, "restart", step_index),
+                        f"{{entity}} names one of a check's entities (a Dask worker, a container, a model): "
+                        f"a {check.kind} check has only itself — name the target as it is",
+                    )
                 for key, node in (
                     ("node", step.node),
                     ("dask_worker", step.dask_worker and step.dask_worker.node),
