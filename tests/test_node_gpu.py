@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import inspect
 import threading
 import time
-import types
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 import psutil
+import pynvml
+import pytest
 
 from clusterwatch.config.schema import Config, NodeCheck
 from clusterwatch.engine.once import run_probe
@@ -62,33 +68,237 @@ def test_no_gpu_is_not_present_not_an_error(tmp_path: Path):
     assert obs["system"].details["gpu"].startswith("not present")
 
 
-class FakeNVMLError(Exception):
-    pass
+GiB = 2**30
 
 
-def fake_nvml(temperature: int = 65) -> types.SimpleNamespace:
-    """pynvml's calls as NVML answers them for one GPU (no GPU on the test machines)."""
+@dataclass
+class FakeGpu:
+    """One GPU as NVML describes it; `unsupported` lists the pynvml functions it answers NotSupported (a GeForce)."""
 
-    def not_supported(handle):
-        raise FakeNVMLError("Not Supported")
-
-    return types.SimpleNamespace(
-        NVML_TEMPERATURE_GPU=0,
-        nvmlInit=lambda: None,
-        nvmlShutdown=lambda: None,
-        nvmlDeviceGetCount=lambda: 1,
-        nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
-        nvmlDeviceGetName=lambda h: b"NVIDIA H100 80GB HBM3",
-        nvmlDeviceGetUUID=lambda h: "GPU-1234",
-        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=87, memory=40),
-        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=60 * 2**30, total=80 * 2**30, free=20 * 2**30),
-        nvmlDeviceGetTemperature=lambda h, sensor: temperature,
-        nvmlDeviceGetPowerUsage=not_supported,
+    name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str = "GPU-1234"
+    pci: str = "00000000:3B:00.0"
+    utilization: tuple[int, int] = (87, 40)  # gpu, memory (percent)
+    memory: tuple[int, int] = (60 * GiB, 80 * GiB)  # used, total
+    temperature: int = 65
+    power_mw: int = 350_000
+    ecc: dict[tuple[int, int], int] = field(default_factory=dict)  # (error type, counter type) -> count
+    retired: dict[int, list[int]] = field(default_factory=dict)  # cause -> page addresses
+    retired_pending: bool = False
+    remapped_rows: tuple[int, int, int, int] = (0, 0, 0, 0)  # correctable, uncorrectable, pending, failure
+    clocks_event_reasons: int = 0
+    compute: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, used GPU memory)
+    graphics: list[tuple[int, int | None]] = field(default_factory=list)
+    unsupported: set[str] = field(  # an H100 remaps rows instead of retiring pages; no power figure, for the tests
+        default_factory=lambda: {
+            "nvmlDeviceGetPowerUsage",
+            "nvmlDeviceGetRetiredPages",
+            "nvmlDeviceGetRetiredPagesPendingStatus",
+        }
     )
+    lost: bool = False  # fallen off the bus: NVML_ERROR_GPU_IS_LOST
+    permitted: bool = True  # False: listed, but not this process's (a container given other GPUs)
+    reset_required: bool = False
+
+
+class FakeEventSet:
+    def __init__(self) -> None:
+        self.registered: dict[int, int] = {}  # device address -> event types
+        self.queue: deque[pynvml.c_nvmlEventData_t] = deque()
+        self.freed = False
+
+
+class FakeNVML:
+    """pynvml as NVML answers it (no GPU on the test machines): its real constants, exception classes,
+    structures and device handles (ctypes pointers), the functions the GPU probe calls under their real
+    names, a refcounted init, and XID events that reach only the event sets registered before they happen."""
+
+    def __init__(self, *gpus: FakeGpu, driver: bool = True) -> None:
+        for attr in dir(pynvml):
+            if attr.startswith(("NVML_", "NVMLError", "nvmlEventType", "nvmlClocks")):
+                setattr(self, attr, getattr(pynvml, attr))
+        self.gpus = list(gpus)  # what nvmlDeviceGetCount lists: remove one and it has gone from the device list
+        self.driver = driver
+        self.inits = 0  # NVML's refcount
+        self.init_calls = 0
+        self.sets: list[FakeEventSet] = []
+        self._address: dict[int, int] = {}  # id(gpu) -> its handle's address
+
+    def _fail(self, code: int) -> NoReturn:
+        raise pynvml.NVMLError(code)  # NVMLError(code) is the subclass for that code, as pynvml raises it
+
+    def _live(self) -> None:
+        if self.inits <= 0:
+            self._fail(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def _handle(self, gpu: FakeGpu) -> Any:
+        address = self._address.setdefault(id(gpu), 0x1000 * (len(self._address) + 1))
+        return ctypes.cast(ctypes.c_void_p(address), pynvml.c_nvmlDevice_t)
+
+    def _gpu(self, handle: Any, function: str) -> FakeGpu:
+        self._live()
+        address = ctypes.cast(handle, ctypes.c_void_p).value
+        gpu = next((g for g in self.gpus if self._address.get(id(g)) == address), None)
+        if gpu is None or gpu.lost:
+            self._fail(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if gpu.reset_required:
+            self._fail(pynvml.NVML_ERROR_RESET_REQUIRED)
+        if function in gpu.unsupported:
+            self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu
+
+    def xid(self, gpu: FakeGpu, code: int) -> int:
+        """The driver reports XID `code` on `gpu`; how many event sets it reached."""
+        reached = 0
+        for events in self.sets:
+            if events.registered.get(self._address.get(id(gpu), -1), 0) & pynvml.nvmlEventTypeXidCriticalError:
+                data = pynvml.c_nvmlEventData_t()
+                data.device = self._handle(gpu)
+                data.eventType = pynvml.nvmlEventTypeXidCriticalError
+                data.eventData = code
+                events.queue.append(data)
+                reached += 1
+        return reached
+
+    def nvmlInit(self) -> None:
+        self.init_calls += 1
+        if not self.driver:
+            self._fail(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+        self.inits += 1
+
+    def nvmlShutdown(self) -> None:
+        self._live()
+        self.inits -= 1
+        if self.inits == 0:
+            self.sets.clear()  # the driver's event sets go with the last session
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._live()
+        return "570.86.15"
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._live()
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
+        self._live()
+        if not 0 <= index < len(self.gpus):
+            self._fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        gpu = self.gpus[index]
+        if not gpu.permitted:  # nvmlDeviceGetCount_v2 counts it all the same
+            self._fail(pynvml.NVML_ERROR_NO_PERMISSION)
+        if gpu.lost:  # as nvidia-smi shows it: "Unable to determine the device handle for GPU ...: GPU is lost"
+            self._fail(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return self._handle(gpu)
+
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        return self._gpu(handle, "nvmlDeviceGetName").name
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        return self._gpu(handle, "nvmlDeviceGetUUID").uuid
+
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
+        info = pynvml.nvmlPciInfo_t()
+        info.busId = self._gpu(handle, "nvmlDeviceGetPciInfo").pci.encode()
+        return info
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
+        gpu, memory = self._gpu(handle, "nvmlDeviceGetUtilizationRates").utilization
+        return pynvml.c_nvmlUtilization_t(gpu=gpu, memory=memory)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: Any = None) -> Any:
+        used, total = self._gpu(handle, "nvmlDeviceGetMemoryInfo").memory
+        return pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
+
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
+        assert sensor == pynvml.NVML_TEMPERATURE_GPU
+        return self._gpu(handle, "nvmlDeviceGetTemperature").temperature
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
+        return self._gpu(handle, "nvmlDeviceGetPowerUsage").power_mw
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: Any, errorType: int, counterType: int) -> int:
+        return self._gpu(handle, "nvmlDeviceGetTotalEccErrors").ecc.get((errorType, counterType), 0)
+
+    def nvmlDeviceGetRetiredPages(self, device: Any, sourceFilter: int) -> list[int]:
+        return list(self._gpu(device, "nvmlDeviceGetRetiredPages").retired.get(sourceFilter, []))
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, device: Any) -> int:
+        pending = self._gpu(device, "nvmlDeviceGetRetiredPagesPendingStatus").retired_pending
+        return pynvml.NVML_FEATURE_ENABLED if pending else pynvml.NVML_FEATURE_DISABLED
+
+    def nvmlDeviceGetRemappedRows(self, device: Any) -> tuple[int, int, int, int]:
+        return self._gpu(device, "nvmlDeviceGetRemappedRows").remapped_rows
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        return self._gpu(handle, "nvmlDeviceGetCurrentClocksEventReasons").clocks_event_reasons
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any) -> int:
+        return self._gpu(handle, "nvmlDeviceGetCurrentClocksThrottleReasons").clocks_event_reasons
+
+    def _processes(self, listed: list[tuple[int, int | None]]) -> list[Any]:
+        return [
+            pynvml.nvmlFriendlyObject(
+                {"pid": pid, "usedGpuMemory": used, "gpuInstanceId": 0xFFFFFFFF, "computeInstanceId": 0xFFFFFFFF}
+            )
+            for pid, used in listed
+        ]
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        return self._processes(self._gpu(handle, "nvmlDeviceGetComputeRunningProcesses").compute)
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[Any]:
+        return self._processes(self._gpu(handle, "nvmlDeviceGetGraphicsRunningProcesses").graphics)
+
+    def nvmlEventSetCreate(self) -> FakeEventSet:
+        self._live()
+        events = FakeEventSet()
+        self.sets.append(events)
+        return events
+
+    def nvmlDeviceRegisterEvents(self, handle: Any, eventTypes: int, eventSet: FakeEventSet) -> None:
+        self._gpu(handle, "nvmlDeviceRegisterEvents")
+        address = ctypes.cast(handle, ctypes.c_void_p).value
+        eventSet.registered[address] = eventSet.registered.get(address, 0) | eventTypes
+
+    def nvmlEventSetWait_v2(self, eventSet: FakeEventSet, timeoutms: int) -> Any:
+        self._live()
+        if eventSet.freed:
+            self._fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not eventSet.queue:
+            self._fail(pynvml.NVML_ERROR_TIMEOUT)  # as pynvml says: "raises NVML_ERROR_TIMEOUT exception on timeout"
+        return eventSet.queue.popleft()
+
+    def nvmlEventSetWait(self, eventSet: FakeEventSet, timeoutms: int) -> Any:
+        return self.nvmlEventSetWait_v2(eventSet, timeoutms)
+
+    def nvmlEventSetFree(self, eventSet: FakeEventSet) -> None:
+        self._live()
+        eventSet.freed = True
+        self.sets.remove(eventSet)
+
+
+def fake_nvml(temperature: int = 65) -> FakeNVML:
+    """One H100 that reports no power draw (NotSupported), as the GPU probe's first tests knew it."""
+    return FakeNVML(FakeGpu(temperature=temperature))
+
+
+def test_the_fake_speaks_pynvml():
+    """Every NVML call of the fake is pynvml's, with the same parameters; constants and errors are pynvml's own."""
+    fake = fake_nvml()
+    calls = [name for name in dir(fake) if name.startswith("nvml") and callable(getattr(fake, name))]
+    assert len(calls) > 20
+    for name in calls:
+        real = getattr(pynvml, name, None)
+        assert real is not None, f"pynvml has no {name}"
+        assert list(inspect.signature(getattr(fake, name)).parameters) == list(inspect.signature(real).parameters), name
+    assert fake.NVMLError_GpuIsLost is pynvml.NVMLError_GpuIsLost
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        fake.nvmlDeviceGetCount()
 
 
 def test_survey_maps_nvml_readings():
-    found = gpu.survey(fake_nvml())
+    found = gpu.survey(fake_nvml(), watch=gpu.Watch())
     assert found.present and found.error is None
     [reading] = found.gpus
     assert reading.name == "NVIDIA H100 80GB HBM3" and reading.uuid == "GPU-1234"
@@ -96,11 +306,16 @@ def test_survey_maps_nvml_readings():
     assert reading.metrics["memory_percent"] == 75.0
     assert reading.metrics["temperature_celsius"] == 65
     assert "power_watts" not in reading.metrics  # not supported on this GPU: skipped, not an error
+    assert reading.details["not_read"] == {
+        "power": "Not Supported",
+        "retired_pages": "Not Supported",
+        "retired_pages_pending": "Not Supported",
+    }
 
 
 def test_hot_gpu_is_critical(tmp_path: Path, monkeypatch):
-    hot = gpu.survey(fake_nvml(93))
-    monkeypatch.setattr(gpu, "survey", lambda: hot)
+    hot = gpu.survey(fake_nvml(93), watch=gpu.Watch())
+    monkeypatch.setattr(gpu, "survey", lambda **_: hot)
     obs = observe(tmp_path, {"checks": [{"name": "system", "kind": "node", "cpu_sample": "100ms"}]})
     card = obs["system/gpu0"]
     assert card.status is Status.CRITICAL and card.message == "NVIDIA H100 80GB HBM3: 93°C (critical)"
@@ -152,7 +367,8 @@ def test_hung_mount_is_unknown_and_starves_nothing(monkeypatch):
 
 def test_hung_nvml_is_an_unknown_gpu(tmp_path: Path, monkeypatch):
     stuck = threading.Event()
-    monkeypatch.setattr(gpu, "survey", lambda: stuck.wait(8))
+    monkeypatch.setattr(gpu, "WATCH", gpu.Watch())
+    monkeypatch.setattr(gpu, "survey", lambda **_: stuck.wait(8))
     config = {"checks": [{"name": "system", "kind": "node", "cpu_sample": "100ms", "timeout": "1s"}]}
     try:
         started = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 
@@ -39,7 +40,7 @@ async def probe(check: NodeCheck, ctx: ProbeContext) -> list[Observation]:
     host = socket.gethostname()
     # statvfs and NVML can block for good (a hung NFS mount, a wedged driver): their own threads, bounded.
     timeout = ctx.timeout_for(check)
-    survey_task = asyncio.create_task(_survey(timeout)) if check.gpus else None
+    survey_task = asyncio.create_task(_survey(check, timeout)) if check.gpus else None
     disks_task = asyncio.create_task(_disks(check, limits, host, timeout))
     try:
         return await _observe(check, limits, host, disks_task, survey_task)
@@ -96,11 +97,14 @@ def _judge(checks: list[tuple[str, float, object, str]]) -> tuple[Status, str]:
     return status, "; ".join(bad) if bad else ", ".join(text for _, text in graded)
 
 
-async def _survey(timeout: float) -> gpu.GpuSurvey:
+async def _survey(check: NodeCheck, timeout: float) -> gpu.GpuSurvey:
+    read = functools.partial(gpu.survey, xid_window=check.xid_window, expect_gpus=check.expect_gpus)
     try:
-        return await blocking.nvml.run("nvml", timeout, gpu.survey)
+        return await blocking.nvml.run("nvml", timeout, read)
     except blocking.Blocked as exc:
-        return gpu.GpuSurvey(False, "", error=f"NVML: {exc} (driver hung?)")
+        error = f"NVML: {exc} (driver hung?)"
+        # the GPUs seen so far stay, unknown: left out, each would be taken for gone (its incident closed)
+        return gpu.GpuSurvey(False, "", gpu.unread(f"not read: {error}"), error=error, expected=check.expect_gpus)
 
 
 async def _disks(check: NodeCheck, limits: Thresholds, host: str, timeout: float) -> list[Observation]:
@@ -150,42 +154,71 @@ def _local_mounts() -> list[str]:
 def _gpus(
     check: NodeCheck, limits: Thresholds, host: str, found: gpu.GpuSurvey, system: Observation
 ) -> list[Observation]:
-    if found.error:
-        return [
-            observation(check, Status.UNKNOWN, found.error, name=f"{check.name}/gpu", target=host, group=Group.SYSTEM)
-        ]
-    if not found.present:
-        system.details["gpu"] = f"not present: {found.reason}"
-        return []
     observed = []
-    for reading in found.gpus:
-        m = reading.metrics
-        checks = [
-            (
-                "gpu_utilization",
-                m.get("utilization_percent"),
-                limits.gpu_utilization,
-                f"utilisation {m.get('utilization_percent', 0):.0f}%",
-            ),
-            ("gpu_memory", m.get("memory_percent"), limits.gpu_memory, f"memory {m.get('memory_percent', 0):.0f}%"),
-            (
-                "gpu_temperature",
-                m.get("temperature_celsius"),
-                limits.gpu_temperature,
-                f"{m.get('temperature_celsius', 0):.0f}°C",
-            ),
-        ]
-        status, message = _judge([c for c in checks if c[1] is not None])
-        observed.append(
-            observation(
-                check,
-                status,
-                f"{reading.name}: {message}",
-                name=f"{check.name}/gpu{reading.index}",
-                target=host,
-                group=Group.SYSTEM,
-                metrics=m,
-                details={"uuid": reading.uuid, "model": reading.name},
-            )
+    whole = f"{check.name}/gpu"  # the GPUs as a whole: NVML failing, or fewer GPUs than `expect_gpus`
+    if found.error:
+        observed.append(observation(check, Status.UNKNOWN, found.error, name=whole, target=host, group=Group.SYSTEM))
+    elif found.expected is not None:
+        plural = "s" if found.expected > 1 else ""
+        status, message = (
+            (Status.CRITICAL, found.shortfall)
+            if found.shortfall
+            else (Status.OK, f"{found.expected} GPU{plural} as expected")
         )
+        details = {"expected": found.expected, "listed": found.listed}
+        observed.append(
+            observation(check, status, message, name=whole, target=host, group=Group.SYSTEM, details=details)
+        )
+    if not found.present and not found.gpus and not found.error:
+        system.details["gpu"] = f"not present: {found.reason}"
+    if found.not_permitted:
+        system.details["gpu_not_permitted"] = found.not_permitted  # NVML lists them; this process may not use them
+    observed.extend(_gpu(check, limits, host, reading) for reading in found.gpus)
     return observed
+
+
+def _gpu(check: NodeCheck, limits: Thresholds, host: str, reading: gpu.GpuReading) -> Observation:
+    """One GPU: its health (XIDs, lost, ECC, slowdowns) and the thresholds, then who is on it."""
+    m = reading.metrics
+    util, memory, heat = (m.get(key) for key in ("utilization_percent", "memory_percent", "temperature_celsius"))
+    graded = [
+        (level_status(value, level.warning, level.critical), text)
+        for value, level, text in (
+            (util, limits.gpu_utilization, f"utilisation {util or 0:.0f}%"),
+            (memory, limits.gpu_memory, f"memory {memory or 0:.0f}%"),
+            (heat, limits.gpu_temperature, f"{heat or 0:.0f}°C"),
+        )
+        if value is not None
+    ]
+    graded = reading.findings + graded  # findings come worst first; a threshold is about load, less urgent
+    status = Status.worst([s for s, _ in graded])
+    bad = [f"{text} ({s.value})" for s, text in graded if s is not Status.OK]
+    parts = ["; ".join(bad) if bad else ", ".join(text for _, text in graded)]
+    parts.extend(reading.notes)
+    on_it = _on_gpu(reading.processes)
+    if on_it:
+        parts.append(on_it)
+    message = "; ".join(part for part in parts if part)
+    return observation(
+        check,
+        status,
+        f"{reading.name}: {message}" if message else reading.name,
+        name=f"{check.name}/gpu{reading.index}",
+        target=host,
+        group=Group.SYSTEM,
+        metrics=m,
+        details={"uuid": reading.uuid, "model": reading.name, **reading.details},
+    )
+
+
+def _on_gpu(processes: list[gpu.GpuProcess] | None, shown: int = 3) -> str:
+    """The compute processes, largest first: "on GPU: ollama 12.3 GB, python 2.0 GB" (graphics: in details)."""
+    compute = [p for p in processes or [] if p.kind == "compute"]
+    if not compute:
+        return ""
+    named = [
+        f"{p.name or f'pid {p.pid}'}{f' {human_bytes(p.memory_bytes)}' if p.memory_bytes is not None else ''}"
+        for p in compute[:shown]
+    ]
+    more = f" and {len(compute) - shown} more" if len(compute) > shown else ""
+    return f"on GPU: {', '.join(named)}{more}"
