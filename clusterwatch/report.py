@@ -14,6 +14,9 @@ from typing import Any
 from clusterwatch.store.history import History
 
 RECURRING = 3  # incidents of one entity in the period that make it "recurring"
+# An attempt's outcome as counted: "recovered" (healthy again, but the evidence shows it was not this
+# action) is neither a restart that worked nor one that failed; anything else unfinished counts as failed.
+COUNTED = ("succeeded", "recovered", "failed", "dry_run")
 
 
 def build(store_path: str | Path, since: float, now: float | None = None) -> dict[str, Any]:
@@ -51,12 +54,13 @@ def build(store_path: str | Path, since: float, now: float | None = None) -> dic
                 "action": action["action"],
                 "attempts": 0,
                 "succeeded": 0,
+                "recovered": 0,
                 "failed": 0,
                 "dry_run": 0,
             },
         )
         row["attempts"] += 1
-        row[action["outcome"] if action["outcome"] in ("succeeded", "failed", "dry_run") else "failed"] += 1
+        row[action["outcome"] if action["outcome"] in COUNTED else "failed"] += 1
     for row in restarts.values():
         real = row["attempts"] - row["dry_run"]
         row["success_rate"] = round(100.0 * row["succeeded"] / real, 1) if real else None
@@ -108,6 +112,7 @@ def build(store_path: str | Path, since: float, now: float | None = None) -> dic
             "mttr_s": round(statistics.mean(durations), 1) if durations else None,
             "restarts": len(actions),
             "restarts_succeeded": sum(1 for a in actions if a["outcome"] == "succeeded"),
+            "restarts_recovered": sum(1 for a in actions if a["outcome"] == "recovered"),
         },
         "services": services,
         "incidents": [
@@ -148,7 +153,7 @@ def print_text(report: dict[str, Any]) -> None:
         f"[bold]clusterwatch report[/bold] {time.strftime('%Y-%m-%d %H:%M', time.localtime(period['since']))}"
         f" – {time.strftime('%Y-%m-%d %H:%M', time.localtime(period['until']))}: {s['incidents']} incident(s)"
         f" ({s['open_incidents']} open), MTTR {_secs(s['mttr_s'])}, {s['restarts']} restart(s), "
-        f"{s['restarts_succeeded']} worked"
+        f"{s['restarts_succeeded']} worked, {s['restarts_recovered']} recovered, not by the restart"
     )
     table = Table(title="Uptime", title_justify="left")
     for column in ("entity", "uptime", "probes", "incidents", "MTTR", "downtime"):
@@ -165,7 +170,7 @@ def print_text(report: dict[str, Any]) -> None:
     con.print(table)
     if report["restarts"]:
         table = Table(title="Restarts", title_justify="left")
-        for column in ("check", "action", "attempts", "worked", "success", "gave up"):
+        for column in ("check", "action", "attempts", "worked", "recovered, not by it", "failed", "success", "gave up"):
             table.add_column(column)
         for r in report["restarts"]:
             table.add_row(
@@ -173,6 +178,8 @@ def print_text(report: dict[str, Any]) -> None:
                 r["action"],
                 str(r["attempts"]),
                 str(r["succeeded"]),
+                str(r["recovered"]),
+                str(r["failed"]),
                 _pct(r["success_rate"]),
                 str(r["gave_up"]),
             )
@@ -206,7 +213,8 @@ def to_html(report: dict[str, Any]) -> str:
     )
     restarts = "".join(
         f"<tr><td>{e(r['check'])}</td><td>{e(r['action'])}</td><td>{r['attempts']}</td>"
-        f"<td>{r['succeeded']}</td><td>{_pct(r['success_rate'])}</td><td>{r['gave_up']}</td></tr>"
+        f"<td>{r['succeeded']}</td><td>{r['recovered']}</td><td>{r['failed']}</td><td>{_pct(r['success_rate'])}</td>"
+        f"<td>{r['gave_up']}</td></tr>"
         for r in report["restarts"]
     )
     recurring = "".join(
@@ -228,11 +236,12 @@ text-align:left}}</style></head><body><h1>clusterwatch report</h1>
 <p>{time.strftime("%Y-%m-%d %H:%M", time.localtime(period["since"]))} –
 {time.strftime("%Y-%m-%d %H:%M", time.localtime(period["until"]))}: {s["incidents"]} incident(s)
 ({s["open_incidents"]} open), MTTR {_secs(s["mttr_s"])}, {s["restarts"]} restart(s),
-{s["restarts_succeeded"]} worked.</p>
+{s["restarts_succeeded"]} worked, {s["restarts_recovered"]} recovered, not by the restart.</p>
 <h2>Uptime</h2><table><tr><th>entity</th><th>uptime</th><th>probes</th><th>incidents</th><th>MTTR</th>
 <th>downtime</th></tr>{rows}</table>
-<h2>Restarts</h2><table><tr><th>check</th><th>action</th><th>attempts</th><th>worked</th><th>success</th>
-<th>gave up</th></tr>{restarts or "<tr><td colspan=6>none</td></tr>"}</table>
+<h2>Restarts</h2><table><tr><th>check</th><th>action</th><th>attempts</th><th>worked</th>
+<th>recovered, not by it</th><th>failed</th><th>success</th><th>gave up</th></tr>
+{restarts or "<tr><td colspan=8>none</td></tr>"}</table>
 <h2>Recurring failures</h2><ul>{recurring or "<li>none</li>"}</ul>
 <h2>Flapping</h2><ul>{flapping or "<li>none</li>"}</ul>
 <h2>Slowest probes</h2><ul>{slowest or "<li>none</li>"}</ul>
