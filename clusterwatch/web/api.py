@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
+import shlex
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from clusterwatch import redact
 from clusterwatch.alerting.routing import Silence
 from clusterwatch.config.durations import parse_duration
 from clusterwatch.config.schema import MATCH_KEYS
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 
 STATUSES = {s.value for s in Status}
 SNAPSHOT_AT = 1000  # entities above which the unfiltered answers come from a snapshot
+_ENTITY, _NODE = re.escape("{entity}"), re.escape("{node}")  # a per-entity step's target, as a pattern
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -116,9 +120,42 @@ def status_body(m: Monitor, states: list[EntityState]) -> dict[str, Any]:
         "generated_at": time.time(),
         "summary": counts,
         "open_incidents": sum(1 for e in m.entities.values() if e.incident),
+        "needs_person": needs_person(m),
         "checks": [entity_json(m, s) for s in states],
     }
+    if m.web.history.needs_person_error:
+        body["needs_person_error"] = m.web.history.needs_person_error
     return body
+
+
+def needs_person(m: Monitor) -> list[dict[str, Any]]:
+    """Restart targets the healer gave up on (`remediation_exhausted`), newest first, until a reset or a
+    recovery gives their budget back; each with the command that resets it. From the web's last read of
+    the store (every 2 s), never read per request. A ladder's earlier step used up is no giving up (the
+    next step is tried), and a check no longer healed has nobody to give up: both are left out."""
+    found = []
+    for item in m.web.history.needs_person:
+        name = item.get("check") or item["target"]
+        if item.get("check") is not None and not _gave_up(m, item["check"], item["target"]):
+            continue
+        found.append({**item, "reset": f"clusterwatch heal reset {shlex.quote(name)}"})
+    return found
+
+
+def _gave_up(m: Monitor, check_name: str, target: str) -> bool:
+    """Whether an exhausted target is where its check's ladder ends (its last step, for any entity)."""
+    check = next((c for c in m.config.checks if c.name == check_name), None)
+    restart = getattr(check, "restart", None)
+    steps = restart if isinstance(restart, list) else [restart] if restart else []
+    if not steps:
+        return False
+    key = redact.current().text  # targets are stored redacted
+    matching = [
+        i
+        for i, step in enumerate(steps)
+        if re.fullmatch(re.escape(key(step.target)).replace(_ENTITY, ".+").replace(_NODE, ".+"), target)
+    ]
+    return not matching or len(steps) - 1 in matching  # a target no step names: the config changed, still spent
 
 
 def _dumps(data: Any) -> str:
@@ -131,6 +168,7 @@ async def checks(request: web.Request) -> web.Response:
     items = []
     for name, item in m.items.items():
         restart = getattr(item, "restart", None)
+        steps = restart if isinstance(restart, list) else [restart] if restart else []
         items.append(
             {
                 "name": name,
@@ -138,7 +176,8 @@ async def checks(request: web.Request) -> web.Response:
                 "node": getattr(item, "node", None),
                 "interval": m.interval(item),
                 "depends_on": list(item.depends_on),
-                "restart": restart.action if restart else None,
+                "restart": steps[0].action if steps else None,  # the first step: what is tried first
+                "restart_steps": [step.action for step in steps],  # a ladder: each tried when the last did not help
                 "entities": [e.name for e in m.entities_of(name)],
             }
         )

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from clusterwatch.config.durations import format_duration
 from clusterwatch.model import Group
-from clusterwatch.web.api import SNAPSHOT_AT, BadRequest, selected
+from clusterwatch.web.api import SNAPSHOT_AT, BadRequest, needs_person, selected
 from clusterwatch.web.metrics import current_leader, recent_members
 
 if TYPE_CHECKING:
@@ -54,6 +54,10 @@ td,th{padding:.3rem .5rem;border-bottom:1px solid #e2e8f0;text-align:left;vertic
 overflow-wrap:anywhere}.row .msg{grid-column:1/3}
 .row .since,.row .spark-cell,.row .up{display:none}}
 #group p{margin:.3rem 0}#group .grid2{margin-top:.5rem}.b-standby{background:var(--muted)}
+.b-recovered{background:#3182ce}#needs-person{background:#fff5f5;border:2px solid var(--critical);
+border-radius:.3rem;padding:.5rem 1rem;margin-bottom:1rem}#needs-person h2{color:var(--critical)}
+#needs-person ul{margin:.3rem 0;padding-left:1.2rem}#needs-person li{margin:.3rem 0;overflow-wrap:anywhere}
+code{background:#edf2f7;padding:0 .25rem;border-radius:.2rem}
 """
 
 JS = """
@@ -106,10 +110,29 @@ async function group() {
   catch (e) {}
 }
 setInterval(group, 3000);
+async function needsPerson() {
+  const box = document.getElementById('needs-person'); if (!box) return;
+  try {
+    const r = await fetch('/fragments/needs-person', {credentials: 'same-origin'});
+    const text = r.ok ? await r.text() : '';
+    if (text.startsWith('<section id="needs-person"')) box.outerHTML = text;  // not a login page
+  }
+  catch (e) {}
+}
+setInterval(needsPerson, 3000);
 """
 
 
-_OUTCOME = {"succeeded": "ok", "failed": "critical", "interrupted": "warning", "running": "warning"}
+_OUTCOME = {
+    "succeeded": "ok",
+    "recovered": "recovered",
+    "failed": "critical",
+    "interrupted": "warning",
+    "running": "warning",
+}
+# How an outcome reads to a person; "recovered" is not "succeeded": healthy again, but not by this action.
+OUTCOME_LABEL = {"recovered": "recovered, not by this action", "dry_run": "dry run"}
+HEALING_COUNTED = ("succeeded", "recovered", "failed")  # counted apart in the healing history
 _HA_EVENT = {"leader": ("ok", "took over"), "stood_down": ("warning", "stood down")}
 GROUP_LOG_ROWS = 5
 GROUP_MEMBER_ROWS = 20
@@ -237,7 +260,7 @@ async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
         f"</select><button>filter</button></form>"
     )
     show_all = q.get("all") == "1"
-    parts = [group_box(m), filters]
+    parts = [needs_person_box(m, now), group_box(m), filters]
     partial = bool(q)
     if not m.entities:
         parts.append("<p>Nothing checked yet: the first results arrive within one interval.</p>")
@@ -265,6 +288,59 @@ async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
 
 def _ago(seconds: float | None) -> str:
     return "" if seconds is None else format_duration(max(0.0, seconds))
+
+
+def _when(at: float, now: float) -> str:
+    """A time of day, with the date when it is not today."""
+    same_day = time.localtime(at)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def needs_person_box(m: Monitor, now: float) -> str:
+    """The banner at the top: every restart target the healer gave up on (`remediation_exhausted`), until
+    a reset or a recovery gives its budget back, with the command that resets it. From the web's last
+    read of the store; an empty, hidden section otherwise (the page refreshes it in place)."""
+    found = needs_person(m)
+    if not found:
+        return '<section id="needs-person" hidden></section>'
+    items = []
+    for item in found:
+        since = float(item["since"])
+        check, entity = item.get("check"), item.get("entity")
+        name = f"<b>{esc(check or item['target'])}</b>"
+        if entity and entity != check:
+            name += f' <span class="muted">({esc(entity)})</span>'
+        text = (
+            f"{name}: the healer gave up on <code>{esc(item['target'])}</code> at "
+            f'<span title="{esc(_stamp(since))}">{_when(since, now)}</span> ({_ago(now - since)} ago) after '
+            f"{int(item['attempts'])} attempt(s)."
+        )
+        last = item.get("last_attempt")
+        if last:
+            outcome = OUTCOME_LABEL.get(last["outcome"], last["outcome"])
+            text += f" Last attempt (#{int(last['attempt'])}, {esc(outcome)}): {esc(last.get('detail') or '')}"
+        text += f" Once it is fixed: <code>{esc(item['reset'])}</code>"
+        if item.get("healthy_since") is not None:
+            healthy = float(item["healthy_since"])
+            text += (
+                f' <span class="muted">healthy again since {_when(healthy, now)}: the budget comes back by itself '
+                "once it stays healthy</span>"
+            )
+        items.append(f"<li>{text}</li>")
+    error = m.web.history.needs_person_error
+    stale = f'<p class="muted">as last read; the store could not be read since: {esc(error)}</p>' if error else ""
+    return (
+        f'<section id="needs-person" role="alert"><h2>A person is needed ({len(found)})</h2>'
+        f"<ul>{''.join(items)}</ul>{stale}</section>"
+    )
+
+
+async def needs_person_fragment(request: web.Request) -> web.Response:
+    """The banner, refreshed in place by the page."""
+    m: Monitor = request.app["monitor"]
+    return web.Response(
+        text=needs_person_box(m, time.time()), content_type="text/html", headers={"Cache-Control": "no-store"}
+    )
 
 
 def group_box(m: Monitor) -> str:
@@ -399,6 +475,20 @@ def incidents_box(m: Monitor, now: float) -> str:
     )
 
 
+def healing_counts(m: Monitor, check: str | None = None) -> str:
+    """All attempts by outcome, "recovered, not by this action" apart from "succeeded" and "failed"
+    (from the counters /metrics has, refreshed every 10 s)."""
+    totals: dict[str, int] = {}
+    for r in m.web.counts.get("restarts", []):
+        if check is None or r["check_name"] == check:
+            totals[r["outcome"]] = totals.get(r["outcome"], 0) + int(r["n"])
+    if not totals:
+        return ""
+    shown = [*HEALING_COUNTED, *sorted(set(totals) - set(HEALING_COUNTED))]
+    parts = [f'<span class="count-{esc(o)}">{totals.get(o, 0)} {esc(OUTCOME_LABEL.get(o, o))}</span>' for o in shown]
+    return f'<p class="muted healing-counts">all attempts: {" · ".join(parts)}</p>'
+
+
 async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> str:
     rows = await m.web.history.recent_actions(check, limit)
     body = (
@@ -406,14 +496,15 @@ async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> 
             f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.localtime(r['started']))}</td>"
             f"<td>{esc(r['check_name'])}</td><td>{esc(r['action'])} #{r['attempt']}</td>"
             f'<td><span class="badge b-{_OUTCOME.get(r["outcome"], "unknown")}">'
-            f"{esc(r['outcome'])}</span></td><td>{esc(r['detail'] or '')}</td><td>{r['duration'] or 0:.1f}s</td></tr>"
+            f"{esc(OUTCOME_LABEL.get(r['outcome'], r['outcome']))}</span></td><td>{esc(r['detail'] or '')}</td>"
+            f"<td>{r['duration'] or 0:.1f}s</td></tr>"
             for r in rows
         )
         or '<tr><td colspan="6" class="muted">none</td></tr>'
     )
     return (
-        f'<section class="wide"><h2>The healer\'s actions</h2><table><tr><th>when</th><th>check</th><th>action</th>'
-        f"<th>outcome</th><th>detail</th><th>took</th></tr>{body}</table></section>"
+        f'<section class="wide"><h2>The healer\'s actions</h2>{healing_counts(m, check)}<table><tr><th>when</th>'
+        f"<th>check</th><th>action</th><th>outcome</th><th>detail</th><th>took</th></tr>{body}</table></section>"
     )
 
 
@@ -484,4 +575,5 @@ def routes(app: web.Application) -> None:
     app.router.add_get("/", overview)
     app.router.add_get("/fragments/side", side_fragment)
     app.router.add_get("/fragments/group", group_fragment)
+    app.router.add_get("/fragments/needs-person", needs_person_fragment)
     app.router.add_get("/checks/{name:.+}", check_page)

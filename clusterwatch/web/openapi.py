@@ -87,7 +87,47 @@ def spec() -> dict[str, Any]:
                         "generated_at": {"type": "number"},
                         "open_incidents": {"type": "integer"},
                         "summary": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        "needs_person": {
+                            "type": "array",
+                            "description": "restart targets the healer gave up on, newest first: shown until "
+                            "`clusterwatch heal reset` or a recovery gives the budget back",
+                            "items": {"$ref": "#/components/schemas/NeedsPerson"},
+                        },
+                        "needs_person_error": {
+                            "type": "string",
+                            "description": "only when the store could not be read: `needs_person` is the last read",
+                        },
                         "checks": {"type": "array", "items": {"$ref": "#/components/schemas/Entity"}},
+                    },
+                },
+                "NeedsPerson": {
+                    "type": "object",
+                    "description": "a target the healer gave up on (`remediation_exhausted`): a person is needed",
+                    "required": ["target", "check", "entity", "since", "attempts", "healthy_since", "reset"],
+                    "properties": {
+                        "target": {"type": "string", "example": "supervisor:dask-worker-w2"},
+                        "check": {"type": ["string", "null"]},
+                        "entity": {"type": ["string", "null"]},
+                        "since": {"type": "number", "description": "when the healer gave up"},
+                        "attempts": {"type": "integer", "description": "since it last recovered or was reset"},
+                        "healthy_since": {
+                            "type": ["number", "null"],
+                            "description": "healthy again meanwhile: the budget comes back after `stable_for`",
+                        },
+                        "last_attempt": {
+                            "type": ["object", "null"],
+                            "properties": {
+                                "started": {"type": "number"},
+                                "finished": {"type": ["number", "null"]},
+                                "check_name": {"type": "string"},
+                                "entity": {"type": "string"},
+                                "action": {"type": "string"},
+                                "attempt": {"type": "integer"},
+                                "outcome": {"type": "string"},
+                                "detail": {"type": ["string", "null"]},
+                            },
+                        },
+                        "reset": {"type": "string", "example": "clusterwatch heal reset dask"},
                     },
                 },
                 "Observation": {
@@ -126,7 +166,11 @@ def spec() -> dict[str, Any]:
                         "id": {"type": "integer"},
                         "target": {"type": "string"},
                         "action": {"type": "string"},
-                        "outcome": {"type": "string"},
+                        "outcome": {
+                            "type": "string",
+                            "description": "running, succeeded (this action fixed it), recovered (healthy again, "
+                            "not by this action), failed, interrupted, dry_run",
+                        },
                     },
                 },
                 "Silence": {
@@ -219,7 +263,7 @@ def spec() -> dict[str, Any]:
             "/api/v1/status": {
                 "get": {
                     **read,
-                    "summary": "every entity, worst first by the client; filterable",
+                    "summary": "every entity, worst first by the client; filterable; and what needs a person",
                     "parameters": [
                         {"name": "status", "in": "query", "schema": {"enum": ["ok", "warning", "critical", "unknown"]}},
                         {"name": "kind", "in": "query", "schema": {"type": "string"}},

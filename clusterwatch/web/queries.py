@@ -13,12 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from clusterwatch import redact
 from clusterwatch.store.db import errors
-from clusterwatch.store.history import History as StoreHistory
+from clusterwatch.store.healing import HealingHistory
 
 log = logging.getLogger("clusterwatch.web")
 WINDOWS = {"24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 UPTIME_EVERY = 60.0
+NEEDS_PERSON_EVERY = 2.0  # a banner shows (and goes) within this long of the store saying so
 MAX_LIMIT = 1000
 READS = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-web-read")
 T = TypeVar("T")
@@ -26,9 +28,12 @@ T = TypeVar("T")
 
 class History:
     def __init__(self, location: str) -> None:
-        self.reads = StoreHistory(location)
+        self.reads = HealingHistory(location)
         self.uptime: dict[str, dict[str, float | None]] = {}
+        self.needs_person: list[dict[str, Any]] = []  # the healer gave up on these: a person is needed
+        self.needs_person_error: str | None = None  # why the last read of it failed
         self._task: asyncio.Task[None] | None = None
+        self._needs_task: asyncio.Task[None] | None = None
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Off the event loop, in the web's own threads (the default executor's are DNS lookups')."""
@@ -55,6 +60,17 @@ class History:
     async def recent_actions(self, check: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
         return await self._read(self.reads.recent_actions, check, limit)
 
+    async def refresh_needs_person(self) -> None:
+        """The targets the healer gave up on (the store's `needs_person`), read by one loop: pages and
+        the API only look at this copy, so no number of open dashboards reads the store more often."""
+        try:
+            self.needs_person = await self._read(self.reads.needs_person)
+        except errors() as exc:  # the store away: the last read stands, and the answer says why
+            self.needs_person_error = redact.text(f"{type(exc).__name__}: {exc}")[:300]
+            log.debug("reading the targets the healer gave up on failed: %s", self.needs_person_error)
+            return
+        self.needs_person_error = None
+
     def counts(self) -> dict[str, list[dict[str, Any]]]:
         """Blocking: /metrics' counters, refreshed by the server in a thread."""
         return self.reads.counts()
@@ -71,10 +87,20 @@ class History:
                 await self.refresh_uptime()
                 await asyncio.sleep(UPTIME_EVERY)
 
+        async def needs_person() -> None:
+            while True:
+                try:
+                    await self.refresh_needs_person()
+                except Exception:  # the web's own bug: logged, and the banner's loop goes on
+                    log.exception("reading the targets the healer gave up on failed unexpectedly")
+                await asyncio.sleep(NEEDS_PERSON_EVERY)
+
         self._task = asyncio.create_task(loop())
+        self._needs_task = asyncio.create_task(needs_person())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._needs_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
