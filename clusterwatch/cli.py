@@ -127,8 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     heal = command("heal", help="the healer's restart budgets")
     heal_sub = heal.add_subparsers(dest="heal_command", required=True, metavar="ACTION")
-    reset = action(heal_sub, "reset", help="give an exhausted restart budget back")
-    reset.add_argument("name", help="check name or restart target")
+    reset = action(
+        heal_sub,
+        "reset",
+        help="give a restart budget back (exit 3: nothing to reset)",
+        description="Give the restart budget back: of every step and entity of a check, or of one target. "
+        "Asks the running monitor, and says what it did; exit 3 when nothing was spent.",
+    )
+    reset.add_argument("name", help="check name (every step and entity) or restart target (that one)")
+    reset.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the running monitor to do it (default 10)",
+    )
     pause = action(heal_sub, "pause", help="leave a target alone: it was stopped on purpose")
     pause.add_argument("name", help="check name or restart target")
     pause.add_argument("--for", dest="duration", default="1h", metavar="DURATION", help="e.g. 30m, 2h (default 1h)")
@@ -436,41 +449,119 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(monitor.run())
 
 
+def _heal_targets(loaded: LoadedConfig, name: str, ledger: Any) -> dict[str, float] | None:
+    """The stored targets `name` stands for, each with its budget's window: by check name every step of
+    its restart (a ladder) and every entity's own target it acted on; by target that one. None: unknown."""
+    key = loaded.redactor.text  # targets are stored redacted: a secret in a command's argv never reaches the disk
+    checks = [c for c in loaded.config.checks if c.restart]
+    check = next((c for c in checks if c.name == name), None)
+    if check is not None:
+        steps = list(check.restart or [])
+        targets = {key(step.target): step.window for step in steps}
+        for stored in ledger.targets_of(check.name):  # a per-entity restart: one budget per entity
+            targets.setdefault(stored, max(step.window for step in steps))
+        return targets
+    for step in (step for c in checks for step in c.restart or []):
+        if key(step.target) == key(name):
+            return {key(name): step.window}
+    owners = [c for c in checks if c.name in ledger.checks_of(key(name))]
+    if owners:  # one entity's own target (`supervisor:dask-worker-w2`), as the ledger knows it
+        return {key(name): max(step.window for c in owners for step in c.restart or [])}
+    return None
+
+
+def _at(ts: float, now: float) -> str:
+    same_day = time.localtime(ts)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt{'' if n == 1 else 's'}"
+
+
+def _budget_said(state: dict[str, Any], now: float, *, past: bool) -> str:
+    """What a budget held before a reset: given up on, or attempts that still count against it."""
+    if state["exhausted"] is not None:
+        was = "was exhausted" if past else "exhausted"
+        return f"{was} since {_at(state['exhausted'], now)} after {_attempts(state['episode'])}"
+    return f"{'had' if past else 'with'} {_attempts(state['counting'])} counting"
+
+
+def _reset(args: argparse.Namespace, loaded: LoadedConfig, ledger: Any, targets: dict[str, float]) -> int:
+    """Read what there is to reset first; ask the monitor through the store's command queue (the healer
+    owns the budgets, and a running one holds them in memory); then say what was done, or asked."""
+    from clusterwatch.store.writer import Store
+
+    now = time.time()
+    before = {target: ledger.budget_state(target, window, now) for target, window in targets.items()}
+    todo = {t: state for t, state in before.items() if state["exhausted"] is not None or state["counting"]}
+    if not todo:
+        print(
+            f"clusterwatch: nothing to reset: the restart budget of {', '.join(targets)} is untouched "
+            "(not exhausted, no attempts counting)",
+            file=sys.stderr,
+        )
+        return EXIT_UNKNOWN
+    store = Store(loaded.config.store).open()
+    try:
+        store.command("heal_reset", args.name)
+        store.flush()
+    finally:
+        store.close()
+
+    def reset_now() -> set[str]:  # counts_from moves on a reset (or when the budget came back by itself)
+        return {t for t, s in todo.items() if ledger.budget_state(t, targets[t])["counts_from"] != s["counts_from"]}
+
+    deadline = time.monotonic() + args.wait
+    while len(done := reset_now()) < len(todo) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    taken = ledger.command_taken("heal_reset", args.name)
+    for target, state in todo.items():
+        if target in done:
+            print(f"reset the restart budget of {target} ({_budget_said(state, now, past=True)})")
+        elif taken:
+            print(
+                f"clusterwatch: the monitor took the reset, but the restart budget of {target} is unchanged "
+                f"({_budget_said(state, now, past=False)}): see its log",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"asked the monitor to reset the restart budget of {target} ({_budget_said(state, now, past=False)}); "
+                f"no monitor took it within {args.wait:g}s: a running one does within seconds, else `clusterwatch run` "
+                "does when it starts"
+            )
+    return 1 if taken and len(done) < len(todo) else 0
+
+
 def cmd_heal(args: argparse.Namespace) -> int:
     from clusterwatch.config.durations import format_duration, positive_duration
     from clusterwatch.store.healing import HealLedger
-    from clusterwatch.store.writer import Store
 
     loaded = _load(args)
     if loaded is None:
         return EXIT_CONFIG
-    if args.heal_command == "reset":
-        store = Store(loaded.config.store).open()
-        try:
-            store.command("heal_reset", args.name)
-            store.flush()
-        finally:
-            store.close()
-        print(f"asked the running monitor to reset the restart budget of {args.name}")
-        return 0
-    check = next((c for c in loaded.config.checks if c.name == args.name and c.restart), None)
-    target = check.restart.target if check and check.restart else args.name
-    if check is None and not any(c.restart and c.restart.target == target for c in loaded.config.checks):
-        print(f"clusterwatch: no check with a restart action is named {args.name!r}", file=sys.stderr)
-        return EXIT_CONFIG
     ledger = HealLedger(store_location(loaded.config.store))
     ledger.open()
     try:
+        targets = _heal_targets(loaded, args.name, ledger)
+        if targets is None:
+            print(f"clusterwatch: no check with a restart action is named {args.name!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        if args.heal_command == "reset":
+            return _reset(args, loaded, ledger, targets)
         if args.heal_command == "pause":
             try:
                 seconds = positive_duration(args.duration)
             except ValueError as exc:
                 print(f"clusterwatch: --for {args.duration!r}: {exc}", file=sys.stderr)
                 return EXIT_CONFIG
-            ledger.pause(loaded.redactor.text(target), time.time() + seconds, args.reason)
+            for target in targets:
+                ledger.pause(target, time.time() + seconds, args.reason)
             print(f"the healer leaves {args.name} alone for {format_duration(seconds)} (`heal resume` to undo)")
         else:
-            ledger.pause(loaded.redactor.text(target), None)
+            for target in targets:
+                ledger.pause(target, None)
             print(f"the healer may restart {args.name} again")
     finally:
         ledger.close()
