@@ -132,7 +132,7 @@ class Watch:
 
     Bound to one NVML module: another one (a test's fake) starts a new run."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:  # internal times only: never wall time
         self.clock = clock
         self.lock = threading.Lock()
         self._start(None)
