@@ -13,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 if TYPE_CHECKING:
     from clusterwatch.web.view import MonitorView as Monitor
 
-# (observation kind, metric key) -> (metric name, help, extra labels from the entity)
+# (observation kind, metric key) -> (metric name, help); labels: the entity's name and node, and those
+# _DETAIL_LABELS names, taken from the observation's details
 _FACTS: dict[tuple[str, str], tuple[str, str]] = {
     ("node", "cpu_percent"): ("clusterwatch_node_cpu_percent", "CPU busy, percent"),
     ("node", "memory_percent"): ("clusterwatch_node_memory_percent", "memory used, percent"),
@@ -39,6 +40,31 @@ _FACTS: dict[tuple[str, str], tuple[str, str]] = {
     ("ollama", "models_loaded"): ("clusterwatch_ollama_models_loaded", "models loaded in memory"),
     ("ollama", "models_available"): ("clusterwatch_ollama_models_available", "models pulled"),
     ("ollama", "vram_bytes"): ("clusterwatch_ollama_vram_bytes", "VRAM used by loaded models"),
+    # Ollama has no /metrics of its own (ollama/ollama #3144): these are its generation probe's and /api/ps's
+    ("ollama", "gpu_percent"): (
+        "clusterwatch_ollama_model_gpu_percent",
+        "share of a loaded model in VRAM, percent (the rest runs on CPU)",
+    ),
+    ("ollama", "tokens_per_second"): (
+        "clusterwatch_ollama_tokens_per_second",
+        "generation speed of the probe's last generation (eval_count / eval_duration)",
+    ),
+    ("ollama", "tokens_per_second_baseline"): (
+        "clusterwatch_ollama_tokens_per_second_baseline",
+        "median tokens/s of the model's recent good generations (this monitor's memory)",
+    ),
+    ("ollama", "time_to_first_token_seconds"): (
+        "clusterwatch_ollama_time_to_first_token_seconds",
+        "load_duration + prompt_eval_duration of the probe's last generation",
+    ),
+    ("ollama", "load_duration_seconds"): (
+        "clusterwatch_ollama_load_seconds",
+        "time Ollama took to get the model ready for the probe's last generation",
+    ),
+    ("ollama", "generate_seconds"): (
+        "clusterwatch_ollama_generate_seconds",
+        "wall-clock time of the probe's last generation request",
+    ),
     ("dask", "memory_percent"): ("clusterwatch_dask_worker_memory_percent", "worker memory, percent of its limit"),
     ("dask", "heartbeat_age_seconds"): (
         "clusterwatch_dask_worker_heartbeat_age_seconds",
@@ -46,6 +72,18 @@ _FACTS: dict[tuple[str, str], tuple[str, str]] = {
     ),
     ("dask", "tasks_erred"): ("clusterwatch_dask_tasks_erred", "erred tasks on the scheduler"),
     ("docker", "restart_count"): ("clusterwatch_container_restarts", "container restart count"),
+}
+# metric name -> labels read from the observation's details: one series per model, whatever entity measured it
+_DETAIL_LABELS: dict[str, tuple[str, ...]] = {
+    name: ("model",)
+    for name in (
+        "clusterwatch_ollama_model_gpu_percent",
+        "clusterwatch_ollama_tokens_per_second",
+        "clusterwatch_ollama_tokens_per_second_baseline",
+        "clusterwatch_ollama_time_to_first_token_seconds",
+        "clusterwatch_ollama_load_seconds",
+        "clusterwatch_ollama_generate_seconds",
+    )
 }
 _STATUS_CODE = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 
@@ -89,10 +127,13 @@ class Collector:
                 fact = _FACTS.get((category, base))
                 if fact is None or not isinstance(value, int | float):
                     continue
+                extra = _DETAIL_LABELS.get(fact[0], ())
                 family = facts.get(fact[0])
                 if family is None:
-                    family = facts[fact[0]] = GaugeMetricFamily(fact[0], fact[1], labels=["name", "node"])
-                family.add_metric([state.name, state.node or ""], float(value))
+                    family = facts[fact[0]] = GaugeMetricFamily(fact[0], fact[1], labels=["name", "node", *extra])
+                details = last.details or {}
+                values = [_label_value(details.get(key)) for key in extra]
+                family.add_metric([state.name, state.node or "", *values], float(value))
         yield status
         yield latency
         yield flapping
@@ -198,6 +239,11 @@ class Collector:
             )
             epoch.add_metric([], float(lease.get("epoch") or 0))
             yield epoch
+
+
+def _label_value(value: object) -> str:
+    """A label from what a service reported: text, bounded; nothing reported is the empty label."""
+    return "" if value is None else str(value)[:200]
 
 
 def current_leader(group: dict[str, Any]) -> str | None:
