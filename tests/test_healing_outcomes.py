@@ -168,7 +168,7 @@ def test_the_banner_names_what_needs_a_person_escaped():
     html = dashboard.needs_person_box(m, time.time())
     assert html.startswith('<section id="needs-person" role="alert"><h2>A person is needed (2)</h2>')
     assert "<script>" not in html and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; exit 1" in html
-    assert "the healer gave up on <code>command:/bin/false</code>" in html and "after 3 attempt(s)" in html
+    assert "the healer gave up on <code>command:/bin/false</code>" in html and "after 3 attempts." in html
     assert "Last attempt (#3, failed)" in html and "<code>clusterwatch heal reset dask</code>" in html
     assert "escalated" not in html and "no longer healed" not in html and "no such check" not in html
     assert dashboard.needs_person_box(monitor([]), time.time()) == '<section id="needs-person" hidden></section>'

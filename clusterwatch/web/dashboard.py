@@ -310,21 +310,22 @@ def needs_person_box(m: Monitor, now: float) -> str:
         name = f"<b>{esc(check or item['target'])}</b>"
         if entity and entity != check:
             name += f' <span class="muted">({esc(entity)})</span>'
+        n = int(item["attempts"])
         text = (
             f"{name}: the healer gave up on <code>{esc(item['target'])}</code> at "
             f'<span title="{esc(_stamp(since))}">{_when(since, now)}</span> ({_ago(now - since)} ago) after '
-            f"{int(item['attempts'])} attempt(s)."
+            f"{n} attempt{'' if n == 1 else 's'}."
         )
         last = item.get("last_attempt")
         if last:
             outcome = OUTCOME_LABEL.get(last["outcome"], last["outcome"])
-            text += f" Last attempt (#{int(last['attempt'])}, {esc(outcome)}): {esc(last.get('detail') or '')}"
-        text += f" Once it is fixed: <code>{esc(item['reset'])}</code>"
+            text += f"<br>Last attempt (#{int(last['attempt'])}, {esc(outcome)}): {esc(last.get('detail') or '')}"
+        text += f"<br>Once it is fixed: <code>{esc(item['reset'])}</code>"
         if item.get("healthy_since") is not None:
             healthy = float(item["healthy_since"])
             text += (
-                f' <span class="muted">healthy again since {_when(healthy, now)}: the budget comes back by itself '
-                "once it stays healthy</span>"
+                f' <span class="muted">(healthy again since {_when(healthy, now)}: the budget comes back by itself '
+                "once it stays healthy)</span>"
             )
         items.append(f"<li>{text}</li>")
     error = m.web.history.needs_person_error
