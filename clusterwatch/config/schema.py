@@ -105,8 +105,8 @@ class DaskWorkerTarget(Strict):
 
 
 _ACTIONS = ("docker", "compose", "systemd", "supervisor", "command", "dask_worker")
-DEFAULT_VERIFY = 60.0
-ONE_ENTITY = ("http", "tcp", "openwebui")  # kinds whose only entity is the check itself  # the least a restart is given to come up when verify_timeout is not set
+DEFAULT_VERIFY = 60.0  # the least a restart is given to come up when verify_timeout is not set
+ONE_ENTITY = ("http", "tcp", "openwebui")  # kinds whose only entity is the check itself
 
 
 def _fill(value: Any, entity: str, node: str) -> Any:
