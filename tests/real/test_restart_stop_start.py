@@ -1,5 +1,5 @@
 """A restart is stop, then start, and the evidence says which instance serves after it: real HTTP
-servers (SIGSTOP'd, as a hung service is), a real supervisord, real Dask workers.
+servers (SIGSTOP'd, as a hung service is), a real supervisord, real Dask workers, a real Docker Engine.
 
 What was seen before: a start-only command "restarted" a frozen service; the new process died on
 "address already in use" and the old one, resumed later, was taken for the restart's result.
@@ -27,6 +27,7 @@ from tests.conftest import observe
 from tests.helpers import Proc, free_port, port_open, wait_until
 from tests.real.daemon import helper
 from tests.real.dask_cluster import BIN, DaskCluster
+from tests.real.docker_engine import DockerEngine
 
 
 def tcp(port: int) -> tuple[Config, CheckBase]:
@@ -269,3 +270,34 @@ def test_a_real_dask_worker_restarted_by_name_joins_with_a_new_address(tmp_path:
             assert not w1.alive() or gone(w1.pid)
         finally:
             cluster.stop()
+
+
+def test_a_docker_restart_changes_the_container_serving_and_says_which(docker: DockerEngine):
+    """The Engine's own word: the container's Id and StartedAt; compose's service found by its labels."""
+    labels = ("--label", "com.docker.compose.project=stack", "--label", "com.docker.compose.service=web")
+    # As PID 1, a plain `sleep` ignores SIGTERM: the restart would wait its 10 s for the SIGKILL.
+    container = docker.run(
+        "stack-web-1", *labels, command=("sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done")
+    )
+    config = Config.model_validate({"checks": [{"name": "web", "kind": "docker", "socket": docker.socket}]})
+    check = config.checks[0]
+    restart = RestartPolicy(docker="stack-web-1", timeout=60)
+    compose = RestartPolicy(compose={"project": "stack", "service": "web"}, docker_socket=docker.socket)
+    before = asyncio.run(serving(restart, check, config, "web", None))
+    assert before is not None and before.key.startswith(f"container:{container}@") and before.alive
+    assert before.started is not None and "container stack-web-1 started" in before.what
+    assert asyncio.run(serving(compose, check, config, "web", None)) == before
+
+    docker.docker("pause", container)
+    paused = asyncio.run(serving(restart, check, config, "web", None))
+    assert paused is not None and paused.key == before.key and not paused.alive
+    docker.docker("unpause", container)
+
+    outcome = act(restart, check, config)
+    assert outcome.ok, outcome.detail
+    assert outcome.instance is not None and outcome.instance.key != before.key
+    after = asyncio.run(serving(restart, check, config, "web", None))
+    assert after is not None and after.key == outcome.instance.key
+    assert asyncio.run(serving(compose, check, config, "web", None)) == after
+    docker.docker("stop", "-t", "0", container)  # a stopped container serves nothing
+    assert asyncio.run(serving(restart, check, config, "web", None)) is None
