@@ -28,6 +28,7 @@ from tests.helpers import Proc, free_port, port_open, wait_until
 from tests.real.daemon import helper
 from tests.real.dask_cluster import BIN, DaskCluster
 from tests.real.docker_engine import DockerEngine
+from tests.real.sshd import SSHServer
 
 
 def tcp(port: int) -> tuple[Config, CheckBase]:
@@ -301,3 +302,33 @@ def test_a_docker_restart_changes_the_container_serving_and_says_which(docker: D
     assert asyncio.run(serving(compose, check, config, "web", None)) == after
     docker.docker("stop", "-t", "0", container)  # a stopped container serves nothing
     assert asyncio.run(serving(restart, check, config, "web", None)) is None
+
+
+def test_dask_worker_restart_over_ssh_matches_the_name_exactly(tmp_path: Path):
+    """The same over SSH (pkill/pgrep -f with the exact-name pattern, SIGKILL after stop_timeout)."""
+    one, ten = f"{(w := unique())}1", f"{w}10"
+    sshd = SSHServer(tmp_path / "sshd")
+    w1 = Proc(stand_in(one, deaf=True), tmp_path / "w1.log")
+    w10 = Proc(stand_in(ten), tmp_path / "w10.log")
+    with killed_at_end() as pids:
+        pids.update({w1.pid, w10.pid})
+        try:
+            wait_until(lambda: "ready" in w1.tail() and "ready" in w10.tail(), what="the stand-ins")
+            w1.signal(signal.SIGSTOP)
+            config = Config.model_validate(
+                {"nodes": [sshd.node("box")], "checks": [{"name": "svc", "kind": "tcp", "port": free_port()}]}
+            )
+            policy = RestartPolicy(
+                dask_worker={"name": one, "node": "box", "command": stand_in(one)}, stop_timeout=1, timeout=30
+            )
+            outcome = act(policy, config.checks[0], config)
+            assert outcome.ok, outcome.detail
+            new = wait_until(lambda: [p.pid for p in worker_processes(one)], what="the new stand-in over SSH")
+            pids.update(new)
+            assert len(new) == 1 and new[0] != w1.pid
+            assert gone(w1.pid) or not w1.alive()
+            assert w10.alive() and [p.pid for p in worker_processes(ten)] == [w10.pid]
+        finally:
+            w1.stop()
+            w10.stop()
+            sshd.stop()
