@@ -46,11 +46,12 @@ async def probe(check: DockerCheck, ctx: ProbeContext) -> list[Observation]:
             for wanted in check.containers:
                 found = match_containers(wanted, containers)
                 if not found:
+                    start = check.fix_hint(wanted) or f"`docker compose up -d {wanted}`"
                     observed.append(
                         observation(
                             check,
                             Status.CRITICAL,
-                            f"no container matches {wanted!r} — start it (`docker compose up -d {wanted}`)",
+                            f"no container matches {wanted!r} — start it ({start})",
                             name=f"{check.name}/{wanted}",
                             target=wanted,
                         )
@@ -93,6 +94,7 @@ def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool
     state = _object(c.get("State"))
     health_state = _object(state.get("Health"))
     cname = _text(c.get("Name"), "", 200).lstrip("/") or wanted
+    fix = check.fix_hint(cname if several else wanted)  # what this check's own restart would do
     health = _text(health_state.get("Status"), "none", 40)
     restarts = _count(c.get("RestartCount")) or 0
     exit_code = _count(state.get("ExitCode"))
@@ -113,7 +115,8 @@ def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool
         status, message = Status.CRITICAL, f"restarting (crash loop: {restarts} restarts, last exit {exit_code})"
     elif not state.get("Running"):
         why = " (OOM-killed: raise its memory limit)" if oom else ""
-        status, message = Status.CRITICAL, f"{status_text}, exit code {exit_code}{why} — `docker start {cname}`"
+        start = fix or f"`docker start {cname}`"
+        status, message = Status.CRITICAL, f"{status_text}, exit code {exit_code}{why} — {start}"
     elif state.get("Paused"):
         status, message = Status.CRITICAL, f"paused — `docker unpause {cname}`"
     elif health == "unhealthy":
@@ -122,7 +125,7 @@ def _container(check: DockerCheck, wanted: str, c: dict[str, Any], several: bool
         said = _text(last.get("Output"), "", 120)
         status = Status.CRITICAL
         message = f"unhealthy ({streak} failed health checks){': ' + said if said else ''}"
-        message += " — Docker does not restart unhealthy containers by itself"
+        message += " — Docker does not restart unhealthy containers by itself" + (f" (restart: {fix})" if fix else "")
     elif health == "starting":
         status, message = Status.WARNING, "running, health check still starting"
     elif restarts and since is not None and since < check.restart_window:

@@ -30,7 +30,7 @@ async def probe(check: HttpCheck, ctx: ProbeContext) -> list[Observation]:
             ssl_context=_ssl_context(check.tls_verify, check.ca_file) if https else None,
         )
     except Unreachable as exc:
-        return [down(check, check.url, str(exc), "is the service running?")]
+        return [down(check, check.url, str(exc), _hint(check))]
 
     problems: list[tuple[Status, str]] = []
     expected = check.expect_status
@@ -129,3 +129,9 @@ def _days_left(der: bytes) -> float | None:
         return (cert.not_valid_after_utc.timestamp() - time.time()) / 86400
     except (ValueError, OverflowError):
         return None
+
+
+def _hint(check: HttpCheck) -> str:
+    """Nothing answers: this check's own restart when it has one."""
+    fix = check.fix_hint()
+    return f"is the service running? (restart: {fix})" if fix else "is the service running?"
