@@ -49,11 +49,13 @@ class Outcome:
 
 async def perform(policy: RestartPolicy, check: CheckBase, config: Config) -> Outcome:
     action = policy.action
+    # `stop` and the old instance's going each have stop_timeout of their own, on top of the start's timeout.
+    limit = policy.timeout + (2 * policy.stop_timeout if policy.stop else 0.0)
     try:
-        async with asyncio.timeout(policy.timeout):
+        async with asyncio.timeout(limit):
             return await _ACTIONS[action](policy, check, config)
     except TimeoutError:
-        return Outcome(False, f"{action} did not finish within {policy.timeout:g}s")
+        return Outcome(False, f"{action} did not finish within {limit:g}s")
     except Unreachable as exc:
         return Outcome(False, str(exc))
     except OSError as exc:

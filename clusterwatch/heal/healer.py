@@ -18,20 +18,18 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from clusterwatch.config.schema import DEFAULT_VERIFY, CheckBase, Config, RestartPolicy
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState, StateMachine
 from clusterwatch.heal.actions import Outcome, perform
+from clusterwatch.heal.evidence import Instance
 from clusterwatch.model import Observation, Status, one_line
 from clusterwatch.redact import Redactor
 from clusterwatch.store.db import Fenced
 from clusterwatch.store.db import errors as db_errors
 from clusterwatch.store.healing import INTERRUPTED, RECOVERED, Attempt, BudgetRow, HealLedger
-
-if TYPE_CHECKING:
-    from clusterwatch.heal.evidence import Instance
 
 log = logging.getLogger("clusterwatch.healer")
 T = TypeVar("T")
@@ -42,17 +40,13 @@ LOOK_AFTER_CRASH = 10.0  # at least this long to look at a target whose restart 
 EVIDENCE_TIMEOUT = 5.0  # asking which instance serves never holds a restart up longer
 STARTED_SLACK = 1.0  # an instance started this close before the attempt may be its own (clocks, rounding)
 
-Serving = Callable[[RestartPolicy, CheckBase, Config, str, "Observation | None"], Awaitable["Instance | None"]]
+Serving = Callable[[RestartPolicy, CheckBase, Config, str, Observation | None], Awaitable[Instance | None]]
 
 
 async def no_evidence(
     policy: RestartPolicy, check: CheckBase, config: Config, entity: str, last: Observation | None
 ) -> Instance | None:
     return None
-
-
-def made(outcome: Outcome) -> Instance | None:
-    return getattr(outcome, "instance", None)
 
 
 def verify_for(policy: RestartPolicy, budget: BudgetRow | None) -> float:
@@ -592,12 +586,12 @@ class Healer:
                 if outcome.ok and not healthy:
                     # Its own new instance may still be coming up: the next attempt never starts on top of it.
                     late = await self._instance(policy, check, entity)
-                    if late is not None and late.alive and credited(before, late, made(outcome), started):
+                    if late is not None and late.alive and credited(before, late, outcome.instance, started):
                         log.info("%s: %s still coming up after %gs: waiting as long again", target, late.what, verify)
                         healthy = await self._verify(check, entity, verify)
                 if healthy:
                     after = await self._instance(policy, check, entity)
-                    credit = credited(before, after, made(outcome), started)
+                    credit = credited(before, after, outcome.instance, started)
         except asyncio.CancelledError:
             raise  # left `running`: the next monitor records it as interrupted and looks before acting
         except Exception:
