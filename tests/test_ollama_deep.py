@@ -362,3 +362,14 @@ def test_the_monitors_metrics_are_ollamas_per_model(tmp_path: Path, ollama):
         assert entity(d, "ollama")["status"] == "ok"
     finally:
         d.stop()
+
+
+def test_the_hint_is_this_checks_own_restart(tmp_path: Path):
+    """Nothing answers on Ollama's port: the hint is what this check's restart would do, not a guess."""
+    from tests.helpers import free_port
+
+    port = free_port()  # nothing listens there
+    plain = {"name": "ollama", "kind": "ollama", "url": f"http://127.0.0.1:{port}"}
+    with_restart = {**plain, "restart": {"systemd": "ollama"}}
+    assert "restart: `systemctl restart ollama`" in observe(tmp_path, {"checks": [with_restart]})["ollama"].message
+    assert "systemctl" not in observe(tmp_path, {"checks": [plain]})["ollama"].message

@@ -23,6 +23,12 @@ _MAX_RATE = 1e6  # tokens/s beyond this is no measurement (the fastest hardware 
 _SLACK_S = 1.0  # Ollama's own durations fit inside our wall clock; this much (and 10%) more is let pass
 
 
+def _restart_hint(check: OllamaCheck) -> str:
+    """This check's own restart when it has one: a hung Ollama needs its stop to kill, not to ask."""
+    fix = check.fix_hint()
+    return f"restart it: {fix} (a hung one may need kill -9)" if fix else RESTART_HINT
+
+
 def model_matches(wanted: str, name: str) -> bool:
     """`llama3.2` is `llama3.2:latest`; a tag given (`llama3.2:1b`) must match exactly."""
     if ":" in wanted:
@@ -52,7 +58,8 @@ async def probe(check: OllamaCheck, ctx: ProbeContext) -> list[Observation]:
         available = _models(tags.json())
         loaded = _loaded(ps)
     except Unreachable as exc:
-        return [down(check, base, str(exc), HINT)]
+        fix = check.fix_hint()
+        return [down(check, base, str(exc), f"{HINT} (restart: {fix})" if fix else HINT)]
 
     vram = _sum(_bytes(m, "size_vram") for m in loaded)
     ram = _sum(max(0.0, _bytes(m, "size") - _bytes(m, "size_vram")) for m in loaded)
@@ -300,7 +307,7 @@ async def _generate(
             max_body=check.max_body,
         )
     except Unreachable as exc:
-        text = f"{cannot}: {exc} — {RESTART_HINT}"
+        text = f"{cannot}: {exc} — {_restart_hint(check)}"
         if str(exc).startswith("no answer") and not any(model_matches(spec.model, _name(m)) for m in loaded):
             # a hang and a long first load look alike from here: say which one it may be
             text += f"; it was not loaded, and loading a large model may take longer than {spec.timeout:g}s"
@@ -315,7 +322,7 @@ async def _generate(
         said = _error_text(answer)
         text = f"{cannot}: HTTP {answer.status} on /api/generate{f' ({said})' if said else ''}"
         if answer.status >= 500:
-            return seen(Status.CRITICAL, f"{text} — {RESTART_HINT}", broken=True, answer=answer)
+            return seen(Status.CRITICAL, f"{text} — {_restart_hint(check)}", broken=True, answer=answer)
         return seen(Status.CRITICAL, text, answer=answer)  # a request it refuses: a restart would not help
     try:
         data = answer.json()
