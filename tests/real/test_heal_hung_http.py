@@ -172,7 +172,7 @@ def test_hung_service_with_stop_is_stopped_then_started_and_credited(tmp_path: P
         assert http_servers(port) == [new]  # one copy, the restarted one
         assert len(service["starts"].read_text().splitlines()) == 2  # the fixture's start and the restart's
         wait_until(lambda: healthy(d), timeout=20, what="the service healthy again")
-        [succeeded] = d.events("remediation_succeeded", "web")
+        [succeeded] = d.wait_event("remediation_succeeded", "web", timeout=20)  # events are written apart
         assert "not by the restart" not in succeeded["message"]
     finally:
         d.stop()
@@ -243,7 +243,7 @@ def test_deadlocked_service_without_stop_resumed_meanwhile_is_recovered_not_succ
         assert action["outcome"] == "recovered", action["detail"]
         assert f"healthy again, but not by this action: pid {old}" in action["detail"]
         assert http_servers(port) == [old]
-        [event] = d.events("remediation_succeeded", "web")
+        [event] = d.wait_event("remediation_succeeded", "web", timeout=20)
         assert "not by the restart" in event["message"]
     finally:
         d.stop()
