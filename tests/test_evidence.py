@@ -18,6 +18,7 @@ import pytest
 
 from clusterwatch.config.schema import Config, RestartPolicy
 from clusterwatch.heal.evidence import (
+    NOTHING_RUNS,
     Instance,
     is_local,
     is_worker_of,
@@ -146,7 +147,7 @@ def test_systemd_main_pid_through_a_stand_in_systemctl(tmp_path: Path, monkeypat
     assert args.read_text().splitlines() == [
         "show", "-p", "MainPID", "-p", "ExecMainStartTimestamp", "--", "ollama.service",
     ]  # fmt: skip
-    assert systemd_instance("MainPID=0\nExecMainStartTimestamp=\n", "ollama.service") is None
+    assert systemd_instance("MainPID=0\nExecMainStartTimestamp=\n", "ollama.service") is NOTHING_RUNS
     utc = systemd_instance("MainPID=4242\nExecMainStartTimestamp=Tue 2023-11-14 22:13:20 UTC\n", "u", node="n1")
     assert utc is not None and utc.key == "pid:4242" and utc.started == 1_700_000_000 and "on n1" in utc.what
 

@@ -10,7 +10,7 @@ from clusterwatch.config.schema import CheckBase, Config, RestartPolicy
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import Rules, StateMachine
 from clusterwatch.heal.actions import Outcome
-from clusterwatch.heal.evidence import Instance
+from clusterwatch.heal.evidence import NOTHING_RUNS, Instance
 from clusterwatch.heal.healer import Healer, credited, verify_for
 from clusterwatch.model import Observation, Status
 from clusterwatch.store.healing import BudgetRow, HealLedger
@@ -21,13 +21,13 @@ WORKERS = ("w1", "w2", "w3", "w10")
 class Cluster:
     """A Dask-like check with one entity per worker; the test says which are up and what a restart does."""
 
-    def __init__(self, db: str, restart: Any) -> None:
+    def __init__(self, db: str, restart: Any, **healing: Any) -> None:
         self.db, self.now = db, 1_000_000.0
         self.up = dict.fromkeys(WORKERS, True)
         self.scheduler_up = True
         self.config = Config.model_validate(
             {"checks": [{"name": "dask", "kind": "dask", "node": "gpu-1", "restart": restart}],
-             "nodes": [{"name": "gpu-1", "host": "127.0.0.1"}]}
+             "nodes": [{"name": "gpu-1", "host": "127.0.0.1"}], "healing": healing}
         )
         self.states = StateMachine(lambda _name: Rules(fall=1, rise=1))
         self.events: list[Event] = []
@@ -215,6 +215,8 @@ def test_credit_rules():
     assert credited(None, old, None, t0) is False, "an instance older than the attempt was not started by it"
     assert credited(old, new, Instance("pid:3", "pid 3", started=t0 + 1), t0) is False, "not the one it started"
     assert credited(old, None, None, t0) is None
+    assert credited(old, NOTHING_RUNS, new, t0) is False, "its own instance is gone: something else serves"
+    assert credited(None, NOTHING_RUNS, None, t0) is False
 
 
 def test_verify_window_is_learnt_from_the_targets_own_start_times():
@@ -244,3 +246,21 @@ def test_start_times_come_back_from_the_ledger_after_a_restart_of_the_monitor(st
         await again.stop()
 
     asyncio.run(scenario())
+
+
+def test_start_delay_gives_what_started_with_the_monitor_time_before_any_restart(store_location: str):
+    c = Cluster(store_location, fast(supervisor="dask-worker-{entity}"), start_delay="30s")
+    c.heals = {"dask-worker-w1"}
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w1"] = False
+        c.now += 29
+        await c.settle()
+        assert c.performed == [], "restarted within start_delay of the monitor's start"
+        c.now += 1
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    assert [p.supervisor for p in c.performed] == ["dask-worker-w1"], "acted once the delay was over"

@@ -554,6 +554,9 @@ class FlappingOptions(Strict):
 class HealingOptions(Strict):
     enabled: bool = True
     dry_run: bool = False  # log what would be done, do nothing
+    # No restart this long after the monitor starts (Monit's `start delay`): services started with it at boot
+    # are given time to come up. 0: carry on at once (a monitor restarted after a crash heals what is down).
+    start_delay: Delay = 0.0
 
 
 SEVERITIES = ("info", "warning", "critical")

@@ -53,6 +53,11 @@ class Instance:
     alive: bool = True  # False: it exists but does not run (SIGSTOP'd, a zombie)
 
 
+# Asked, and answered: none of the target runs (supervisord's pid 0, systemd's MainPID=0, no running
+# container). Not None, which is "could not be told": a healthy check then is not this target's doing.
+NOTHING_RUNS = Instance("nothing", "nothing of the target runs", None, alive=False)
+
+
 async def serving(
     policy: RestartPolicy, check: CheckBase, config: Config, entity: str, last: Observation | None
 ) -> Instance | None:
@@ -212,8 +217,10 @@ def supervisor_instance(info: Any, url: str) -> Instance | None:
     if not isinstance(info, dict):
         return None
     pid, start = info.get("pid"), info.get("start")
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int):
         return None
+    if pid <= 0:
+        return NOTHING_RUNS
     started = float(start) if isinstance(start, int | float) and start > 0 else None
     alive, state = True, ""
     host = urllib.parse.urlsplit(url).hostname or ""
@@ -250,8 +257,10 @@ def systemd_instance(output: str, unit: str, node: str | None = None) -> Instanc
     """`systemctl show -p MainPID -p ExecMainStartTimestamp` as an Instance; None when nothing runs."""
     values = dict(line.partition("=")[::2] for line in output.splitlines() if "=" in line)
     pid_text = values.get("MainPID", "").strip()
-    if not pid_text.isdigit() or int(pid_text) == 0:
+    if not pid_text.isdigit():
         return None
+    if int(pid_text) == 0:
+        return NOTHING_RUNS
     pid, stamp = int(pid_text), values.get("ExecMainStartTimestamp", "").strip()
     started = _systemd_time(stamp)
     where = f" on {node}" if node else ""
@@ -329,7 +338,7 @@ async def containers_instance(engine: Any, ids: list[str]) -> Instance | None:
         alive = not state.get("Paused") and not state.get("Restarting")
         parts.append((f"container:{inspect.get('Id') or container_id}@{stamp}", name, _parse_time(stamp), alive, stamp))
     if not parts:
-        return None
+        return NOTHING_RUNS
     parts.sort()
     starts = [p[2] for p in parts if p[2] is not None]
     described = []

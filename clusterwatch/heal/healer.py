@@ -24,7 +24,7 @@ from clusterwatch.config.schema import DEFAULT_VERIFY, CheckBase, Config, Restar
 from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import EntityState, StateMachine
 from clusterwatch.heal.actions import Outcome, perform
-from clusterwatch.heal.evidence import Instance
+from clusterwatch.heal.evidence import NOTHING_RUNS, Instance
 from clusterwatch.model import Observation, Status, one_line
 from clusterwatch.redact import Redactor
 from clusterwatch.store.db import Fenced
@@ -68,6 +68,8 @@ def credited(before: Instance | None, after: Instance | None, made: Instance | N
     """Is what serves now this attempt's result? None: it cannot be told (no evidence for this target)."""
     if after is None:
         return None
+    if after.key == NOTHING_RUNS.key:
+        return False  # healthy while none of the target runs: something else serves
     if made is not None:
         return after.key == made.key
     if before is not None and after.key == before.key:
@@ -100,6 +102,8 @@ class Healer:
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.paused: dict[str, str] = {}  # stored target -> why a person stopped it on purpose
         self._told_paused: set[str] = set()
+        self._started_at: float | None = None  # when start() ran: healing.start_delay counts from there
+        self._told_delay = False
         self._dry_run_done: set[str] = set()  # stored targets a dry run has spoken for, until they recover
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-heal-ledger")
         # A group of monitors: only the one that holds the leader lease acts (the ledger is fenced too).
@@ -168,6 +172,7 @@ class Healer:
 
     async def start(self) -> None:
         """Budgets from the store; attempts a crash cut short are looked at before anything else runs."""
+        self._started_at = self._clock()
         await self._db(self.ledger.open)
         cut = await self._db(self.ledger.take_interrupted, self._clock())
         self.budgets = await self._db(self.ledger.budgets, self._window_of(), self._clock())
@@ -310,6 +315,8 @@ class Healer:
             return False
         if not self._wants_action(state) or not self._can_help(check, chain[0], state.name):
             return False
+        if self._starting_up():
+            return False
         # A pause names a step's target (as configured, or for this entity): it holds the whole ladder.
         keys = [self._key(step.target) for step in (*chain, *(check.restart or []))]
         key = next((k for k in keys if k in self.paused), None)
@@ -318,6 +325,16 @@ class Healer:
                 self._told_paused.add(key)
                 log.info("not restarting %s for %s: %s", chain[0].target, state.name, self.paused[key])
             return False
+        return True
+
+    def _starting_up(self) -> bool:
+        """Within healing.start_delay of the monitor's start: what started with it may still be coming up."""
+        delay = self.config.healing.start_delay
+        if not delay or self._started_at is None or self._clock() - self._started_at >= delay:
+            return False
+        if not self._told_delay:
+            self._told_delay = True
+            log.info("not restarting anything for %gs after the start (healing.start_delay)", delay)
         return True
 
     @staticmethod
