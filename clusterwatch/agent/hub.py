@@ -518,9 +518,9 @@ class AgentHub:
         link.waiting[command_id] = future
         try:
             # The agent may first wait out a restart of its own on the target (up to the timeout), then run it.
-            result = await asyncio.wait_for(future, 2 * policy.timeout + COMMAND_SLACK)
+            result = await asyncio.wait_for(future, 2 * policy.limit + COMMAND_SLACK)
         except TimeoutError:
-            return Outcome(False, f"the agent of {node.name} did not report the restart within {policy.timeout:g}s")
+            return Outcome(False, f"the agent of {node.name} did not report the restart within {policy.limit:g}s")
         finally:
             link.waiting.pop(command_id, None)
             link.commands = [c for c in link.commands if c.id != command_id]

@@ -765,7 +765,7 @@ class Agent:
             self._result(command, False, f"no check {command.check!r} runs on this agent")
             return
         target = policy.target
-        deadline = time.monotonic() + policy.timeout
+        deadline = time.monotonic() + policy.limit
         waited = False
         while (busy := healer.busy.get(target)) is not None:
             left = deadline - time.monotonic()

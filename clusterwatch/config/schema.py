@@ -173,6 +173,11 @@ class RestartPolicy(Strict):
         where = f"@{self.node}" if self.node else ""
         return f"{self.action}:{value}{where}"
 
+    @property
+    def limit(self) -> float:
+        """The whole action's time: `stop` and the old instance's going each get stop_timeout, then the start."""
+        return self.timeout + (2 * self.stop_timeout if self.stop else 0.0)
+
     def uses(self, placeholder: str) -> bool:
         return placeholder in repr(self.model_dump(include={*_ACTIONS, "stop", "node"}))
 

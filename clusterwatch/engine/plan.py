@@ -77,7 +77,7 @@ class Plan:
         """The longest one restart and its verification may take (for `run --once` to wait)."""
         return max(
             (
-                (step.verify_timeout or DEFAULT_VERIFY) + step.timeout + (2 * step.stop_timeout if step.stop else 0.0)
+                (step.verify_timeout or DEFAULT_VERIFY) + step.limit
                 for c in self.config.checks
                 for step in c.restart or []
             ),

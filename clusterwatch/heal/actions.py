@@ -49,8 +49,7 @@ class Outcome:
 
 async def perform(policy: RestartPolicy, check: CheckBase, config: Config) -> Outcome:
     action = policy.action
-    # `stop` and the old instance's going each have stop_timeout of their own, on top of the start's timeout.
-    limit = policy.timeout + (2 * policy.stop_timeout if policy.stop else 0.0)
+    limit = policy.limit
     try:
         async with asyncio.timeout(limit):
             return await _ACTIONS[action](policy, check, config)
