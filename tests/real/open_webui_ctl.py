@@ -20,6 +20,7 @@ def start(pidfile: str, binary: str, port: str, data_dir: str, log: str) -> None
         "OFFLINE_MODE": "True",
         "HF_HUB_OFFLINE": "1",
         "ENABLE_OLLAMA_API": "False",
+        "WEBUI_SECRET_KEY": "test-only",
     }
     with open(log, "ab") as out:
         proc = subprocess.Popen(

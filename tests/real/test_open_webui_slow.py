@@ -36,6 +36,7 @@ def test_real_open_webui(tmp_path: Path):
         "OFFLINE_MODE": "True",
         "HF_HUB_OFFLINE": "1",
         "ENABLE_OLLAMA_API": "False",
+        "WEBUI_SECRET_KEY": "test-only",  # else it writes .webui_secret_key where it was started
     }
     (tmp_path / "data").mkdir()
     proc = Proc(
@@ -73,7 +74,7 @@ def test_real_open_webui_healed_by_stop_then_start(tmp_path: Path):
         tmp_path,
         {
             "interval": "2s",
-            "healing": {"start_delay": "90s"},  # Open WebUI starts with the monitor, as at boot
+            "healing": {"start_delay": "40s"},  # Open WebUI starts with the monitor, as at boot
             "checks": [
                 {
                     "name": "webui",
@@ -100,6 +101,8 @@ def test_real_open_webui_healed_by_stop_then_start(tmp_path: Path):
         wait_until(lambda: (e := daemon.entity("webui")) is not None and e["status"] == "ok", timeout=300,
                    interval=1, what="Open WebUI healthy under the monitor")
         mark(f"healthy: {daemon.entity('webui')['message']}")
+        # start_delay held restarts back while it loaded: what follows is the healer at work, not that delay
+        wait_until(lambda: time.time() - t0 > 42, timeout=60, interval=0.5, what="start_delay to pass")
         for n, (how, sig) in enumerate((("kill -9", signal.SIGKILL), ("SIGSTOP", signal.SIGSTOP)), start=1):
             old = _pid(pidfile)
             os.kill(old, sig)
