@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import re
 import sqlite3
@@ -112,6 +113,8 @@ class Database(Protocol):
     def transaction(self) -> contextlib.AbstractContextManager[Tx]: ...
 
     def rows(self, sql: str, args: Any = ()) -> list[Any]: ...
+
+    def probe(self, timeout: float) -> None: ...
 
     def close(self) -> None: ...
 
@@ -221,6 +224,10 @@ class SQLite:
         with self._lock:
             self._connection().executescript(sql)
 
+    def probe(self, timeout: float) -> None:
+        """Raises unless the file answers (a file has no connection that a network could break)."""
+        self.rows("SELECT 1")
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -293,6 +300,17 @@ class Postgres:
             f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
             "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
         )
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": PG_CONNECT_TIMEOUT_S,
+            "application_name": name,
+            "options": options,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+        }
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -301,17 +319,7 @@ class Postgres:
             open=False,
             check=psycopg_pool.ConnectionPool.check_connection,
             configure=self._configure,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": PG_CONNECT_TIMEOUT_S,
-                "application_name": name,
-                "options": options,
-                "keepalives": 1,
-                "keepalives_idle": 5,
-                "keepalives_interval": 2,
-                "keepalives_count": 3,
-                "tcp_user_timeout": 10_000,
-            },
+            kwargs=self._kwargs,
             name=name,
             reconnect_timeout=0,  # no retries in the background: each request that finds no connection connects anew
         )
@@ -333,6 +341,20 @@ class Postgres:
     def script(self, sql: str) -> None:
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(sql)
+
+    def probe(self, timeout: float) -> None:
+        """`SELECT 1` on a connection of its own, opened now and closed after; raises unless the
+        server answers within about `timeout` seconds (libpq counts whole seconds, 2 at least).
+
+        Not the pool's: after a network cut its connections may be broken, or it may still be waiting
+        on a connect begun while the link was down, so a request through it can fail after the link
+        is back. A connection opened now says whether the server answers now."""
+        import psycopg
+
+        kwargs = {**self._kwargs, "connect_timeout": max(2, math.ceil(timeout))}
+        kwargs["application_name"] = f"{kwargs['application_name']}-probe"
+        with psycopg.connect(self.location, **kwargs) as conn:
+            conn.execute("SELECT 1").fetchall()
 
     def close(self) -> None:
         self._pool.close(timeout=2.0)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clusterwatch.store.db import Database, Fenced, Result, Tx, open_database, run_all
+from clusterwatch.store.db import PG_CONNECT_TIMEOUT_S, Database, Fenced, Result, Tx, open_database, run_all
 from clusterwatch.store.schema import migrate
 
 # The database's clock in seconds since the epoch: one clock for every member of the group.
@@ -96,9 +96,10 @@ class LeaseStore:
             ],
         )
 
-    def ping(self) -> None:
-        """Raises unless the store answers."""
-        self._db.rows("SELECT 1")
+    def ping(self, timeout: float = PG_CONNECT_TIMEOUT_S) -> None:
+        """Raises unless the store answers, asked on a connection opened for it and closed after (not
+        the pool's, which a network cut may have left broken or waiting: see Database.probe)."""
+        self._db.probe(timeout)
 
     def group(self) -> dict[str, Any]:
         """Who leads, since when, until when; each member's last renewal; the database's time now."""
