@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -48,6 +49,41 @@ log = logging.getLogger("clusterwatch.engine")
 WATCH_EVERY = 2.0
 STATS_EVERY = float(os.environ.get("CLUSTERWATCH_STATS_EVERY", "30"))
 LAG_ALERT = 2.0  # seconds of scheduling lag (p99 over a stats window) that count as falling behind
+# Before a send from the local outbox the shared store is asked on a new connection: unanswered this
+# long, it is away (a cut link, a hung server); an ask that fails at once is asked again, ASKS at most.
+ASK_FOR_S = 2.0
+ASKS = 3
+
+
+def _said(exc: BaseException) -> str:
+    """An exception in one line, for a log line (psycopg's messages run over several)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _in_thread(fn: Any) -> asyncio.Future[Any]:
+    """fn() in a thread of its own, never queued behind work that hangs: a wait for it measures fn alone."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return  # given up on meanwhile
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed to the waiter, if any is left
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="clusterwatch-ask", daemon=True).start()
+    return future
 
 
 class Monitor:
@@ -104,6 +140,7 @@ class Monitor:
         self._offline: Outbox | None = None  # the local outbox while the shared store is away
         self._handed: list[Any] | None = None  # what the local outbox told, not yet taken by the shared store
         self._away_since = 0.0  # monotonic time this monitor began alerting from its local outbox
+        self._held_said = False  # logged that the store answers again while the local outbox held a notice
         self._led_epoch: int | None = None  # the epoch this monitor last announced it leads with
         if self.config.ha.enabled:
             self.lease = Lease(LeaseStore(self.store.location), self.config.ha.node_name, self.config.ha.lease)
@@ -545,6 +582,7 @@ class Monitor:
         assert self.lease is not None
         self.pipeline.listeners = [alerter.on_event]  # at once: no event may fall between two outboxes
         self._away_since = time.monotonic()
+        self._held_said = False
         # Not on the monitor's own executor: its threads may be waiting for the store that is away.
         self._offline = await asyncio.to_thread(partial(Outbox, self.config.store.path, member=self.lease.member))
         alerter.go_offline(self._offline, self.lease.member, self._store_away)
@@ -552,14 +590,46 @@ class Monitor:
 
     async def _store_away(self) -> bool:
         """Asked before each send from the local outbox: a store that answers now means the leader
-        (this monitor or another) tells, and this monitor's view from when it was cut off is stale."""
+        (this monitor or another) tells, and this monitor's view from when it was cut off is stale.
+
+        A considered judgement, not one ping: a request in flight when a cut network comes back fails at
+        once ("server closed the connection unexpectedly": the link's return drops the connect that waited
+        for it), and so did a pooled ping waiting on the pool's connect, or a ping queued behind renewals
+        hanging in the cut; the stale notice then went out on the link that had just come back. So the
+        store is asked on a connection opened for the question, in a thread of its own; an ask that
+        fails at once proves nothing and is asked again. The store is away when an ask goes unanswered
+        for ASK_FOR_S (a cut link, a hung server) or fails at once ASKS times (refused), and no renewal
+        has been answered since this monitor went offline."""
         assert self.lease is not None
-        ping = asyncio.get_running_loop().run_in_executor(self._lease_io, self.lease.store.ping)
-        try:
-            await asyncio.wait_for(ping, 1.0)
-        except Exception:
-            return True
-        return False
+        failed: list[str] = []
+        while len(failed) < ASKS:
+            if self._answered_since_offline():
+                return False  # the lease loop hands the local outbox over at its next tick
+            try:
+                await asyncio.wait_for(_in_thread(self.lease.store.ping), ASK_FOR_S)
+            except TimeoutError:
+                failed.append(f"no answer within {ASK_FOR_S:g}s")
+                break
+            except Exception as exc:  # at once: refused, or dropped as a link came back; ask again
+                failed.append(_said(exc))
+                continue
+            if failed and not self._held_said:
+                self._held_said = True
+                log.info(
+                    "the shared store answers again (asked on a new connection after: %s): the local outbox holds "
+                    "its notices for the leader",
+                    "; ".join(failed),
+                )
+            return False
+        if self._answered_since_offline():
+            return False
+        log.debug("the shared store is away (%s): telling from the local outbox", "; ".join(failed))
+        return True
+
+    def _answered_since_offline(self) -> bool:
+        """A renewal got the store's answer after this monitor began telling from its local outbox."""
+        assert self.lease is not None
+        return self.lease.answered is not None and self.lease.answered > self._away_since
 
     async def _back_online(self) -> None:
         """The shared store answers again: the local outbox's leftovers (what it told, what it has not
