@@ -11,7 +11,7 @@ from clusterwatch.engine.events import Event, EventKind
 from clusterwatch.engine.state import Rules, StateMachine
 from clusterwatch.heal.actions import Outcome
 from clusterwatch.heal.evidence import NOTHING_RUNS, Instance
-from clusterwatch.heal.healer import Healer, credited, verify_for
+from clusterwatch.heal.healer import Healer, credited, short_name, verify_for
 from clusterwatch.model import Observation, Status
 from clusterwatch.store.healing import BudgetRow, HealLedger
 
@@ -264,3 +264,13 @@ def test_start_delay_gives_what_started_with_the_monitor_time_before_any_restart
 
     asyncio.run(scenario())
     assert [p.supervisor for p in c.performed] == ["dask-worker-w1"], "acted once the delay was over"
+
+
+def test_entity_names_a_service_made_up_never_reach_an_action():
+    """`{entity}` becomes an argv element, a program name or a unit: only a plain name may."""
+    assert short_name("dask", "dask/w2") == "w2"
+    assert short_name("docker", "docker/open-webui") == "open-webui"
+    assert short_name("ollama", "ollama/llama3.2:1b") == "llama3.2:1b"
+    hostile_names = ("dask/--config=/x", "dask/-rf", "dask/../../etc", "dask/a b", "dask/w1;reboot", "dask/", "dask")
+    for hostile in hostile_names:
+        assert short_name("dask", hostile) is None, hostile

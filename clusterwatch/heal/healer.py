@@ -38,6 +38,7 @@ ROOT_GRACE = 1.0
 RECONCILE_EVERY = 1.0
 LOOK_AFTER_CRASH = 10.0  # at least this long to look at a target whose restart a crash cut short
 EVIDENCE_TIMEOUT = 5.0  # asking which instance serves never holds a restart up longer
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,99}")  # what `{entity}` may become
 STARTED_SLACK = 1.0  # an instance started this close before the attempt may be its own (clocks, rounding)
 
 Serving = Callable[[RestartPolicy, CheckBase, Config, str, Observation | None], Awaitable[Instance | None]]
@@ -59,9 +60,14 @@ def verify_for(policy: RestartPolicy, budget: BudgetRow | None) -> float:
 
 
 def short_name(check: str, entity: str) -> str | None:
-    """The entity's own name within its check (`w2` for `dask/w2`); None for the check's own entity."""
+    """The entity's own name within its check (`w2` for `dask/w2`); None for the check's own entity, and
+    for a name a probed service made up that could pass for an option or a path in an action's argv
+    (`--config=x`, `../x`): a restart is filled only with a plain name."""
     prefix = f"{check}/"
-    return entity[len(prefix) :] if entity.startswith(prefix) and len(entity) > len(prefix) else None
+    short = entity[len(prefix) :] if entity.startswith(prefix) else None
+    if short is None or not _PLAIN.fullmatch(short) or ".." in short:
+        return None
+    return short
 
 
 def credited(before: Instance | None, after: Instance | None, made: Instance | None, started: float) -> bool | None:
