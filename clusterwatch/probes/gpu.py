@@ -416,11 +416,26 @@ def survey(
     """Blocking (a wedged driver can hang it): run it in `blocking.nvml`. `nvml` is pynvml (injectable for tests)."""
     why_none = ""
     if nvml is None:
+        why_none = _no_nvml_library()
+    if nvml is None and not why_none:
         try:
             import pynvml as nvml
         except ImportError:
             why_none = "nvidia-ml-py is not installed"
     return (watch or WATCH).survey(nvml, xid_window, expect_gpus, why_none)
+
+
+NVML_LIBRARY = "libnvidia-ml.so.1"  # what pynvml loads on Linux
+
+
+def _no_nvml_library() -> str:
+    """Why NVML cannot answer on this machine ("" when its library loads). Most nodes have no GPU: pynvml
+    (over a megabyte of RSS for its structures) is imported only where the driver's library is there."""
+    try:
+        ctypes.CDLL(NVML_LIBRARY)
+    except OSError:
+        return "no NVIDIA GPU driver (NVML Shared Library Not Found)"  # pynvml's own words for it
+    return ""
 
 
 def unread(why: str, watch: Watch | None = None) -> list[GpuReading]:
