@@ -12,7 +12,6 @@ from clusterwatch.config.durations import format_duration
 from clusterwatch.config.schema import DockerCheck
 from clusterwatch.model import Observation, Status, finite_number, one_line
 from clusterwatch.probes.base import ProbeContext, Unreachable, down, observation
-from clusterwatch.probes.docker_client import Engine
 
 HINT = "is Docker installed and `dockerd` running?"
 
@@ -35,6 +34,8 @@ async def probe(check: DockerCheck, ctx: ProbeContext) -> list[Observation]:
     timeout = ctx.timeout_for(check)
     if not os.path.exists(check.socket):
         return [down(check, check.socket, f"Docker socket {check.socket} does not exist", HINT)]
+    from clusterwatch.probes.docker_client import Engine  # aiodocker: loaded only where a Docker socket is
+
     started = time.perf_counter()
     try:
         async with Engine(check.socket, timeout) as engine:
