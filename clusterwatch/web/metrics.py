@@ -7,11 +7,13 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from clusterwatch.web.view import MonitorView as Monitor
+
+# prometheus_client (with the HTTP and WSGI servers it imports, about a megabyte of RSS) is imported at
+# the first scrape, in the functions below: a monitor nobody scrapes never loads it.
 
 # (observation kind, metric key) -> (metric name, help); labels: the entity's name and node, and those
 # _DETAIL_LABELS names, taken from the observation's details
@@ -96,6 +98,8 @@ class Collector:
         return []  # built at each scrape: no fixed set of series
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         m = self.monitor
         status = GaugeMetricFamily(
             "clusterwatch_check_status",
@@ -159,6 +163,8 @@ class Collector:
         yield probes
 
     def _counters(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
         restarts = CounterMetricFamily(
             "clusterwatch_restarts", "the healer's actions by outcome", labels=["check", "action", "outcome"]
         )
@@ -174,6 +180,8 @@ class Collector:
 
     def _uptime(self) -> Iterator[Metric]:
         """Time-based uptime (seconds ok / seconds known) from the web's cache, one series per window."""
+        from prometheus_client.core import GaugeMetricFamily
+
         uptime = GaugeMetricFamily(
             "clusterwatch_uptime_ratio",
             "share of the known time an entity was ok, over the window (unknown time, e.g. the monitor "
@@ -188,6 +196,8 @@ class Collector:
 
     def _store(self) -> Iterator[Metric]:
         """History keeping: what waits for the writer, and what was lost on the way."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         health = self.monitor.store_health()
         depth = GaugeMetricFamily("clusterwatch_store_queue_depth", "writes waiting for the store's writer")
         depth.add_metric([], health["queue_depth"])
@@ -215,6 +225,8 @@ class Collector:
     def _group(self) -> Iterator[Metric]:
         """A group of monitors, from the web's last read of the shared store (never read here: this may
         run on the event loop). Left out while that read is stale: better no answer than an old one."""
+        from prometheus_client.core import GaugeMetricFamily
+
         if not self.monitor.ha_enabled:
             return
         group = self.monitor.web.group.fresh()
@@ -277,6 +289,8 @@ def leader_gauge(group: dict[str, Any]) -> dict[str, float]:
 
 
 def render(monitor: Monitor) -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(monitor))  # type: ignore[arg-type]
     return generate_latest(registry)
