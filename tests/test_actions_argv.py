@@ -113,3 +113,17 @@ def test_a_failing_command_is_an_outcome_not_an_exception(tmp_path: Path):
 
     time.sleep(1.5)
     assert not marker.exists()  # killed, not left running
+
+
+def test_a_start_command_that_leaves_a_daemon_is_done_when_it_exits(tmp_path: Path):
+    """`nohup service &` keeps the output open: the action ends with the command, and the daemon lives on."""
+    pidfile = tmp_path / "daemon.pid"
+    script = f"echo starting; sleep 60 & echo $! > {pidfile}"
+    ok, detail = run({"checks": [{"name": "api", "kind": "tcp", "port": 1,
+                                  "restart": {"command": ["sh", "-c", script], "timeout": "20s"}}]})
+    pid = int(pidfile.read_text())
+    try:
+        assert ok and "exited 0: starting" in detail, detail
+        os.kill(pid, 0)  # still there: not killed as "out of time"
+    finally:
+        os.kill(pid, 9)

@@ -145,9 +145,12 @@ def test_systemd_main_pid_through_a_stand_in_systemctl(tmp_path: Path, monkeypat
     assert found.started == pytest.approx(1_700_000_000, abs=1)
     assert "ollama.service" in found.what
     assert args.read_text().splitlines() == [
-        "show", "-p", "MainPID", "-p", "ExecMainStartTimestamp", "--", "ollama.service",
+        "show", "-p", "MainPID", "-p", "ExecMainStartTimestamp", "-p", "ActiveState", "--", "ollama.service",
     ]  # fmt: skip
-    assert systemd_instance("MainPID=0\nExecMainStartTimestamp=\n", "ollama.service") is NOTHING_RUNS
+    assert systemd_instance("MainPID=0\nExecMainStartTimestamp=\nActiveState=inactive\n", "ollama") is NOTHING_RUNS
+    assert systemd_instance("MainPID=0\nActiveState=failed\n", "ollama.service") is NOTHING_RUNS
+    # a oneshot unit (a `docker compose up -d` wrapper) is active with no main process: it cannot be told
+    assert systemd_instance("MainPID=0\nExecMainStartTimestamp=\nActiveState=active\n", "stack.service") is None
     utc = systemd_instance("MainPID=4242\nExecMainStartTimestamp=Tue 2023-11-14 22:13:20 UTC\n", "u", node="n1")
     assert utc is not None and utc.key == "pid:4242" and utc.started == 1_700_000_000 and "on n1" in utc.what
 

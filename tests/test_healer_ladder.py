@@ -25,6 +25,7 @@ class Cluster:
         self.db, self.now = db, 1_000_000.0
         self.up = dict.fromkeys(WORKERS, True)
         self.scheduler_up = True
+        self.node_known = True
         self.config = Config.model_validate(
             {"checks": [{"name": "dask", "kind": "dask", "node": "gpu-1", "restart": restart}],
              "nodes": [{"name": "gpu-1", "host": "127.0.0.1"}], "healing": healing}
@@ -46,7 +47,8 @@ class Cluster:
                             check="dask", down=not self.scheduler_up)]
         for name, up in self.up.items():
             seen.append(Observation(f"dask/{name}", "dask", "s", Status.OK if up else Status.CRITICAL,
-                                    "worker" if up else "worker missing", check="dask", node="gpu-1", down=not up))
+                                    "worker" if up else "worker missing", check="dask", node="gpu-1", down=not up,
+                                    details={"node_known": self.node_known}))
         for obs in seen:
             self.events += self.states.process(obs, self.now)
         return seen
@@ -274,3 +276,73 @@ def test_entity_names_a_service_made_up_never_reach_an_action():
     hostile_names = ("dask/--config=/x", "dask/-rf", "dask/../../etc", "dask/a b", "dask/w1;reboot", "dask/", "dask")
     for hostile in hostile_names:
         assert short_name("dask", hostile) is None, hostile
+
+
+def test_a_step_shared_by_two_ladders_runs_once_and_each_entity_is_told(store_location: str):
+    """w1 and w2 on one node both down: each worker's own step, then the node's reboot — once, not twice at once."""
+    c = Cluster(store_location, [fast(supervisor="dask-worker-{entity}"), fast(command=["reboot-node", "{node}"])])
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w1"] = c.up["w2"] = False
+        c.observe()
+        for name in ("dask/w1", "dask/w2"):  # both ladders at once, as the reconciler would start them
+            c.healer.consider(c.config.checks[0], c.states.entities[name], "down")
+        await c.healer.drain(20)
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    targets = [p.target for p in c.performed]
+    assert sorted(targets) == ["command:reboot-node gpu-1", "supervisor:dask-worker-w1", "supervisor:dask-worker-w2"]
+    exhausted = sorted(e.entity for e in c.events if e.kind is EventKind.REMEDIATION_EXHAUSTED)
+    assert exhausted == ["dask/w1", "dask/w2"], "each worker's ladder ends in a word to a person"
+
+
+def test_an_unknown_node_leaves_out_only_the_steps_that_need_it(store_location: str):
+    """A worker on a host no configured node has: never the check's own node's reboot, but its own restart still."""
+    c = Cluster(store_location, [fast(command=["reboot-node", "{node}"]), fast(supervisor="dask-worker-{entity}")])
+    c.node_known = False
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w3"] = False
+        await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    assert [p.target for p in c.performed] == ["supervisor:dask-worker-w3"]
+
+
+def test_a_dry_run_speaks_again_in_the_next_episode(store_location: str):
+    c = Cluster(store_location, fast(supervisor="dask-worker-{entity}", dry_run=True))
+
+    async def scenario() -> None:
+        await c.healer.start()
+        for _ in range(2):
+            c.up["w1"] = False
+            await c.settle()
+            await c.settle()  # still down: the dry run said it once this episode
+            c.up["w1"] = True
+            await c.settle()
+        await c.healer.stop()
+
+    asyncio.run(scenario())
+    started = [e for e in c.events if e.kind is EventKind.REMEDIATION_STARTED]
+    assert len(started) == 2 and all("would restart" in e.message for e in started)
+
+
+def test_reset_by_check_gives_back_every_entitys_budget(store_location: str):
+    c = Cluster(store_location, fast(supervisor="dask-worker-{entity}"))
+
+    async def scenario() -> None:
+        await c.healer.start()
+        c.up["w2"] = False
+        await c.settle()
+        assert c.healer.budgets["supervisor:dask-worker-w2"].exhausted is not None
+        c.states.entities.pop("dask/w2")  # taken out of the config since
+        assert await c.healer.reset("dask")
+        assert c.healer.budgets["supervisor:dask-worker-w2"].exhausted is None
+        await c.healer.stop()
+
+    asyncio.run(scenario())

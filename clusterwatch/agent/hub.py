@@ -393,7 +393,7 @@ class AgentHub:
                     attempt=int(event.details.get("attempt") or 0),
                     detail=filed.message,
                     by=f"agent:{node.name}",
-                    step=int(event.details.get("step") or 0),
+                    step=_step_of(event.details.get("step")),
                 )
 
     # --- silence ----------------------------------------------------------------------------------------
@@ -555,3 +555,8 @@ class AgentHub:
         # Heard when the poll arrived, not when its hold ends: an agent killed meanwhile is not "seen" then.
         commands, link.commands = link.commands, []
         return protocol.PollAnswer(commands=commands, config_version=self.version(name))
+
+
+def _step_of(value: object) -> int:
+    """A ladder step index as an agent sent it: anything else is the first step, never an error in a push."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 100 else 0

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import xmlrpc.client
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ from clusterwatch.sshclient import run_remote
 _XMLRPC = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-xmlrpc")
 # Finding, signalling and waiting for local processes blocks too (psutil over /proc, wait_procs)
 _PROCESSES = ThreadPoolExecutor(2, thread_name_prefix="clusterwatch-processes")
+
+
+OUTPUT_KEPT = 64 * 1024  # the tail of a command's output that is read (a message keeps less)
 
 
 @dataclass
@@ -87,22 +91,29 @@ async def _docker(policy: RestartPolicy, check: CheckBase, config: Config) -> Ou
 
 
 async def _exec_output(argv: list[str], timeout: float) -> tuple[int | None, str]:
-    """Run an argv (no shell) in a session of its own: its exit status and output; None when it was killed."""
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            output, _ = await process.communicate()
-    except (TimeoutError, asyncio.CancelledError) as exc:
-        # Out of time (here or in the caller): the command and its children go, never left behind.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return None, ""
-    return process.returncode, output.decode("utf-8", "replace")
+    """Run an argv (no shell) in a session of its own: its exit status and output; None when it was killed.
+
+    The output goes to a file, and the wait is for the command's exit, not for the end of its output: a
+    start command that leaves a daemon behind (`nohup ... &`, which keeps the output open) is done when it
+    exits, and the service it started is not killed as "out of time"."""
+    with tempfile.TemporaryFile() as out:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await process.wait()
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # Out of time (here or in the caller): the command and its children go, never left behind.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return None, ""
+        size = out.seek(0, os.SEEK_END)
+        out.seek(max(0, size - OUTPUT_KEPT))
+        return process.returncode, out.read().decode("utf-8", "replace")
 
 
 async def _exec(argv: list[str], timeout: float) -> Outcome:

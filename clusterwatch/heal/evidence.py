@@ -242,7 +242,8 @@ async def _systemd_instance(policy: RestartPolicy, config: Config) -> Instance |
 
     assert policy.systemd is not None
     # Without --value: the lines then name their property (systemctl prints them in its own order).
-    argv = ["systemctl", "show", "-p", "MainPID", "-p", "ExecMainStartTimestamp", "--", policy.systemd]
+    argv = ["systemctl", "show", "-p", "MainPID", "-p", "ExecMainStartTimestamp", "-p", "ActiveState"]
+    argv += ["--", policy.systemd]
     node = _node(config, policy.node)
     if node is None:
         status, output = await _exec_output(argv, EVIDENCE_TIMEOUT)
@@ -254,13 +255,15 @@ async def _systemd_instance(policy: RestartPolicy, config: Config) -> Instance |
 
 
 def systemd_instance(output: str, unit: str, node: str | None = None) -> Instance | None:
-    """`systemctl show -p MainPID -p ExecMainStartTimestamp` as an Instance; None when nothing runs."""
+    """`systemctl show -p MainPID -p ExecMainStartTimestamp -p ActiveState` as an Instance. MainPID=0 of
+    a unit that is not active: nothing runs; of an active one (Type=oneshot, as `docker compose up -d`
+    wrappers are, or forking without a PIDFile): it cannot be told from here."""
     values = dict(line.partition("=")[::2] for line in output.splitlines() if "=" in line)
     pid_text = values.get("MainPID", "").strip()
     if not pid_text.isdigit():
         return None
     if int(pid_text) == 0:
-        return NOTHING_RUNS
+        return NOTHING_RUNS if values.get("ActiveState", "").strip() in ("inactive", "failed") else None
     pid, stamp = int(pid_text), values.get("ExecMainStartTimestamp", "").strip()
     started = _systemd_time(stamp)
     where = f" on {node}" if node else ""

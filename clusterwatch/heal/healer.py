@@ -40,6 +40,7 @@ LOOK_AFTER_CRASH = 10.0  # at least this long to look at a target whose restart 
 EVIDENCE_TIMEOUT = 5.0  # asking which instance serves never holds a restart up longer
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,99}")  # what `{entity}` may become
 STARTED_SLACK = 1.0  # an instance started this close before the attempt may be its own (clocks, rounding)
+LEARNT_MAX = 900.0  # a learnt verify window is never longer (an attempt cut short by a crash took hours)
 
 Serving = Callable[[RestartPolicy, CheckBase, Config, str, Observation | None], Awaitable[Instance | None]]
 
@@ -56,7 +57,7 @@ def verify_for(policy: RestartPolicy, budget: BudgetRow | None) -> float:
     if policy.verify_timeout is not None:
         return policy.verify_timeout
     slowest = max(budget.start_times, default=0.0) if budget is not None else 0.0
-    return max(DEFAULT_VERIFY, 2 * slowest)
+    return min(max(DEFAULT_VERIFY, 2 * slowest), LEARNT_MAX)
 
 
 def short_name(check: str, entity: str) -> str | None:
@@ -110,6 +111,9 @@ class Healer:
         self._told_paused: set[str] = set()
         self._started_at: float | None = None  # when start() ran: healing.start_delay counts from there
         self._told_delay = False
+        self._told_no_node: set[tuple[str, str]] = set()
+        self._told_exhausted: set[tuple[str, str]] = set()  # (entity, stored target) gave-up events said
+        self._acting: set[str] = set()  # stored targets of steps running now: a step shared by ladders runs once
         self._dry_run_done: set[str] = set()  # stored targets a dry run has spoken for, until they recover
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="clusterwatch-heal-ledger")
         # A group of monitors: only the one that holds the leader lease acts (the ledger is fenced too).
@@ -143,16 +147,32 @@ class Healer:
         """The restart ladder for one entity of a check: `{entity}`/`{node}` filled; None when it cannot
         act on this entity (a per-entity action and the check's own entity, or a node not known)."""
         state = self.states.entities.get(entity)
-        node = (state.last.node if state is not None and state.last is not None else None) or check.node
+        last = state.last if state is not None else None
+        # The entity's own node; a probe says when it could not tell (a Dask worker on an unconfigured host)
+        # rather than let the check's node stand in: `{node}` must never reboot the scheduler's machine.
+        node = last.node if last is not None and last.details.get("node_known", True) is not False else None
+        if last is None:
+            node = check.node
         short = short_name(check.name, entity)
         steps = []
         for step in check.restart or []:
             if step.templated:
-                if (step.uses("{entity}") and short is None) or (step.uses("{node}") and node is None):
-                    return None
+                if step.uses("{entity}") and short is None:
+                    return None  # a per-entity ladder does not act on the check's own entity
+                if step.uses("{node}") and node is None:
+                    if (entity, step.target) not in self._told_no_node:
+                        self._told_no_node.add((entity, step.target))
+                        log.warning("%s: step %s left out: the node %s runs on is not known", check.name,
+                                    step.target, entity)
+                    continue
                 step = step.for_entity(short or "", node or "")
             steps.append(step)
         return steps or None
+
+    def _pattern(self, step: RestartPolicy) -> re.Pattern[str]:
+        """The stored targets a per-entity step acts on, one per entity."""
+        text = re.escape(self._key(step.target))
+        return re.compile(text.replace(re.escape("{entity}"), ".+").replace(re.escape("{node}"), ".+"))
 
     def _window_of(self) -> Callable[[str], float | None]:
         """A stored target's window: a plain step's own, or a per-entity step's whose pattern it matches."""
@@ -162,8 +182,7 @@ class Healer:
             for step in check.restart or []:
                 key = self._key(step.target)
                 if step.templated:
-                    text = re.escape(key).replace(re.escape("{entity}"), ".+").replace(re.escape("{node}"), ".+")
-                    patterns.append((re.compile(text), step.window))
+                    patterns.append((self._pattern(step), step.window))
                 else:
                     exact[key] = max(step.window, exact.get(key, 0.0))
 
@@ -249,22 +268,32 @@ class Healer:
         if only is None:
             self.paused = await self._db(self.ledger.paused, now)
             self._told_paused &= set(self.paused)
-        # One ladder, one lock: entities (of one check or several) whose restart is the same are judged together.
-        ladders: dict[str, tuple[list[RestartPolicy], list[tuple[CheckBase, EntityState]]]] = {}
+        # One ladder, one lock: entities (of one check or several) whose restart is the same are judged together;
+        # each step's budget over every entity whose ladder holds it (a node's reboot shared by its workers).
+        ladders: dict[str, list[tuple[CheckBase, EntityState, list[RestartPolicy]]]] = {}
+        steps: dict[str, tuple[RestartPolicy, list[EntityState], set[str]]] = {}
         for check in self._healed():
             for state in self.states.entities_of(check.name):
                 chain = self.chain(check, state.name)
-                if chain is not None:
-                    ladders.setdefault(self._key(chain[0].target), (chain, []))[1].append((check, state))
-        for chain, members in ladders.values():
-            if only is not None and all(check.name != only for check, _ in members):
+                if chain is None:
+                    continue
+                ladders.setdefault(self._key(chain[0].target), []).append((check, state, chain))
+                for step in chain:
+                    _, users, checks = steps.setdefault(self._key(step.target), (step, [], set()))
+                    users.append(state)
+                    checks.add(check.name)
+        for key, (step, users, checks) in steps.items():
+            if only is not None and only not in checks:
                 continue
-            states = [state for _, state in members]
-            for step in chain:  # each step's budget comes back when what they all restart is healthy again
-                budget = self.budgets.get(self._key(step.target))
-                if budget is not None:
-                    await self._recovery(step, budget, states, now)
-            for check, state in members:
+            if not any(s.down for s in users):
+                self._dry_run_done.discard(key)  # a dry run speaks again in the next episode
+            budget = self.budgets.get(key)
+            if budget is not None:
+                await self._recovery(step, budget, users, now)
+        for members in ladders.values():
+            if only is not None and all(check.name != only for check, _, _ in members):
+                continue
+            for check, state, chain in members:
                 if self._wants_action(state) and self._can_help(check, chain[0], state.name):
                     self.consider(check, state, state.last.message if state.last else "critical")
                     break
@@ -283,6 +312,7 @@ class Healer:
                 if budget.attempts or budget.exhausted:
                     log.info("restart budget of %s back: healthy for %gs", policy.target, policy.stable_for)
                 budget.counts_from, budget.attempts, budget.exhausted = now, [], None
+                self._told_exhausted = {t for t in self._told_exhausted if t[1] != key}
             budget.recovered_at, changed = None, True
         if changed:
             await self._db(self.ledger.save_budget, budget)
@@ -309,11 +339,15 @@ class Healer:
             return  # never two actions at once on one target
         if not self._may_act(check, chain, state):
             return
-        last = self._key(chain[-1].target)
-        budget = self.budgets.get(last)
-        if (budget is not None and budget.exhausted is not None) or self._key(chain[0].target) in self._dry_run_done:
-            return
+        if self._key(chain[0].target) in self._dry_run_done or not any(self._left(step) for step in chain):
+            return  # every step spent: the healer gave up (and said so) until a budget comes back
         self._spawn(chain[0].target, self._remediate(check, chain, state.name, reason))
+
+    def _left(self, step: RestartPolicy) -> bool:
+        budget = self.budgets.get(self._key(step.target))
+        if budget is None:
+            return True
+        return budget.exhausted is None and used(budget, step.window, self._clock()) < step.max_attempts
 
     def _may_act(self, check: CheckBase, chain: list[RestartPolicy], state: EntityState | None) -> bool:
         """Everything that must hold for an action, asked again right before each one runs."""
@@ -382,6 +416,9 @@ class Healer:
         check = self._check(name)
         if check is not None:
             keys = {self._key(step.target) for step in check.restart or []}
+            # every entity's own budget, those of entities no longer seen (a worker taken out of the config) too
+            patterns = [self._pattern(step) for step in check.restart or [] if step.templated]
+            keys |= {k for k in self.budgets if any(p.fullmatch(k) for p in patterns)}
             for state in self.states.entities_of(check.name):
                 keys |= {self._key(step.target) for step in self.chain(check, state.name) or []}
         else:
@@ -421,7 +458,10 @@ class Healer:
         """A restart done without this monitor (a node's agent while it was cut off): in the ledger and
         in the budget, so what is left of the budget is what both did not use."""
         chain = self.chain(check, entity)
-        assert chain is not None
+        if chain is None:  # the config changed since: the agent's own record and its event still tell
+            log.warning("restart by %s of %s for %s not counted: no restart of it is configured now", by, check.name,
+                        entity)
+            return
         policy = chain[min(max(step, 0), len(chain) - 1)]
         key = self._key(policy.target)
         budget = self.budgets.setdefault(key, BudgetRow(key))
@@ -458,20 +498,28 @@ class Healer:
             if picked is None:
                 return
             index, policy, budget = picked
-            delay = max(grace, self._backoff(policy, budget, now))
-            if delay > 0:
-                await asyncio.sleep(delay)
-                # Anything may have changed while waiting: a person's pause, a reload, a recovery, the root.
-                if not self._may_act(check, chain, self.states.entities.get(entity)):
+            key = self._key(policy.target)
+            if key in self._acting:  # another ladder runs this very step (a shared reboot): its attempt counts here
+                await asyncio.sleep(RECONCILE_EVERY)
+                continue
+            self._acting.add(key)
+            try:
+                delay = max(grace, self._backoff(policy, budget, now))
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    # Anything may have changed while waiting: a person's pause, a reload, a recovery, the root.
+                    if not self._may_act(check, chain, self.states.entities.get(entity)):
+                        return
+                    root = self.states.root_failing(check.name, entity, Status.CRITICAL)
+                    if root is not None:
+                        log.info("not restarting %s for %s: its root %s is down", policy.target, entity, root)
+                        return
+                grace = 0.0
+                attempt = used(budget, policy.window, self._clock()) + 1
+                if await self._attempt(check, chain, index, budget, entity, attempt, reason):
                     return
-                root = self.states.root_failing(check.name, entity, Status.CRITICAL)
-                if root is not None:
-                    log.info("not restarting %s for %s: its root %s is down", policy.target, entity, root)
-                    return
-            grace = 0.0
-            attempt = used(budget, policy.window, self._clock()) + 1
-            if await self._attempt(check, chain, index, budget, entity, attempt, reason):
-                return
+            finally:
+                self._acting.discard(key)
 
     async def _step(
         self, check: CheckBase, chain: list[RestartPolicy], entity: str, now: float
@@ -510,10 +558,14 @@ class Healer:
     async def _exhausted(
         self, check: CheckBase, chain: list[RestartPolicy], budget: BudgetRow, entity: str, now: float
     ) -> None:
-        if budget.exhausted is not None:
-            return  # said once: not again until the budget is back
-        budget.exhausted = now
-        await self._db(self.ledger.save_budget, budget)
+        told = (entity, budget.target)
+        earlier = budget.exhausted is not None and not any(t[1] == budget.target for t in self._told_exhausted)
+        if told in self._told_exhausted or earlier:
+            return  # said once (per entity: a step shared by ladders): not again until the budget is back
+        self._told_exhausted.add(told)
+        if budget.exhausted is None:
+            budget.exhausted = now
+            await self._db(self.ledger.save_budget, budget)
         policy = chain[-1]
         state = self.states.entities.get(entity)
         ladder = f" (the last of {len(chain)} steps)" if len(chain) > 1 else ""
@@ -625,7 +677,7 @@ class Healer:
         if not dry_run:
             budget.failed_streak = 0 if healthy else budget.failed_streak + 1
             budget.last_finished = finished
-            if result == "succeeded" and credit:
+            if result == "succeeded":  # as the ledger learns at the next start: credited, or not to be told
                 budget.start_times = [*budget.start_times, finished - started][-5:]
         detail = outcome.detail if outcome.ok else f"action failed: {outcome.detail}"
         if outcome.ok and not healthy and not dry_run:

@@ -281,7 +281,7 @@ def _worker(
         target=label(address, 200),
         group=Group.WORKERS,
         metrics=metrics,
-        details={**details, "status": state},
+        details={**details, "status": state, "node_known": _host_of(address, w) in nodes},
         node=nodes.get(_host_of(address, w)),
     )
 
@@ -316,6 +316,7 @@ def _missing(check: DaskCheck, workers: dict[str, Any], nodes: dict[str, str]) -
                 name=f"{check.name}/{expected.name}",
                 target=expected.host or expected.name,
                 group=Group.WORKERS,
+                details={"node_known": expected.host in nodes},
                 node=nodes.get(expected.host) if expected.host else None,
             )
         )
@@ -331,6 +332,7 @@ def _unknown_expected(check: DaskCheck, why: str, nodes: dict[str, str]) -> list
             name=f"{check.name}/{e.name}",
             target=e.host or e.name,
             group=Group.WORKERS,
+            details={"node_known": e.host in nodes},
             node=nodes.get(e.host) if e.host else None,
         )
         for e in check.expect_workers
