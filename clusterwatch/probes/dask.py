@@ -25,8 +25,6 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from clusterwatch.config.schema import DaskCheck, ExpectedWorker
 from clusterwatch.model import Group, Observation, Status, one_line
 from clusterwatch.probes.base import (
@@ -615,6 +613,8 @@ def _parse_metrics(answer: HttpAnswer | Unreachable) -> dict[str, float] | None:
     if not any(line.strip() and not line.startswith("#") for line in lines):
         return None
     wanted = [line for line in lines if line.startswith(_SAMPLES) and len(line) <= _MAX_LINE][:_MAX_SAMPLE_LINES]
+    from prometheus_client.parser import text_string_to_metric_families  # only once a scheduler answered
+
     out: dict[str, float] = {}
     unusable: set[str] = set()  # a NaN or infinite part makes the whole figure unknown, not a partial sum
     try:
