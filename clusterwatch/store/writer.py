@@ -1,12 +1,15 @@
 """History writes: batched, in a thread of their own, off the event loop; SQLite or PostgreSQL.
 
 Survives `kill -9` at any moment: every batch is one transaction that carries its raw observations
-and the rollup rows they change (SQLite: WAL with synchronous=NORMAL keeps every committed batch
-across a crash of the process). A failed transaction is rolled back, retried with backoff, and then
-split so that one bad item cannot cost the rest of its batch; a database that is busy, full, failing
-or away is retried for as long as it takes, while the bounded queue in front of the writer drops
-(and counts) what does not fit. In a high-availability group only the leader records history: each
-batch is fenced by the leader lease in its own transaction, so a stale leader's writes are refused.
+(one multi-row insert), the entities' rows and the rollup rows of the minutes that closed in it
+(SQLite: WAL with synchronous=NORMAL keeps every committed batch across a crash of the process).
+What a crash loses from memory, each entity's open minute, is rebuilt from the raw observations when
+the entity is next observed (rollups.py says how). A failed transaction is rolled back, retried with
+backoff, and then split so that one bad item cannot cost the rest of its batch; a database that is
+busy, full, failing or away is retried for as long as it takes, while the bounded queue in front of
+the writer drops (and counts) what does not fit. In a high-availability group only the leader records
+history: each batch is fenced by the leader lease in its own transaction, so a stale leader's writes
+are refused, and a monitor that stopped recording for a while reads its entities back from the store.
 """
 
 from __future__ import annotations
@@ -42,11 +45,33 @@ _ENTITY_COLUMNS = (
     "name, check_name, kind, node, status, hard, since, message, latency_ms, updated, incident, incident_started, "
     "flapping, affected_by, fail_streak, ok_streak, history, down"
 )
+_OBSERVATION_INSERT = (
+    "INSERT INTO observations (ts, entity, check_name, kind, node, status, message, latency_ms, metrics, details) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
 _ENTITY_UPSERT = (
     f"INSERT INTO entities ({_ENTITY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (name) "
     "DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in (c.strip() for c in _ENTITY_COLUMNS.split(",")) if c != "name")
 )
+
+
+class _Held:
+    """Rows a transaction holds back to write as one multi-row statement per table: a batch of a
+    thousand observations is two statements, not two thousand (one round trip each on PostgreSQL)."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.observations: list[tuple[Any, ...]] = []
+        self.entities: dict[str, tuple[Any, ...]] = {}  # the last row of each: one upsert per entity
+
+    def flush(self) -> None:
+        if self.observations:
+            self.tx.executemany(_OBSERVATION_INSERT, self.observations)
+            self.observations = []
+        if self.entities:
+            self.tx.executemany(_ENTITY_UPSERT, list(self.entities.values()))
+            self.entities = {}
 
 
 class Store:
@@ -65,6 +90,8 @@ class Store:
         self._reads: Database | None = None
         self._db: Database | None = None
         self._rollups = Rollups()
+        self._held: _Held | None = None
+        self._lapsed = False  # set while not recording: what memory holds may be stale by the next batch
         self._last_retention = time.monotonic()
         self._last_commit = time.monotonic()
         self.written = 0  # items committed
@@ -121,6 +148,7 @@ class Store:
 
     def _put(self, item: tuple[Any, ...]) -> None:
         if not self.recording():
+            self._lapsed = True
             return  # a follower: the leader records
         if self._queue.qsize() >= QUEUE_MAX:
             self.dropped += 1
@@ -191,9 +219,14 @@ class Store:
                 except queue.Empty:
                     break
             items = [i for i in batch if isinstance(i, tuple)]
+            # A flush or a stop writes the open minutes as they stand, so that readers find them.
+            checkpoint = len(items) < len(batch)
             try:
-                if items:
-                    self._commit(items)
+                if self._lapsed:
+                    self._lapsed = False
+                    self._rollups.reset()
+                if items or (checkpoint and self._rollups.unwritten()):
+                    self._commit(items, checkpoint=checkpoint)
                 if time.monotonic() - self._last_retention > RETENTION_EVERY:
                     self._retention()
             except Exception:  # a bug here must not end history keeping
@@ -204,23 +237,24 @@ class Store:
             if any(i is _STOP for i in batch):
                 return
 
-    def _commit(self, items: list[tuple[Any, ...]], retries: int = RETRIES) -> None:
+    def _commit(self, items: list[tuple[Any, ...]], retries: int = RETRIES, *, checkpoint: bool = False) -> None:
         """Write `items`: retried with backoff, a busy or failing database for as long as it lasts,
         then split in halves until the item that fails alone is found and given up."""
         delay, attempts = RETRY_DELAY, 0
         while True:
-            error = self._transaction(items)
+            error = self._transaction(items, checkpoint)
             if error is None:
                 return
             if isinstance(error, Fenced):
                 self.fenced += len(items)
+                self._rollups.reset()  # another monitor records now: what memory holds goes stale
                 return  # not the leader any more: the one who is records
             attempts += 1
             if self._stopping.is_set() or (attempts > retries and not transient(error)):
                 break
             self._stopping.wait(delay)
             delay = min(delay * 2, RETRY_DELAY_MAX)
-        if len(items) == 1 or self._stopping.is_set():
+        if len(items) <= 1 or self._stopping.is_set():
             self.failed_items += len(items)
             log.error(
                 "store: gave up %d write(s) (%s) after %d attempt(s): %s",
@@ -231,17 +265,20 @@ class Store:
             )
             return
         middle = len(items) // 2
-        self._commit(items[:middle], retries=0)
-        self._commit(items[middle:], retries=0)
+        self._commit(items[:middle], retries=0, checkpoint=checkpoint)
+        self._commit(items[middle:], retries=0, checkpoint=checkpoint)
 
-    def _transaction(self, items: list[tuple[Any, ...]]) -> BaseException | None:
+    def _transaction(self, items: list[tuple[Any, ...]], checkpoint: bool = False) -> BaseException | None:
         """One transaction; on any error it is rolled back and the error returned."""
         assert self._db is not None, "not open"
         try:
             with self._db.transaction() as tx:
+                held = self._held = _Held(tx)
+                self._rollups.begin(held.flush)
                 for item in items:
                     getattr(self, f"_w_{item[0]}")(tx, *item[1:])
-                self._rollups.write(tx)
+                held.flush()
+                self._rollups.write(tx, checkpoint=checkpoint)
                 if self.fence is not None:  # last, just before COMMIT: the lease row is locked only that long
                     self.fence.check(tx)
         except Exception as exc:
@@ -256,10 +293,9 @@ class Store:
         return None
 
     def _w_obs(self, conn: Tx, obs: Observation, at: float, expected_every: float, late: bool = False) -> None:
-        self._rollups.observed(conn, obs.name, at, obs.status.value, expected_every, late)
-        conn.execute(
-            "INSERT INTO observations (ts, entity, check_name, kind, node, status, message, latency_ms, metrics, "
-            "details) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        self._rollups.observed(conn, obs.name, at, obs.status.value, expected_every, late, obs.latency_ms)
+        assert self._held is not None
+        self._held.observations.append(
             (
                 at,
                 obs.name,
@@ -271,15 +307,18 @@ class Store:
                 obs.latency_ms,
                 json.dumps(obs.metrics) if obs.metrics else None,
                 json.dumps(obs.details, default=str) if obs.details else None,
-            ),
+            )
         )
 
     def _w_entity(self, conn: Tx, row: tuple[Any, ...]) -> None:
-        conn.execute(_ENTITY_UPSERT, row)
+        assert self._held is not None
+        self._held.entities[row[0]] = row
 
     def _w_forget(self, conn: Tx, names: list[str]) -> None:
+        assert self._held is not None
+        self._held.flush()  # an entity's row written before it goes (and one written after comes back)
         conn.executemany("DELETE FROM entities WHERE name = ?", [(n,) for n in names])
-        self._rollups.forget(names)
+        self._rollups.forget(conn, names)
 
     def _w_event(self, conn: Tx, e: Event) -> None:
         conn.execute(
