@@ -8,6 +8,8 @@ of it. Goals on a 2-core machine: lag p99 under 50 ms, RSS under 300 MB, CPU per
 `--store postgresql` runs the same load on a PostgreSQL store (a throwaway server from tests/pg.py: needs
 root and Debian's postgresql); its growth is `pg_database_size`, and the server's own CPU is shown apart
 (not counted in the monitor's CPU per probe).
+It also prints how busy the rest of the machine was meanwhile ("else", in % of one core: the targets,
+the database, anything else running): on a shared 2-core machine that, more than the monitor, sets the lag.
 `--py-spy FILE` records the monitor with py-spy over the measured window (collapsed stacks per thread; its
 sampling costs CPU, so take the numbers of a run without it).
 Run: `.venv/bin/python bench/engine_10k.py [--checks 10000 --seconds 120 --store sqlite|postgresql]`
@@ -39,6 +41,12 @@ from _targets import targets
 def proc_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores, every process): how much else ran beside."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -142,9 +150,11 @@ def measure_floor(ports: list[int], checks: int, interval: float, warm: float, w
         time.sleep(warm)
         time.sleep(1.1)  # a fresh progress line
         (done0, err0), cpu0, t0 = floor.done(), proc_cpu_seconds(floor.proc.pid), time.monotonic()
+        busy0 = machine_busy_seconds()
         time.sleep(window)
         time.sleep(1.1)
         (done1, err1), cpu1, t1 = floor.done(), proc_cpu_seconds(floor.proc.pid), time.monotonic()
+        busy1 = machine_busy_seconds()
         rss = peak_rss_mb(floor.proc.pid)
         measured = [line for line in floor.lines if line.get("t", 0) >= t0]
     finally:
@@ -158,6 +168,7 @@ def measure_floor(ports: list[int], checks: int, interval: float, warm: float, w
         "p50_ms": 1000 * statistics.median(line["p50"] for line in measured) if measured else float("nan"),
         "p99_ms": 1000 * max(line["p99"] for line in measured) if measured else float("nan"),
         "rss": rss,
+        "others": (busy1 - busy0 - (cpu1 - cpu0)) / (t1 - t0),
     }
 
 
@@ -253,6 +264,7 @@ def main() -> None:
         try:
             time.sleep(warm)
             cpu0, size0, t0 = proc_cpu_seconds(daemon.pid), size(), time.monotonic()
+            busy0 = machine_busy_seconds()
             pg0 = pg_cpu() if pg_cpu else 0.0
             if args.py_spy:
                 spy = subprocess.Popen(
@@ -277,6 +289,7 @@ def main() -> None:
                 )
             time.sleep(window)
             cpu1, size1, t1 = proc_cpu_seconds(daemon.pid), size(), time.monotonic()
+            busy1 = machine_busy_seconds()
             pg1 = pg_cpu() if pg_cpu else 0.0
             rss = peak_rss_mb(daemon.pid)
         finally:
@@ -301,7 +314,14 @@ def main() -> None:
     print(f"  start: {ready} (config of {args.checks} checks validated and all scheduled)")
     print(f"  probes per second: {rate:.0f} (expected {args.checks / interval:.0f})")
     print(f"  scheduling lag: p50 {p50:.1f} ms (median 10 s window), p99 {p99:.1f} ms (worst 10 s window)")
+    windows = " ".join(f"{s['lag_p99_ms']:.0f}" for s in measured)
+    print(f"  lag p99 of each 10 s window (ms): {windows}")
     print(f"  CPU: {100 * cpu_share:.0f}% of one core, {cpu_ms:.3f} ms per probe; peak RSS {rss:.0f} MB")
+    others = (busy1 - busy0 - (cpu1 - cpu0)) / (t1 - t0)
+    print(
+        f"  everything else on the machine meanwhile (the targets, the database, other work): "
+        f"{100 * others:.0f}% of one core, of {os.cpu_count()}"
+    )
     if pg_cpu is not None:
         print(f"  PostgreSQL's own CPU (all its processes): {100 * (pg1 - pg0) / (t1 - t0):.0f}% of one core")
     what = "pg_database_size" if args.store == "postgresql" else "database"
@@ -317,7 +337,8 @@ def main() -> None:
             f"  Python floor (paced aiohttp GET loop, same targets and rate, its own process): "
             f"{floor['rate']:.0f} requests/s, {100 * floor['cpu_share']:.0f}% of one core, "
             f"{floor['cpu_ms']:.3f} ms per request, {floor['errors']:.0f} errors, pacing lag p50 "
-            f"{floor['p50_ms']:.1f} ms p99 {floor['p99_ms']:.1f} ms, peak RSS {floor['rss']:.0f} MB"
+            f"{floor['p50_ms']:.1f} ms p99 {floor['p99_ms']:.1f} ms, peak RSS {floor['rss']:.0f} MB; everything else "
+            f"meanwhile {100 * floor['others']:.0f}% of one core"
         )
         print(f"  CPU per probe / floor: {ratio:.2f}x")
     met = p99 < 50 and rss < 300 and (floor is None or ratio <= 1.5)
@@ -327,10 +348,10 @@ def main() -> None:
     )
     print(f"  ran for {time.monotonic() - started:.0f} s")
     print(
-        "| store | CPU/probe ms | floor ms | ratio | lag p50 ms | lag p99 ms | RSS MB | probes/s |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        "| store | CPU/probe ms | floor ms | ratio | lag p50 ms | lag p99 ms | RSS MB | probes/s | else % |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
         f"| {args.store} | {cpu_ms:.3f} | {floor['cpu_ms'] if floor else float('nan'):.3f} | {ratio:.2f} | "
-        f"{p50:.1f} | {p99:.1f} | {rss:.0f} | {rate:.0f} |"
+        f"{p50:.1f} | {p99:.1f} | {rss:.0f} | {rate:.0f} | {100 * others:.0f} |"
     )
 
 
