@@ -71,12 +71,13 @@ _HOUR_ROW = (
     "p95 = excluded.p95, max = excluded.max, seconds_ok = excluded.seconds_ok, "
     "seconds_known = excluded.seconds_known"
 )
-# Where an entity stands in the store when this process first sees it: its last raw observation
-# and its last written minute.
+# Where entities stand in the store when this process first sees them: each one's last raw
+# observation and last written minute (one statement for many, each looked up in its index).
 _LAST = (
-    "SELECT (SELECT MAX(ts) FROM observations WHERE entity = ?) AS raw, "
-    "(SELECT MAX(ts) FROM rollup_minute WHERE entity = ?) AS written"
+    "SELECT column1, (SELECT MAX(ts) FROM observations WHERE entity = column1), "
+    "(SELECT MAX(ts) FROM rollup_minute WHERE entity = column1) FROM (VALUES {}) AS named"
 )
+_LAST_CHUNK = 500
 # A minute's raw observations and the last one before it (its status holds into the minute), in
 # the order they were filed.
 _REPLAY = (
@@ -204,6 +205,17 @@ class Rollups:
         self._saved = (self._newest, self._swept)
         self.before_read = before_read
 
+    def prefetch(self, conn: Tx, every: dict[str, float]) -> None:
+        """Read back, in a few statements, the entities of a batch this process has not seen yet
+        (`every`: each one's expected interval), before any of the batch's rows are written."""
+        new = [name for name in every if name not in self._entities]
+        for i in range(0, len(new), _LAST_CHUNK):
+            chunk = new[i : i + _LAST_CHUNK]
+            sql = _LAST.format(",".join("(?)" for _ in chunk))
+            for name, raw, written in conn.execute(sql, chunk).fetchall():
+                self._undo.setdefault(name, _ABSENT)
+                self._entities[name] = self._restore(conn, name, every[name], raw, written)
+
     def observed(
         self,
         conn: Tx,
@@ -328,19 +340,19 @@ class Rollups:
         if entity not in self._undo:
             self._undo[entity] = found.copy() if found is not None else _ABSENT
         if found is None:
-            found = self._entities[entity] = self._restore(conn, entity, every)
+            self.before_read()
+            _, raw, written = conn.execute(_LAST.format("(?)"), (entity,)).fetchone()
+            found = self._entities[entity] = self._restore(conn, entity, every, raw, written)
         return found
 
-    def _restore(self, conn: Tx, entity: str, every: float) -> _Entity:
-        """The first time this process sees an entity: its last raw observation is its timeline, and that
-        observation's minute is rebuilt whole from the raw rows (it may never have been written, or been
-        written before the minute was over)."""
-        self.before_read()
-        row = conn.execute(_LAST, (entity, entity)).fetchone()
-        e = _Entity(written=row[1])
-        if row[0] is None:
+    def _restore(self, conn: Tx, entity: str, every: float, raw: float | None, written: int | None) -> _Entity:
+        """The first time this process sees an entity: its last raw observation (at `raw`) is its timeline,
+        and that observation's minute is rebuilt whole from the raw rows (it may never have been written,
+        or been written before the minute was over). `written`: its last minute that has a row."""
+        e = _Entity(written=written)
+        if raw is None:
             return e
-        minute = minute_of(row[0])
+        minute = minute_of(raw)
         bucket = e.bucket = _Bucket(minute)
         rows = conn.execute(_REPLAY, (entity, entity, minute, minute, minute + MINUTE)).fetchall()
         rows.sort(key=lambda r: (r[1] >= minute, r[0]))  # the one before the minute first, then as filed

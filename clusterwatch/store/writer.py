@@ -275,6 +275,11 @@ class Store:
             with self._db.transaction() as tx:
                 held = self._held = _Held(tx)
                 self._rollups.begin(held.flush)
+                every: dict[str, float] = {}
+                for item in items:
+                    if item[0] == "obs":
+                        every.setdefault(item[1].name, item[3])
+                self._rollups.prefetch(tx, every)
                 for item in items:
                     getattr(self, f"_w_{item[0]}")(tx, *item[1:])
                 held.flush()
