@@ -206,3 +206,89 @@ class History:
     def events_since(self, kind: str, start: float) -> list[dict[str, Any]]:
         rows = self._rows("SELECT * FROM events WHERE kind = ? AND ts >= ? ORDER BY id", (kind, start))
         return [dict(r) for r in rows]
+
+    # --- pictures: uptime by slot, latency over time, incidents and actions in a window ------------------
+
+    def uptime_slots(
+        self, start: float, end: float, slots: int, entities: list[str] | None = None
+    ) -> dict[str, list[tuple[float, float]]]:
+        """entity -> `slots` equal slices of [start, end), each (seconds ok, seconds known).
+
+        Slices shorter than an hour read the minute rollups (kept two weeks by default), longer ones the
+        hours; a minute or hour counts in the slice its start falls in. Rows from before schema 5 (counts,
+        no seconds) stand for their whole minute or hour, ok in the share of their probes that were. The
+        minute an entity is in now is not written yet, so the last slice lags by up to a minute."""
+        width = max(1, int((end - start) // slots))
+        table, size = ("rollup_hour", HOUR) if width >= HOUR else ("rollup_minute", 60)
+        first = int(start)
+        sql = (
+            f"SELECT entity, (ts - ?) / ? AS slot, "
+            f"SUM(CASE WHEN seconds_known IS NULL THEN {size}.0 * ok / NULLIF(count, 0) ELSE seconds_ok END) AS ok_s, "
+            f"SUM(CASE WHEN seconds_known IS NULL THEN {size}.0 ELSE seconds_known END) AS known_s "
+            f"FROM {table} WHERE ts >= ? AND ts < ?"
+        )
+        args: list[Any] = [first, width, first, first + width * slots]
+        if entities is not None:
+            if not entities:
+                return {}
+            sql += f" AND entity IN ({', '.join('?' for _ in entities)})"
+            args.extend(entities)
+        result: dict[str, list[tuple[float, float]]] = {}
+        for row in self._rows(sql + " GROUP BY entity, slot", tuple(args)):
+            slot = int(row["slot"])
+            if 0 <= slot < slots:
+                found = result.setdefault(row["entity"], [(0.0, 0.0)] * slots)
+                found[slot] = (float(row["ok_s"] or 0.0), float(row["known_s"] or 0.0))
+        return result
+
+    def latency_series(self, entity: str, start: float, end: float, buckets: int) -> list[dict[str, Any]]:
+        """One entity's latency in `buckets` equal slices of [start, end) from its minute rollups, oldest
+        first, slices without a probe left out: `ts` (the slice's start), `p50` (weighted by probes),
+        `p95` and `max` (the worst minute's), `count`."""
+        width = max(60, int((end - start) // buckets))
+        first = int(start)
+        rows = self._rows(
+            "SELECT (ts - ?) / ? AS slot, SUM(p50 * count) / SUM(CASE WHEN p50 IS NOT NULL THEN count END) AS p50, "
+            "MAX(p95) AS p95, MAX(max) AS max, CAST(SUM(count) AS BIGINT) AS count FROM rollup_minute "
+            "WHERE entity = ? AND ts >= ? AND ts < ? GROUP BY slot ORDER BY slot",
+            (first, width, entity, first, int(end)),
+        )
+        return [
+            {
+                "ts": first + int(r["slot"]) * width,
+                "p50": None if r["p50"] is None else float(r["p50"]),
+                "p95": None if r["p95"] is None else float(r["p95"]),
+                "max": None if r["max"] is None else float(r["max"]),
+                "count": int(r["count"] or 0),
+            }
+            for r in rows
+        ]
+
+    def incidents_between(self, start: float, end: float, entities: list[str] | None = None) -> list[dict[str, Any]]:
+        """Incidents open at any time in [start, end), oldest first (an open one runs on to now)."""
+        sql = "SELECT * FROM incidents WHERE opened < ? AND (closed IS NULL OR closed >= ?)"
+        args: list[Any] = [end, start]
+        if entities is not None:
+            if not entities:
+                return []
+            sql += f" AND entity IN ({', '.join('?' for _ in entities)})"
+            args.extend(entities)
+        return [dict(r) for r in self._rows(sql + " ORDER BY opened", tuple(args))]
+
+    def actions_between(self, start: float, end: float, check: str | None = None) -> list[dict[str, Any]]:
+        """The healer's attempts started in [start, end), oldest first."""
+        sql = "SELECT * FROM actions WHERE started >= ? AND started < ?"
+        args: list[Any] = [start, end]
+        if check is not None:
+            sql += " AND check_name = ?"
+            args.append(check)
+        return [dict(r) for r in self._rows(sql + " ORDER BY started", tuple(args))]
+
+    def events_between(self, entity: str, start: float, end: float, limit: int = 200) -> list[dict[str, Any]]:
+        """One entity's events in [start, end), newest first."""
+        rows = self._rows(
+            "SELECT ts, kind, old, new, message FROM events WHERE entity = ? AND ts >= ? AND ts < ? "
+            "ORDER BY id DESC LIMIT ?",
+            (entity, start, end, limit),
+        )
+        return [dict(r) for r in rows]
