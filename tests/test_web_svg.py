@@ -155,7 +155,14 @@ def test_latency_chart_no_data():
 
 @pytest.mark.parametrize(
     ("value", "state"),
-    [(10.0, "ok"), (85.0, "warning"), (97.0, "critical"), (None, "no data"), (math.nan, "no data"), (500.0, "critical")],
+    [
+        (10.0, "ok"),
+        (85.0, "warning"),
+        (97.0, "critical"),
+        (None, "no data"),
+        (math.nan, "no data"),
+        (500.0, "critical"),
+    ],
 )
 def test_gauge_states_in_words(value, state):
     root = parse(gauge(value, label="GPU util", unit="%", warn=80, crit=95))
