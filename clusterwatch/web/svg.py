@@ -110,10 +110,15 @@ def uptime_share(slots: Iterable[Slot]) -> float | None:
 
 
 def _svg(width: float, height: float, label: str, body: str, cls: str, *, stretch: bool = False) -> str:
-    ratio = ' preserveAspectRatio="none"' if stretch else ""
+    """Stretched pictures (bars) fill the width at a fixed height; the others keep their proportions and shrink
+    to fit (an inline style, so a report file without a stylesheet does the same)."""
+    if stretch:
+        size = f'width="100%" height="{height:g}" preserveAspectRatio="none"'
+    else:
+        size = f'width="{width:g}" height="{height:g}" style="max-width:100%;height:auto"'
     return (
         f'<svg xmlns="{SVG_NS}" class="{cls}" role="img" aria-label="{esc(label)}" viewBox="0 0 {width:g} {height:g}"'
-        f' width="100%" height="{height:g}"{ratio}><title>{esc(label)}</title>{body}</svg>'
+        f" {size}><title>{esc(label)}</title>{body}</svg>"
     )
 
 
@@ -369,7 +374,7 @@ def latency_chart(points: Sequence[tuple[float, float | None, float | None]], st
     """p50 (solid) and p95 (dashed) latency over time in milliseconds, with a time axis and a millisecond axis;
     a missing value breaks the line."""
     span = max(1.0, end - start)
-    x0, x1, y0, y1 = 40.0, 596.0, 6.0, 126.0
+    x0, x1, y0, y1 = 48.0, 596.0, 8.0, 126.0
     clean = [(t, _num(p50), _num(p95)) for t, p50, p95 in points if _num(t) is not None and start <= t <= end]
     clean.sort(key=lambda p: p[0])
     values = [v for _, a, b in clean for v in (a, b) if v is not None]
@@ -387,9 +392,9 @@ def latency_chart(points: Sequence[tuple[float, float | None, float | None]], st
         dash = "" if i == 0 else ' stroke-dasharray="2 3"'
         parts.append(
             f'<line x1="{x0:g}" y1="{y:.1f}" x2="{x1:g}" y2="{y:.1f}" stroke="{INK}" stroke-width=".3"{dash}/>'
-            f'<text x="{x0 - 4:g}" y="{y + 3:.1f}" font-size="9" text-anchor="end" fill="{INK}">{v:g}</text>'
+            f'<text x="{x0 - 4:g}" y="{y + 3:.1f}" font-size="9" text-anchor="end" fill="{INK}">'
+            f"{v:g}{' ms' if i == 4 else ''}</text>"
         )
-    parts.append(f'<text x="{x0 - 4:g}" y="{y0:g}" font-size="8" text-anchor="end" fill="{INK}" dy="-1">ms</text>')
     parts.append(_time_axis(start, end, x0, x1, y1))
     parts.append(_polyline([xy(t, b) for t, _, b in clean], WARN, "4 2", "p95"))
     parts.append(_polyline([xy(t, a) for t, a, _ in clean], "#3182ce", "", "p50"))
