@@ -648,6 +648,18 @@ class WebAuth(Strict):
     read: bool = False  # require the token for reading too
 
 
+class StatusPage(Strict):
+    """`/status`: a read-only page for the people who use the cluster: the chosen checks' state, uptime
+    bars, open incidents and maintenance windows coming up, and nothing else of the monitor.
+
+    `public: true` opens it (and only it) to anyone who can reach the web; everything else then needs
+    the token, for reading too. Without `public`, it needs the token like any other page."""
+
+    title: str = Field("Service status", min_length=1, max_length=200)
+    checks: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)  # globs on check names
+    public: bool = False
+
+
 class WebOptions(Strict):
     """Dashboard, JSON API and /metrics, served by `clusterwatch run`."""
 
@@ -657,6 +669,7 @@ class WebOptions(Strict):
     token_file: str | None = None
     auth: WebAuth = WebAuth()
     tls: WebTLS | None = None
+    status_page: StatusPage | None = None
 
     @field_validator("listen")
     @classmethod
@@ -691,6 +704,21 @@ class WebOptions(Strict):
                 "change state; set web.token_file (or web.token: ${ENV}), or listen on 127.0.0.1",
             )
         return self
+
+    @model_validator(mode="after")
+    def _public_status_page(self) -> WebOptions:
+        if self.status_page is not None and self.status_page.public and not (self.token or self.token_file):
+            raise FieldError(
+                ("status_page", "public"),
+                "a public status page closes everything else behind the token, and none is configured: "
+                "set web.token_file (or web.token: ${ENV})",
+            )
+        return self
+
+    @property
+    def read_needs_token(self) -> bool:
+        """Whether reading (pages, API, /metrics) needs the token: `auth.read`, or a public status page."""
+        return self.auth.read or (self.status_page is not None and self.status_page.public)
 
     @property
     def host(self) -> str:

@@ -81,6 +81,23 @@ class History:
         except errors() as exc:  # the store away: the last figures stay, said in one line
             log.error("uptime refresh failed: %s", exc)
 
+    async def uptime_slots(
+        self, start: float, end: float, slots: int, entities: list[str] | None = None
+    ) -> dict[str, list[tuple[float, float]]]:
+        """entity -> (seconds ok, seconds known) in each of `slots` equal slices (the store's uptime_slots)."""
+        return await self._read(self.reads.uptime_slots, start, end, slots, entities)
+
+    async def latency_series(self, entity: str, start: float, end: float, buckets: int) -> list[dict[str, Any]]:
+        return await self._read(self.reads.latency_series, entity, start, end, buckets)
+
+    async def incidents_between(
+        self, start: float, end: float, entities: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        return await self._read(self.reads.incidents_between, start, end, entities)
+
+    async def actions_between(self, start: float, end: float, check: str | None = None) -> list[dict[str, Any]]:
+        return await self._read(self.reads.actions_between, start, end, check)
+
     def start(self) -> None:
         async def loop() -> None:
             while True:

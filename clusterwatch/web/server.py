@@ -1,7 +1,7 @@
 """The web server inside `clusterwatch run`: dashboard, /api/v1, /metrics, /healthz.
 
 Secure by default: it listens on 127.0.0.1; anything that changes state needs the bearer
-token (and with `web.auth.read: true`, reading too); a wrong or missing token is a 401,
+token (and with `web.auth.read: true` or a public `web.status_page`, reading too); a wrong or missing token is a 401,
 never a 500. Binding elsewhere without a token is refused when the config is loaded.
 """
 
@@ -22,7 +22,7 @@ from aiohttp import web
 
 from clusterwatch import redact
 from clusterwatch.agent.protocol import AGENT_PATHS
-from clusterwatch.web import agents_api, api, dashboard
+from clusterwatch.web import agents_api, api, dashboard, status_page
 from clusterwatch.web.cache import Snapshot
 from clusterwatch.web.metrics import counts, render
 from clusterwatch.web.queries import READS, History
@@ -134,6 +134,7 @@ class WebServer:
         api.routes(app)
         agents_api.routes(app)
         dashboard.routes(app)
+        status_page.routes(app)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/login", self.login_form)
@@ -173,6 +174,9 @@ class WebServer:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS or request.path in AGENT_PATHS:  # agents: their own tokens (agents_api)
             return await handler(request)
+        page = self.monitor.config.web.status_page
+        if page is not None and page.public and request.path in status_page.PATHS and request.method in ("GET", "HEAD"):
+            return await handler(request)  # the public status page: made to hold nothing secret (status_page.py)
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             # Changing state: the header only (a cookie would let other sites act through a browser).
             if not self.token:
@@ -185,7 +189,7 @@ class WebServer:
                 return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
             request["actor"] = "api"
             return await handler(request)
-        if self.monitor.config.web.auth.read and not self._authorized(request, allow_cookie=True):
+        if self.monitor.config.web.read_needs_token and not self._authorized(request, allow_cookie=True):
             if request.path.startswith(("/api/", "/metrics")):
                 return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
             raise web.HTTPFound("/login")
