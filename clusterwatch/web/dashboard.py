@@ -526,55 +526,11 @@ async def silences_box(m: Monitor) -> str:
     )
 
 
-async def check_page(request: web.Request) -> web.Response:
-    m: Monitor = request.app["monitor"]
-    name = request.match_info["name"]
-    state = m.entities.get(name)
-    if state is None:
-        raise web.HTTPNotFound(text=f"no check named {name}")
-    now = time.time()
-    last = state.last
-    metrics = (
-        "".join(
-            f"<tr><td>{esc(k)}</td><td>{v:g}</td></tr>"
-            for k, v in sorted((last.metrics or {}).items())
-            if isinstance(v, int | float)
-        )
-        if last
-        else ""
-    )
-    observations = await m.web.history.recent_observations(name, 50)
-    events = await m.web.history.recent_events(name, 50)
-    obs_rows = "".join(
-        f'<tr><td>{time.strftime("%H:%M:%S", time.localtime(o["ts"]))}</td><td><span class="badge '
-        f'b-{esc(o["status"])}">{esc(o["status"])}</span></td><td>{esc(o["message"])}</td><td>'
-        f"{_ms(o['latency_ms'])}</td></tr>"
-        for o in observations
-    )
-    event_rows = (
-        "".join(
-            f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.localtime(e['ts']))}</td>"
-            f"<td>{esc(e['kind'])}</td><td>{esc(e['old'] or '')} → {esc(e['new'] or '')}</td>"
-            f"<td>{esc(e['message'])}</td></tr>"
-            for e in events
-        )
-        or '<tr><td colspan="4" class="muted">none</td></tr>'
-    )
-    body = (
-        f"<section><h2>{esc(name)}</h2>{row(m, state, now)}"
-        f'<p class="muted">check {esc(state.check)} · target {esc(last.target if last else "")} · '
-        f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state.since))}</p></section>"
-        f'<div class="grid2"><section><h2>Metrics</h2><table>{metrics or "<tr><td class=muted>none</td></tr>"}'
-        f"</table></section><section><h2>Events</h2><table>{event_rows}</table></section></div>"
-        f"{await actions_box(m, state.check, 20)}"
-        f"<section><h2>Recent observations</h2><table>{obs_rows}</table></section>"
-    )
-    return page(name, body, m, partial=True)
-
-
 def routes(app: web.Application) -> None:
     app.router.add_get("/", overview)
     app.router.add_get("/fragments/side", side_fragment)
     app.router.add_get("/fragments/group", group_fragment)
     app.router.add_get("/fragments/needs-person", needs_person_fragment)
-    app.router.add_get("/checks/{name:.+}", check_page)
+    from clusterwatch.web import check_page  # its own module, which draws on this one's page and rows
+
+    app.router.add_get("/checks/{name:.+}", check_page.check_page)
