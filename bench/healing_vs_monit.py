@@ -60,7 +60,7 @@ SETTLE = 3.0  # after a trial's service is back, before the other service is kil
 GIVE_UP = 60.0  # a trial whose service is not back by then is invalid
 FLAP_EVERY = 4.0  # the flapping trial: a kill this long after the previous one, while the service serves,
 FLAP_SETTLE = 1.5  # ... and this long after it is back (its restart verified, not cut short by the next kill)
-FLAP_HELD = 8.0  # ... and a service not back this long after a kill is held back (a heal takes ~2 s)
+FLAP_HELD = 5.0  # ... and a service not back this long after a kill is held back (a heal takes ~2 s)
 
 
 def free_port() -> int:
