@@ -172,7 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("id")
 
     report = command("report", help="uptime, incidents, MTTR, restarts over a period")
-    report.add_argument("--since", default="7d", metavar="DURATION", help="the period, back from now (default 7d)")
+    report.add_argument(
+        "--since",
+        default="7d",
+        metavar="WHEN",
+        help="the period's start: a duration back from now (7d, 36h) or a local date/time (2026-03-01, "
+        "'2026-03-01 14:00'); default 7d",
+    )
+    report.add_argument(
+        "--until", metavar="WHEN", help="the period's end, written the same way (e.g. 1d, 2026-03-08); default now"
+    )
     report.add_argument("--json", action="store_true", help="machine-readable")
     report.add_argument("--html", metavar="FILE", help="write an HTML report to FILE")
 
@@ -814,23 +823,35 @@ def _local_time(ts: float) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
     import os
+    import time
 
     from clusterwatch import report
-    from clusterwatch.config.durations import parse_duration
 
     loaded = _load(args)
     if loaded is None:
         return EXIT_CONFIG
+    now = time.time()
     try:
-        since = parse_duration(args.since)
+        start = report.parse_when(args.since, now)
     except ValueError as exc:
         print(f"clusterwatch: --since: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        end = now if args.until is None else report.parse_when(args.until, now)
+    except ValueError as exc:
+        print(f"clusterwatch: --until: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if end <= start:
+        print(
+            f"clusterwatch: --since ({_local_time(start)}) must be before --until ({_local_time(end)})",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     path = store_location(loaded.config.store)
     if not loaded.config.store.url and not os.path.exists(path):
         print(f"clusterwatch: no history yet at {path} (run `clusterwatch run` first)", file=sys.stderr)
         return 1
-    data = report.build(path, since)
+    data = report.build(path, end - start, end, minutes_kept=loaded.config.store.minute_rollups_max_age)
     if args.html:
         with open(args.html, "w", encoding="utf-8") as f:
             f.write(report.to_html(data))

@@ -169,9 +169,12 @@ class History:
 
     # --- uptime and counters -------------------------------------------------------------------------
 
-    def uptime(self, since: float) -> dict[str, Uptime]:
-        """Each entity's uptime over the hours from the one that holds `since`."""
-        return {r["entity"]: uptime_of(r) for r in self._rows(_UPTIME, (since // HOUR * HOUR,))}
+    def uptime(self, since: float, until: float | None = None) -> dict[str, Uptime]:
+        """Each entity's uptime over the hours from the one that holds `since` (to those that begin before `until`)."""
+        if until is None:
+            return {r["entity"]: uptime_of(r) for r in self._rows(_UPTIME, (since // HOUR * HOUR,))}
+        sql = _UPTIME.replace("WHERE ts >= ?", "WHERE ts >= ? AND ts < ?")
+        return {r["entity"]: uptime_of(r) for r in self._rows(sql, (since // HOUR * HOUR, until))}
 
     def uptime_windows(self, windows: dict[str, float], now: float) -> dict[str, dict[str, float | None]]:
         """entity -> window name -> uptime percent, for windows given in seconds back from `now`."""
@@ -210,16 +213,18 @@ class History:
     # --- pictures: uptime by slot, latency over time, incidents and actions in a window ------------------
 
     def uptime_slots(
-        self, start: float, end: float, slots: int, entities: list[str] | None = None
+        self, start: float, end: float, slots: int, entities: list[str] | None = None, *, hours: bool | None = None
     ) -> dict[str, list[tuple[float, float]]]:
         """entity -> `slots` equal slices of [start, end), each (seconds ok, seconds known).
 
         Slices shorter than an hour read the minute rollups (kept two weeks by default), longer ones the
-        hours; a minute or hour counts in the slice its start falls in. Rows from before schema 5 (counts,
-        no seconds) stand for their whole minute or hour, ok in the share of their probes that were. The
-        minute an entity is in now is not written yet, so the last slice lags by up to a minute."""
+        hours (`hours` chooses: the hours for a period older than the minutes are kept); a minute or hour
+        counts in the slice its start falls in. Rows from before schema 5 (counts, no seconds) stand for
+        their whole minute or hour, ok in the share of their probes that were. The minute an entity is in
+        now is not written yet, so the last slice lags by up to a minute."""
         width = max(1, int((end - start) // slots))
-        table, size = ("rollup_hour", HOUR) if width >= HOUR else ("rollup_minute", 60)
+        by_hour = width >= HOUR if hours is None else hours
+        table, size = ("rollup_hour", HOUR) if by_hour else ("rollup_minute", 60)
         first = int(start)
         sql = (
             f"SELECT entity, (ts - ?) / ? AS slot, "
