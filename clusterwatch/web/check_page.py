@@ -76,10 +76,7 @@ def _incident_rows(items: list[dict[str, Any]], now: float) -> str:
             f"</td></tr>"
         )
     body = "".join(rows) or '<tr><td colspan="5" class="muted">none</td></tr>'
-    return (
-        "<table><tr><th>opened</th><th>closed</th><th>lasted</th><th>worst</th><th>why</th></tr>"
-        f"{body}</table>"
-    )
+    return f"<table><tr><th>opened</th><th>closed</th><th>lasted</th><th>worst</th><th>why</th></tr>{body}</table>"
 
 
 async def check_page(request: web.Request) -> web.Response:
@@ -96,9 +93,7 @@ async def check_page(request: web.Request) -> web.Response:
     latency = await history.latency_series(name, now - WINDOW, now, LATENCY_BUCKETS)
     seconds = await history.uptime_slots(start, end, SLOTS, [name])
     window_incidents = await history.incidents_between(start, end, [name])
-    actions = [
-        a for a in await history.actions_between(start, end, state.check) if a["entity"] in (name, state.check)
-    ]
+    actions = [a for a in await history.actions_between(start, end, state.check) if a["entity"] in (name, state.check)]
     recent = (await history.page("incidents", limit=INCIDENT_ROWS, before=None, equals={"entity": name}))["items"]
     events = await history.recent_events(name, EVENT_ROWS)
     observations = await history.recent_observations(name, OBSERVATION_ROWS)

@@ -264,7 +264,7 @@ def _measured(slots: list[svg.Slot]) -> str:
 def incidents_section(found: list[Service], now: float) -> str:
     items = [
         f'<li class="card s-{s.status}" data-incident="{esc(s.name)}"><div class="head">{_badge(s.status)}'
-        f"<h3>{esc(s.name)}</h3><span class=\"muted\">open for {format_duration(max(0.0, now - s.incident_since))} "
+        f'<h3>{esc(s.name)}</h3><span class="muted">open for {format_duration(max(0.0, now - s.incident_since))} '
         f"(since {_clock(s.incident_since, now)})</span></div><p>{esc(INCIDENT_TEXT[s.status])}</p></li>"
         for s in sorted((s for s in found if s.incident_since is not None), key=lambda s: s.incident_since or 0)
     ]
