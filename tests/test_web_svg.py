@@ -181,3 +181,33 @@ def test_gauge_lower_is_worse_for_a_battery_and_hostile_label():
     assert "(ok)" in parse(gauge(80, label="battery", unit="%", warn=30, crit=10)).get("aria-label")
     root = parse(gauge(50, label=HOSTILE, unit="<°C>", warn=80, crit=90, maximum=110))
     no_script(root)
+
+
+def test_uptime_bars_merged_runs_keep_every_bar_and_the_down_slots_apart():
+    downs: list[float | None] = [0.0] * 48
+    downs[20] = 0.25
+    downs[30:33] = [None, None, None]
+    slots = slots_24h(downs)
+    merged = uptime_bars(slots, label="api", merge=True)
+    root = parse(merged)
+    groups = root.findall(f"{NS}g")
+    # up 0-19, down 20, up 21-29, none 30-32, up 33-47
+    assert [g.get("class") for g in groups] == [
+        "slot slot-up",
+        "slot slot-down",
+        "slot slot-up",
+        "slot slot-none",
+        "slot slot-up",
+    ]
+    assert groups[0].find(f"{NS}path").get("d").count("z") == 20  # still 20 bars
+    assert "100.00% up" in groups[0].find(f"{NS}title").text
+    assert "75.00% up" in groups[1].find(f"{NS}title").text
+    assert root.get("aria-label") == parse(uptime_bars(slots, label="api")).get("aria-label")
+    assert len(merged) < len(uptime_bars(slots, label="api")) / 3
+
+
+def test_timeline_width_for_a_phone_or_a_desktop():
+    for width in (400, 1200):
+        root = parse(timeline([Span(NOW - 3600, None, "x")], [], NOW - 86400, NOW, width=width))
+        assert root.get("viewBox").split()[2] == str(width)
+        assert float(root.find(f"{NS}g").find(f"{NS}rect").get("x")) < width

@@ -5,6 +5,7 @@ Pure functions from numbers to one ``<svg>`` string each, so the dashboard, ``/s
 with a ``<title>`` and an ``aria-label`` that carries its numbers, and reads without colour: down time is
 drawn hatched, failures as crosses, warnings with a "!" — colour only repeats what a shape already says.
 Colours are inline (a report file has no stylesheet); each element also carries a class a page may restyle.
+Text is drawn in the surrounding text colour (currentColor), so it keeps its contrast in light and dark pages.
 """
 
 from __future__ import annotations
@@ -154,20 +155,56 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
-def uptime_bars(slots: Sequence[Slot], *, label: str) -> str:
+def _same_run(s: Slot) -> str | None:
+    """The run a slot may be drawn in with its neighbours: all up, or nothing known (no incident under it)."""
+    if s.incident:
+        return None
+    down = _num(s.down_share)
+    return "none" if down is None else "up" if down <= 0 else None
+
+
+def uptime_bars(slots: Sequence[Slot], *, label: str, merge: bool = False) -> str:
     """Gatus-style bars, one per slot (48 for 24 h): green when the slot was up all its known time, hatched
     and yellow→red by the share of it spent down, a low dashed outline when nothing is known. Each slot's
-    tooltip gives its time range, uptime and the incident under it; the label carries the total by time."""
+    tooltip gives its time range, uptime and the incident under it; the label carries the total by time.
+
+    `merge`: neighbouring slots that were all up (or all unknown) share one element and one tooltip for
+    their whole range (still drawn as separate bars): a page with thousands of rows stays small."""
     n = max(1, len(slots))
     gap, bar, height = 1.0, 6.0, 24.0
     width = n * (bar + gap) - gap
     parts = []
-    for i, s in enumerate(slots):
+    i = 0
+    while i < len(slots):
+        s = slots[i]
+        run = _same_run(s) if merge else None
+        if run is not None:
+            j = i
+            while j + 1 < len(slots) and _same_run(slots[j + 1]) == run:
+                j += 1
+            span = _range(s.start, slots[j].end)
+            xs = [k * (bar + gap) for k in range(i, j + 1)]
+            if run == "none":
+                boxes = "".join(f"M{x:g} {height - 8:g}h{bar:g}v7.5h-{bar:g}z" for x in xs)
+                parts.append(
+                    f'<g class="slot slot-none"><title>{esc(span)}: no data</title><path d="{boxes}" fill="none" '
+                    f'stroke="{UNKNOWN}" stroke-dasharray="2 1"/><rect x="{xs[0]:g}" y="0" '
+                    f'width="{xs[-1] + bar - xs[0]:g}" height="{height:g}" fill="transparent"/></g>'
+                )
+            else:
+                boxes = "".join(f"M{x:g} 0h{bar:g}v{height:g}h-{bar:g}z" for x in xs)
+                parts.append(
+                    f'<g class="slot slot-up"><title>{esc(span)}: {format_percent(1.0)} up</title>'
+                    f'<path d="{boxes}" fill="{OK}"/></g>'
+                )
+            i = j + 1
+            continue
         x = i * (bar + gap)
+        i += 1
         down = _num(s.down_share)
         span = _range(s.start, s.end)
         if down is None:
-            tip = f"{span}: no data"
+            tip = f"{span}: no data" + (f" — {s.incident}" if s.incident else "")
             parts.append(
                 f'<g class="slot slot-none"><title>{esc(tip)}</title><rect x="{x:g}" y="{height - 8:g}" '
                 f'width="{bar:g}" height="7.5" fill="none" stroke="{UNKNOWN}" stroke-dasharray="2 1"/>'
@@ -227,7 +264,7 @@ def _time_axis(start: float, end: float, x0: float, x1: float, y: float) -> str:
         x = x0 + (t - start) / span * (x1 - x0)
         out.append(
             f'<line x1="{x:.1f}" y1="{y:g}" x2="{x:.1f}" y2="{y + 3:g}" stroke="{INK}" stroke-width=".5"/>'
-            f'<text x="{x:.1f}" y="{y + 12:g}" font-size="9" text-anchor="middle" fill="{INK}">'
+            f'<text x="{x:.1f}" y="{y + 12:g}" font-size="9" text-anchor="middle" fill="currentColor">'
             f"{esc(_tick_label(t, span))}</text>"
         )
     return "".join(out)
@@ -252,12 +289,24 @@ def _mark_shape(kind: str, x: float, y: float) -> str:
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="#fff" stroke="{INK}" stroke-width="1.5"/>'
 
 
-def timeline(incidents: Sequence[Span], marks: Sequence[Mark], start: float, end: float, *, max_lanes: int = 12) -> str:
+def timeline(
+    incidents: Sequence[Span],
+    marks: Sequence[Mark],
+    start: float,
+    end: float,
+    *,
+    max_lanes: int = 12,
+    width: float = 600.0,
+) -> str:
     """Every incident as a bar from open to close (an open one runs to ``end`` and is drawn with an arrow),
     on lanes so overlapping ones stay apart, the healer's actions as marks on their incident's lane (or on a
-    row of their own when they match none), an hour or day axis under it, and a legend of the shapes."""
+    row of their own when they match none), an hour or day axis under it, and a legend of the shapes.
+
+    `width` in user units (text is 9-10 units high): about the pixels it will be shown at keeps text legible,
+    so a page may draw a wide one for a desktop and a narrow one for a phone."""
     span = max(1.0, end - start)
-    x0, x1, lane_h = 4.0, 596.0, 14.0
+    width = max(300.0, width)
+    x0, x1, lane_h = 4.0, width - 4.0, 14.0
 
     def x_of(t: float) -> float:
         return x0 + (min(end, max(start, t)) - start) / span * (x1 - x0)
@@ -315,19 +364,19 @@ def timeline(incidents: Sequence[Span], marks: Sequence[Mark], start: float, end
     if not lanes:
         parts.append(
             f'<text x="{(x0 + x1) / 2:g}" y="{top + lane_h - 3:g}" font-size="10" text-anchor="middle" '
-            f'fill="{INK}">no incidents</text>'
+            f'fill="currentColor">no incidents</text>'
         )
     parts.append(_time_axis(start, end, x0, x1, axis_y))
     legend_y = axis_y + 22
     parts.append(
-        f'<g class="legend" font-size="9" fill="{INK}">{_mark_shape("started", 10, legend_y - 3)}'
+        f'<g class="legend" font-size="9" fill="currentColor">{_mark_shape("started", 10, legend_y - 3)}'
         f'<text x="17" y="{legend_y:g}">healer started</text>{_mark_shape("credited", 100, legend_y - 3)}'
         f'<text x="107" y="{legend_y:g}">credited</text>{_mark_shape("not_credited", 165, legend_y - 3)}'
         f'<text x="172" y="{legend_y:g}">not credited</text></g>'
     )
     if hidden:
         parts.append(
-            f'<text x="{x1:g}" y="{legend_y:g}" font-size="9" text-anchor="end" fill="{INK}">'
+            f'<text x="{x1:g}" y="{legend_y:g}" font-size="9" text-anchor="end" fill="currentColor">'
             f"{hidden} more not drawn</text>"
         )
     open_n = sum(1 for i in shown if i.end is None)
@@ -336,7 +385,7 @@ def timeline(incidents: Sequence[Span], marks: Sequence[Mark], start: float, end
         f"Incidents from {_range(start, end)}: {len(shown)} ({open_n} open); healer actions: "
         f"{counts['started']} started, {counts['credited']} credited, {counts['not_credited']} not credited"
     )
-    return _svg(600, height, label, "".join(parts), "timeline")
+    return _svg(width, height, label, "".join(parts), "timeline")
 
 
 def _nice_top(value: float) -> float:
@@ -392,7 +441,7 @@ def latency_chart(points: Sequence[tuple[float, float | None, float | None]], st
         dash = "" if i == 0 else ' stroke-dasharray="2 3"'
         parts.append(
             f'<line x1="{x0:g}" y1="{y:.1f}" x2="{x1:g}" y2="{y:.1f}" stroke="{INK}" stroke-width=".3"{dash}/>'
-            f'<text x="{x0 - 4:g}" y="{y + 3:.1f}" font-size="9" text-anchor="end" fill="{INK}">'
+            f'<text x="{x0 - 4:g}" y="{y + 3:.1f}" font-size="9" text-anchor="end" fill="currentColor">'
             f"{v:g}{' ms' if i == 4 else ''}</text>"
         )
     parts.append(_time_axis(start, end, x0, x1, y1))
@@ -400,7 +449,7 @@ def latency_chart(points: Sequence[tuple[float, float | None, float | None]], st
     parts.append(_polyline([xy(t, a) for t, a, _ in clean], "#3182ce", "", "p50"))
     legend_y = y1 + 24
     parts.append(
-        f'<g class="legend" font-size="9" fill="{INK}"><line x1="{x0:g}" y1="{legend_y - 3:g}" x2="{x0 + 16:g}" '
+        f'<g class="legend" font-size="9" fill="currentColor"><line x1="{x0:g}" y1="{legend_y - 3:g}" x2="{x0 + 16:g}" '
         f'y2="{legend_y - 3:g}" stroke="#3182ce" stroke-width="1.6"/><text x="{x0 + 20:g}" y="{legend_y:g}">p50'
         f'</text><line x1="{x0 + 50:g}" y1="{legend_y - 3:g}" x2="{x0 + 66:g}" y2="{legend_y - 3:g}" '
         f'stroke="{WARN}" stroke-width="1.6" stroke-dasharray="4 2"/><text x="{x0 + 70:g}" y="{legend_y:g}">p95'
@@ -409,7 +458,7 @@ def latency_chart(points: Sequence[tuple[float, float | None, float | None]], st
     if not values:
         parts.append(
             f'<text x="{(x0 + x1) / 2:g}" y="{(y0 + y1) / 2:g}" font-size="11" text-anchor="middle" '
-            f'fill="{INK}">no latency recorded</text>'
+            f'fill="currentColor">no latency recorded</text>'
         )
     p50s = [a for _, a, _ in clean if a is not None]
     p95s = [b for _, _, b in clean if b is not None]
