@@ -339,9 +339,20 @@ class Healer:
             return  # never two actions at once on one target
         if not self._may_act(check, chain, state):
             return
-        if self._key(chain[0].target) in self._dry_run_done or not any(self._left(step) for step in chain):
-            return  # every step spent: the healer gave up (and said so) until a budget comes back
+        if self._key(chain[0].target) in self._dry_run_done:
+            return
+        if not any(self._left(step) for step in chain) and self._said(state.name, chain):
+            return  # every step spent and the healer said it gave up: quiet until a budget comes back
         self._spawn(chain[0].target, self._remediate(check, chain, state.name, reason))
+
+    def _said(self, entity: str, chain: list[RestartPolicy]) -> bool:
+        """Was this entity told its ladder gave up? Its last step's budget exhausted says so for the entity
+        that used it up (also before a restart of the monitor); another entity sharing that step is told too."""
+        budget = self.budgets.get(self._key(chain[-1].target))
+        if budget is None or budget.exhausted is None:
+            return False
+        told = {e for e, target in self._told_exhausted if target == budget.target}
+        return entity in told or not told
 
     def _left(self, step: RestartPolicy) -> bool:
         budget = self.budgets.get(self._key(step.target))
@@ -558,11 +569,9 @@ class Healer:
     async def _exhausted(
         self, check: CheckBase, chain: list[RestartPolicy], budget: BudgetRow, entity: str, now: float
     ) -> None:
-        told = (entity, budget.target)
-        earlier = budget.exhausted is not None and not any(t[1] == budget.target for t in self._told_exhausted)
-        if told in self._told_exhausted or earlier:
+        if self._said(entity, chain):
             return  # said once (per entity: a step shared by ladders): not again until the budget is back
-        self._told_exhausted.add(told)
+        self._told_exhausted.add((entity, budget.target))
         if budget.exhausted is None:
             budget.exhausted = now
             await self._db(self.ledger.save_budget, budget)

@@ -22,7 +22,7 @@ import pytest
 
 from clusterwatch.config.schema import CheckBase, Config, RestartPolicy
 from clusterwatch.heal.actions import Outcome, perform
-from clusterwatch.heal.evidence import Instance, port_holder, serving, worker_processes
+from clusterwatch.heal.evidence import NOTHING_RUNS, Instance, port_holder, serving, worker_processes
 from tests.conftest import observe
 from tests.helpers import Proc, free_port, port_open, wait_until
 from tests.real.daemon import helper
@@ -301,7 +301,7 @@ def test_a_docker_restart_changes_the_container_serving_and_says_which(docker: D
     assert after is not None and after.key == outcome.instance.key
     assert asyncio.run(serving(compose, check, config, "web", None)) == after
     docker.docker("stop", "-t", "0", container)  # a stopped container serves nothing
-    assert asyncio.run(serving(restart, check, config, "web", None)) is None
+    assert asyncio.run(serving(restart, check, config, "web", None)) is NOTHING_RUNS
 
 
 def test_dask_worker_restart_over_ssh_matches_the_name_exactly(tmp_path: Path):

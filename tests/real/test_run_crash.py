@@ -49,10 +49,10 @@ def test_kill_9_while_a_restart_is_in_flight(tmp_path: Path, service: Path):
     )
     try:
         d.start()
-        wait_until(
-            lambda: [a for a in d.actions("api") if a["outcome"] == "running"],
+        wait_until(  # the attempt written, and its command begun (the healer first asks what serves)
+            lambda: [a for a in d.actions("api") if a["outcome"] == "running"] and lines(counter) == 1,
             timeout=30,
-            what=f"an attempt in flight\n{d.log()[-2000:]}",
+            what=f"an attempt in flight, its command started\n{d.log()[-2000:]}",
         )
         kill_9(d)
         assert not port_open(port), "the service came up before the monitor was killed: the test proves nothing"

@@ -103,7 +103,11 @@ def test_monitor_keeps_the_password_out_of_log_store_and_api(tmp_path: Path, sup
     )
     d.start()
     try:
-        wait_until(lambda: d.actions("svc"), timeout=60, what=f"the restart attempt\n{d.log()[-3000:]}")
+        wait_until(
+            lambda: [a for a in d.actions("svc") if a["outcome"] != "running"],
+            timeout=60,
+            what=f"the restart attempt's outcome\n{d.log()[-3000:]}",
+        )
         wait_until(lambda: "401" in d.log(), timeout=30, what="the refusal in the log")
         with urllib.request.urlopen(f"{d.url}/api/v1/actions", timeout=10) as answer:
             api = answer.read().decode()
