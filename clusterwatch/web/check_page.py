@@ -30,8 +30,8 @@ EVENT_ROWS = 50
 SCROLL = 'style="overflow-x:auto"'
 # The charts at the page's width (a report file without this keeps their own size); scoped to this page.
 STYLE = (
-    "<style>#latency svg,#incidents svg.timeline{width:100%;height:auto;max-width:64rem}"
-    "#uptime svg{max-width:64rem}</style>"
+    "<style>#latency svg,#incidents svg.timeline{width:100%;height:auto;max-width:56rem}"
+    "#uptime svg{max-width:56rem}</style>"
 )
 
 

@@ -46,7 +46,8 @@ WINDOW = 86400.0
 SLOT = WINDOW / SLOTS
 MAINTENANCE_AHEAD = 7 * 86400.0
 MAINTENANCE_SHOWN = 10
-TTL = 5.0  # the page is built at most this often, however many people read it
+TTL = 2.0  # the page is built at most this often, however many people read it
+SNAPSHOT = web.AppKey("status_page", Snapshot)  # the page as last built
 SEVERITY = {"critical": 0, "unknown": 1, "warning": 2, "ok": 3}
 # What a person reads for each status: a shape and a sentence, never the probe's own message.
 SHAPE = {"ok": "✓", "warning": "!", "critical": "✕", "unknown": "?"}
@@ -99,7 +100,7 @@ async function refresh() {
     }
   } catch (e) {}
 }
-setInterval(refresh, 10000);
+setInterval(refresh, 5000);
 """
 
 
@@ -248,8 +249,16 @@ def service_card(service: Service, slots: list[svg.Slot], now: float) -> str:
         f'<li class="card s-{service.status}" data-service="{esc(service.name)}" data-status="{service.status}">'
         f'<div class="head">{_badge(service.status)}<h3>{esc(service.name)}</h3>{since}</div>'
         f'<div class="bars">{bars}</div><div class="scale" aria-hidden="true"><span>24 h ago</span><span>now</span>'
-        f'</div><p><span class="uptime">{svg.format_percent(share)}</span> '
-        f'<span class="muted">up over the last 24 hours, by time{_measured(slots)}</span></p></li>'
+        f"</div><p>{_uptime(share, slots)}</p></li>"
+    )
+
+
+def _uptime(share: float | None, slots: list[svg.Slot]) -> str:
+    if share is None:  # the minute a service is in is written when it ends
+        return '<span class="uptime">no data</span> <span class="muted">recorded in the last 24 hours yet</span>'
+    return (
+        f'<span class="uptime">{svg.format_percent(share)}</span> '
+        f'<span class="muted">up over the last 24 hours, by time{_measured(slots)}</span>'
     )
 
 
@@ -348,7 +357,7 @@ async def status(request: web.Request) -> web.Response:
     m: Monitor = request.app["monitor"]
     if m.config.web.status_page is None:
         raise web.HTTPNotFound(text="no status page: set web.status_page in the config")
-    text = await request.app["status_page"].get()
+    text = await request.app[SNAPSHOT].get()
     return web.Response(
         text=text,
         content_type="text/html",
@@ -358,7 +367,7 @@ async def status(request: web.Request) -> web.Response:
 
 def routes(app: web.Application) -> None:
     snapshot = Snapshot(lambda: build(app["monitor"]), ttl=TTL)
-    app["status_page"] = snapshot
+    app[SNAPSHOT] = snapshot
 
     async def stop(_: web.Application) -> None:
         await snapshot.stop()
