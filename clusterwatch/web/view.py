@@ -141,3 +141,10 @@ class MonitorView:
     async def remove_silence(self, silence_id: str) -> bool:
         assert self._m.outbox is not None, "the monitor has not started"
         return bool(await self._m.blocking(self._m.outbox.remove_silence, silence_id))
+
+    # --- a restart budget given back (a change: the web asks for the token first) --------------------
+
+    def ask_heal_reset(self, name: str) -> None:
+        """Ask the healer to give `name`'s restart budget back, as `clusterwatch heal reset` does: through
+        the store's command queue, which the leader reads (the healer owns the budgets)."""
+        self._m.store.command("heal_reset", name)
