@@ -92,5 +92,13 @@ def test_a_check_of_several_parts_is_one_service() -> None:
     assert new.status == "unknown" and new.since is None
     # Its bars: the parts' seconds averaged, so three parts a minute each are one minute, a third down.
     seconds = {"dask": [(60.0, 60.0)] * 48, "dask/w1": [(0.0, 60.0)] * 48, "dask/w2": [(60.0, 60.0)] * 48}
-    slots = status_page.combined_slots(dask, seconds, 0.0)
+    incidents = [
+        {"entity": "dask/w1", "opened": 1900.0, "closed": 2000.0, "worst": "warning", "message": "10.0.0.5:8786"},
+        {"entity": "dask/w2", "opened": 1950.0, "closed": None, "worst": "critical", "message": "tcp://10.0.0.6"},
+        {"entity": "api", "opened": 0.0, "closed": None, "worst": "critical", "message": "another service"},
+    ]
+    slots = status_page.combined_slots(dask, seconds, 0.0, incidents)
     assert slots[0].known == pytest.approx(60.0) and slots[0].down_share == pytest.approx(1 / 3)
+    assert slots[0].incident is None  # api's incident is not this service's
+    assert slots[1].incident == "incident: not available (critical)"  # the worst, by its word: no message
+    assert all(s.incident == slots[1].incident for s in slots[2:])  # the open one runs on

@@ -161,11 +161,19 @@ def window_end(now: float) -> float:
     return (now // SLOT + 1) * SLOT
 
 
-def combined_slots(service: Service, found: dict[str, list[tuple[float, float]]], start: float) -> list[svg.Slot]:
-    """The service's bars: its parts' seconds up and known, averaged over the parts."""
+def combined_slots(
+    service: Service,
+    found: dict[str, list[tuple[float, float]]],
+    start: float,
+    incidents: list[dict[str, Any]] | None = None,
+) -> list[svg.Slot]:
+    """The service's bars: its parts' seconds up and known, averaged over the parts; a slot an incident of
+    the service touched says so by its severity only (its message may name a host)."""
     n = max(1, service.parts)
+    mine = [i for i in incidents or () if i["entity"] in service.entities]
     slots = []
     for i in range(SLOTS):
+        a, b = start + i * SLOT, start + (i + 1) * SLOT
         ok = known = 0.0
         for entity in service.entities:
             got = found.get(entity)
@@ -173,8 +181,17 @@ def combined_slots(service: Service, found: dict[str, list[tuple[float, float]]]
                 ok += got[i][0]
                 known += got[i][1]
         share = None if known <= 0 else max(0.0, 1.0 - ok / known)
-        slots.append(svg.Slot(start + i * SLOT, start + (i + 1) * SLOT, share, known=known / n if known else None))
+        under = [x for x in mine if x["opened"] < b and (x.get("closed") is None or x["closed"] >= a)]
+        label = None
+        if under:
+            worst = min((str(x.get("worst") or x.get("status") or "critical") for x in under), key=_rank)
+            label = f"incident: {STATE_TEXT.get(worst, worst)} ({worst})"
+        slots.append(svg.Slot(a, b, share, incident=label, known=known / n if known else None))
     return slots
+
+
+def _rank(status: str) -> int:
+    return SEVERITY.get(status, 0)
 
 
 def _at(day: datetime, hhmm: str) -> datetime:
@@ -336,9 +353,10 @@ async def build(m: Monitor) -> str:
     entities = sorted({e for s in found for e in s.entities})
     try:
         history = await m.web.history.uptime_slots(start, end, SLOTS, entities)
+        incidents = await m.web.history.incidents_between(start, end, entities)
     except Exception:  # the store away: the states still show, the bars say "no data"
-        history = {}
-    cards = "".join(service_card(s, combined_slots(s, history, start), now) for s in found)
+        history, incidents = {}, []
+    cards = "".join(service_card(s, combined_slots(s, history, start, incidents), now) for s in found)
     status, summary = overall(found)
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '

@@ -281,5 +281,6 @@ def test_public_status_page(tmp_path: Path, browser) -> None:
                 what="public-down's first written minute on /status",
             )
             assert leaks(page, forbidden) == []
+            assert "incident: not available (critical)" in page  # the bar under the pointer: the word only
         finally:
             d.stop()
