@@ -23,6 +23,8 @@ fi
 if [ "$what" = bench ]; then
   need monit monit
   need prometheus-node-exporter prometheus-node-exporter
+  need prometheus prometheus
+  need prometheus-blackbox-exporter prometheus-blackbox-exporter
   what=test
 fi
 if [ "$what" = test ]; then
