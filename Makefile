@@ -27,6 +27,8 @@ bench:
 	.venv/bin/python bench/config_load_10k.py
 	.venv/bin/python bench/ha_failover.py
 	.venv/bin/python bench/agent_footprint.py
+	.venv/bin/python bench/vs_prometheus.py
+	.venv/bin/python bench/idle_footprint.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache test-artifacts
