@@ -28,11 +28,9 @@ INCIDENT_ROWS = 20
 OBSERVATION_ROWS = 20
 EVENT_ROWS = 50
 SCROLL = 'style="overflow-x:auto"'
-# The charts at the page's width (a report file without this keeps their own size); scoped to this page.
-STYLE = (
-    "<style>#latency svg,#incidents svg.timeline{width:100%;height:auto;max-width:56rem}"
-    "#uptime svg{max-width:56rem}</style>"
-)
+# The charts at the page's width up to a reading width (svg.py's inline max-width:100% caps them at the
+# column; a report file without this keeps their own size).
+STYLE = "<style>.chart{max-width:56rem}.chart svg{width:100%}</style>"
 
 
 def _ms(value: float | None) -> str:
@@ -136,11 +134,12 @@ async def check_page(request: web.Request) -> web.Response:
         f"{STYLE}<section><h2>{esc(name)}</h2>{row(m, state, now)}"
         f'<p class="muted">check {esc(state.check)} · target {esc(last.target if last else "")} · '
         f"in this state since {_stamp(state.since)}</p></section>"
-        f'<section id="latency"><h2>Latency, last 24 hours</h2>{chart}</section>'
-        f'<section id="uptime"><h2>Uptime, last 24 hours</h2>{bars}<p><b>{svg.format_percent(svg.uptime_share(slots))}'
-        f'</b> <span class="muted">up by time, in half-hour bars</span></p></section>'
-        f'<section id="incidents"><h2>Incidents</h2>{timeline}<div {SCROLL}>{_incident_rows(recent, now)}</div>'
-        f"</section>"
+        f'<section id="latency"><h2>Latency, last 24 hours</h2><div class="chart">{chart}</div></section>'
+        f'<section id="uptime"><h2>Uptime, last 24 hours</h2><div class="chart">{bars}</div>'
+        f"<p><b>{svg.format_percent(svg.uptime_share(slots))}</b> "
+        f'<span class="muted">up by time, in half-hour bars</span></p></section>'
+        f'<section id="incidents"><h2>Incidents</h2><div class="chart">{timeline}</div>'
+        f"<div {SCROLL}>{_incident_rows(recent, now)}</div></section>"
         f'<div class="grid2"><section><h2>Metrics</h2><table>{metrics or "<tr><td class=muted>none</td></tr>"}'
         f'</table></section><section id="events"><h2>Events</h2><table>{event_rows}</table></section></div>'
         f"{await actions_box(m, state.check, 20)}"
