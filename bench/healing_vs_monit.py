@@ -526,7 +526,7 @@ def flapping(cw: Side, monit: Side, sides: list[Side], spacing: float) -> None:
     if held and any("is flapping" in w for w in words):
         before = [k.restarted for k in ours[:-1] if k.restarted is not None]
         usual = f"{statistics.median(before):.1f} s" if before else "a heal"
-        when = f"only {last.restarted:.1f} s after it" if last.restarted is not None else "not at all"
+        when = f"not until {last.restarted:.1f} s after it" if last.restarted is not None else "not at all"
         print(
             f"  -> the flapping guard held restarts back: {len(before)} kills restarted after {usual} (median), "
             f"then kill {len(ours)} {when}, once the service had settled"
