@@ -123,11 +123,12 @@ def test_an_idle_monitor_loads_prometheus_client_at_the_first_scrape(tmp_path: P
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "report.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(tmp_path / "c.yaml"), str(out), f"http://127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "monitor.log", "wb"),  # noqa: SIM115
-    )
+    with open(tmp_path / "monitor.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(tmp_path / "c.yaml"), str(out), f"http://127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         proc.wait(150)
     finally:
