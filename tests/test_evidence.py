@@ -204,3 +204,22 @@ def test_no_answer_is_none_and_quick(tmp_path: Path):
         check = config({"name": "svc", "kind": "tcp", "port": closed_port()}).checks[0]
         assert asyncio.run(serving(policy, check, Config(), "svc", None)) is None
     assert time.monotonic() - started < 15
+
+
+def test_whether_anything_listens_is_read_from_proc_net_before_any_process_scan():
+    """Nothing listening (the usual case after a crash) is told from /proc/net/tcp alone, without the scan of
+    every process's descriptors that finding a pid needs."""
+    import socket
+
+    from clusterwatch.heal.evidence import _listening
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        assert _listening(port) is False, "bound but not listening"
+        sock.listen()
+        assert _listening(port) is True
+    with socket.socket(socket.AF_INET6) as sock6:
+        sock6.bind(("::1", 0))
+        sock6.listen()
+        assert _listening(sock6.getsockname()[1]) is True, "an IPv6 listener is seen too"
