@@ -172,6 +172,56 @@ def measure_floor(ports: list[int], checks: int, interval: float, warm: float, w
     }
 
 
+def store_only(store: dict[str, str], checks: int, interval: float, minutes: float) -> dict[str, float]:
+    """The store's write path alone, as the pipeline hands it each observation (the observation, then the
+    entity's row), for `minutes` of simulated time at `checks` every `interval`, fed as fast as the writer
+    takes it. The writer thread's CPU (the process's, less the feeding thread's own) per observation."""
+    sys.path.insert(0, os.getcwd())
+    from clusterwatch.config.schema import StoreOptions
+    from clusterwatch.engine.state import EntityState
+    from clusterwatch.model import Observation, Status
+    from clusterwatch.store.writer import Store
+
+    writer = Store(StoreOptions(**store)).open()
+    states = [EntityState(f"t{i}", f"t{i}", hard=Status.OK, since=1.0) for i in range(checks)]
+    rounds = int(minutes * 60 / interval)
+    start = (time.time() - minutes * 60 - 60) // 60 * 60 + 7.0
+    cpu0, feed0, t0 = time.process_time(), time.thread_time(), time.monotonic()
+    total = 0
+    for r in range(rounds):
+        for i, state in enumerate(states):
+            at = start + r * interval + i * interval / checks
+            obs = Observation(
+                state.name,
+                "http",
+                "http://127.0.0.1:1/health",
+                Status.OK,
+                "HTTP 200 in 1 ms",
+                latency_ms=1.0 + i % 7,
+                check=state.name,
+                metrics={"http_status": 200, "body_bytes": 16},
+            )
+            state.last, state.last_at, state.ok_streak = obs, at, state.ok_streak + 1
+            state.history.append(Status.OK)
+            writer.observation(obs, at, expected_every=interval * 1.5)
+            writer.entity(state, "http")
+            total += 1
+        while writer.health()["queue_depth"] > 50_000:
+            time.sleep(0.01)
+    feeding = time.thread_time() - feed0
+    assert writer.flush(600)
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+    health = writer.health()
+    writer.close()
+    return {
+        "observations": total,
+        "writer_us": 1e6 * (cpu - feeding) / total,
+        "feed_us": 1e6 * feeding / total,
+        "wall_s": wall,
+        "failed": health["failed_items"] + health["dropped"],
+    }
+
+
 def seconds_of(text: str) -> float:
     units = {"ms": 0.001, "s": 1.0, "m": 60.0}
     for unit in ("ms", "s", "m"):
@@ -226,6 +276,12 @@ def main() -> None:
     parser.add_argument("--no-floor", action="store_true", help="leave the Python floor out")
     parser.add_argument("--py-spy", metavar="FILE", help="record the monitor with py-spy over the measured window")
     parser.add_argument("--floor-worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--store-only",
+        type=float,
+        metavar="MINUTES",
+        help="no probes: the store's write path alone for MINUTES of simulated time (writer CPU per observation)",
+    )
     args = parser.parse_args()
     if args.floor_worker:  # the floor's own process: checks, interval, ports
         checks, interval, *ports = args.floor_worker
@@ -236,7 +292,7 @@ def main() -> None:
     window = max(10.0, args.seconds - warm)
 
     with contextlib.ExitStack() as stack:
-        ports = stack.enter_context(targets(args.ports))
+        ports = [] if args.store_only else stack.enter_context(targets(args.ports))
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         db = Path(tmp) / "state.db"
         store: dict[str, str] = {"path": str(db)}
@@ -245,6 +301,15 @@ def main() -> None:
         if args.store == "postgresql":
             url, size, pg_cpu = stack.enter_context(postgresql())
             store = {"url": url}
+        if args.store_only:
+            result = store_only(store, args.checks, interval, args.store_only)
+            print(
+                f"store write path ({args.store}): {result['observations']} observations and entity rows of "
+                f"{args.checks} checks every {args.interval}, {args.store_only:g} simulated minutes, in "
+                f"{result['wall_s']:.1f} s: writer thread {result['writer_us']:.1f} us per observation "
+                f"(handing over: {result['feed_us']:.1f} us), {result['failed']} lost"
+            )
+            return
         config = {
             "interval": args.interval,
             "concurrency": 500,
