@@ -199,7 +199,9 @@ def test_uptime_bars_merged_runs_keep_every_bar_and_the_down_slots_apart():
         "slot slot-none",
         "slot slot-up",
     ]
-    assert groups[0].find(f"{NS}path").get("d").count("z") == 20  # still 20 bars
+    line = groups[0].find(f"{NS}line")  # still 20 bars: a dash each
+    assert float(line.get("x2")) - float(line.get("x1")) == 20 * 7 - 1
+    assert line.get("stroke-dasharray") == "6 1"
     assert "100.00% up" in groups[0].find(f"{NS}title").text
     assert "75.00% up" in groups[1].find(f"{NS}title").text
     assert root.get("aria-label") == parse(uptime_bars(slots, label="api")).get("aria-label")

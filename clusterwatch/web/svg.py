@@ -165,7 +165,7 @@ def _same_run(s: Slot) -> str | None:
 
 def uptime_bars(slots: Sequence[Slot], *, label: str, merge: bool = False) -> str:
     """Gatus-style bars, one per slot (48 for 24 h): green when the slot was up all its known time, hatched
-    and yellow→red by the share of it spent down, a low dashed outline when nothing is known. Each slot's
+    and yellow→red by the share of it spent down, a low grey bar when nothing is known. Each slot's
     tooltip gives its time range, uptime and the incident under it; the label carries the total by time.
 
     `merge`: neighbouring slots that were all up (or all unknown) share one element and one tooltip for
@@ -183,19 +183,20 @@ def uptime_bars(slots: Sequence[Slot], *, label: str, merge: bool = False) -> st
             while j + 1 < len(slots) and _same_run(slots[j + 1]) == run:
                 j += 1
             span = _range(s.start, slots[j].end)
-            xs = [k * (bar + gap) for k in range(i, j + 1)]
+            x, run_w = i * (bar + gap), (j - i + 1) * (bar + gap) - gap
+            # one dashed line draws the run's bars: a dash per slot, a gap between them
             if run == "none":
-                boxes = "".join(f"M{x:g} {height - 8:g}h{bar:g}v7.5h-{bar:g}z" for x in xs)
                 parts.append(
-                    f'<g class="slot slot-none"><title>{esc(span)}: no data</title><path d="{boxes}" fill="none" '
-                    f'stroke="{UNKNOWN}" stroke-dasharray="2 1"/><rect x="{xs[0]:g}" y="0" '
-                    f'width="{xs[-1] + bar - xs[0]:g}" height="{height:g}" fill="transparent"/></g>'
+                    f'<g class="slot slot-none"><title>{esc(span)}: no data</title><line x1="{x:g}" '
+                    f'y1="{height - 3:g}" x2="{x + run_w:g}" y2="{height - 3:g}" stroke="{UNKNOWN}" stroke-width="6" '
+                    f'stroke-dasharray="{bar:g} {gap:g}"/><rect x="{x:g}" y="0" width="{run_w:g}" '
+                    f'height="{height:g}" fill="transparent"/></g>'
                 )
             else:
-                boxes = "".join(f"M{x:g} 0h{bar:g}v{height:g}h-{bar:g}z" for x in xs)
                 parts.append(
-                    f'<g class="slot slot-up"><title>{esc(span)}: {format_percent(1.0)} up</title>'
-                    f'<path d="{boxes}" fill="{OK}"/></g>'
+                    f'<g class="slot slot-up"><title>{esc(span)}: {format_percent(1.0)} up</title><line x1="{x:g}" '
+                    f'y1="{height / 2:g}" x2="{x + run_w:g}" y2="{height / 2:g}" stroke="{OK}" '
+                    f'stroke-width="{height:g}" stroke-dasharray="{bar:g} {gap:g}"/></g>'
                 )
             i = j + 1
             continue
@@ -206,8 +207,8 @@ def uptime_bars(slots: Sequence[Slot], *, label: str, merge: bool = False) -> st
         if down is None:
             tip = f"{span}: no data" + (f" — {s.incident}" if s.incident else "")
             parts.append(
-                f'<g class="slot slot-none"><title>{esc(tip)}</title><rect x="{x:g}" y="{height - 8:g}" '
-                f'width="{bar:g}" height="7.5" fill="none" stroke="{UNKNOWN}" stroke-dasharray="2 1"/>'
+                f'<g class="slot slot-none"><title>{esc(tip)}</title><rect x="{x:g}" y="{height - 6:g}" '
+                f'width="{bar:g}" height="6" fill="{UNKNOWN}"/>'
                 f'<rect x="{x:g}" y="0" width="{bar:g}" height="{height:g}" fill="transparent"/></g>'
             )
             continue
