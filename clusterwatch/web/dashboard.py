@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from clusterwatch.web.view import MonitorView as Monitor
 
 PAGE_ROWS = 500
+PARTS_TTL = 1.0  # seconds the overview's live parts are shared between the page and its fragment
 GROUPS = [
     (Group.SERVICES, "Services"),
     (Group.MODELS, "Models"),
@@ -112,11 +113,11 @@ border-radius:.3rem;padding:.5rem 1rem;margin-bottom:.6rem}#needs-person h2{colo
 #needs-person li{margin:.3rem 0;overflow-wrap:anywhere;list-style:disc}
 code{background:var(--code);padding:0 .25rem;border-radius:.2rem}
 .tl-narrow{display:none}@media (max-width:720px){.tl-wide{display:none}.tl-narrow{display:block}
-.grid2>section>table{min-width:34rem}}
+.grid2>section>table{min-width:40rem}}
 dialog{background:var(--card);color:var(--fg);border:1px solid var(--line);border-radius:.4rem;max-width:26rem}
 dialog input{font:inherit;width:100%;padding:.4rem;margin:.4rem 0}#act-status:empty{display:none}
-#act-status{position:sticky;top:0;z-index:2;background:var(--card);border:1px solid var(--line);padding:.4rem .7rem;
-border-radius:.3rem}
+#act-status{position:fixed;right:1rem;bottom:1rem;z-index:2;max-width:min(30rem,calc(100vw - 2rem));margin:0;
+background:var(--fg);color:var(--card);padding:.5rem .8rem;border-radius:.3rem;box-shadow:0 2px 8px #0004}
 """
 
 JS = r"""
@@ -433,6 +434,7 @@ async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
     uptime bars; the first three are refreshed in place by the page (/fragments/overview)."""
     now = time.time()
     window = overview_parts.window_name(q)
+    await overview_data.of(m).wait_ready(window)  # a long window asked for the first time: read it first
     filters = (
         f'<form class="filters" method="get" aria-label="filter the checks"><input name="q" '
         f'placeholder="search by name" aria-label="search by name" value="{esc(q.get("q", ""))}">'
@@ -698,7 +700,9 @@ async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> 
         or '<tr><td colspan="6" class="muted">none</td></tr>'
     )
     return (
-        f'<section class="wide"><h2>The healer\'s actions</h2>{healing_counts(m, check)}<table><tr><th>when</th>'
+        # focusable: on a phone the table scrolls sideways, and a keyboard must be able to scroll it too
+        f'<section class="wide" tabindex="0" aria-labelledby="actions-h"><h2 id="actions-h">The healer\'s actions</h2>'
+        f"{healing_counts(m, check)}<table><tr><th>when</th>"
         f"<th>check</th><th>action</th><th>outcome</th><th>detail</th><th>took</th></tr>{body}</table></section>"
     )
 
@@ -715,7 +719,8 @@ async def silences_box(m: Monitor) -> str:
         or '<tr><td colspan="4" class="muted">none</td></tr>'
     )
     return (
-        f"<section><h2>Silences</h2><table><tr><th>id</th><th>matches</th><th>until</th><th>why</th></tr>"
+        '<section tabindex="0" aria-labelledby="silences-h"><h2 id="silences-h">Silences</h2><table><tr><th>id</th>'
+        "<th>matches</th><th>until</th><th>why</th></tr>"
         f"{body}</table></section>"
     )
 
@@ -747,7 +752,18 @@ async def favicon(request: web.Request) -> web.Response:
 
 
 async def live_parts(m: Monitor, span: str) -> dict[str, str]:
-    """The overview's parts that the page refreshes in place: attention, cluster, timeline, history."""
+    """The overview's parts that the page refreshes in place: attention, cluster, timeline, history. At many
+    checks built at most once a second, shared by the page and its live fragment."""
+    data = overview_data.of(m)
+    kept = data.parts.get(span)
+    if kept is not None and len(m.entities) > SNAPSHOT_AT and time.monotonic() - kept[0] < PARTS_TTL:
+        return kept[1]
+    built = await _live_parts(m, span)
+    data.parts[span] = (time.monotonic(), built)
+    return built
+
+
+async def _live_parts(m: Monitor, span: str) -> dict[str, str]:
     now = time.time()
     return {
         "attention": await overview_parts.attention_html(m, now, needs_person_box(m, now)),

@@ -41,7 +41,8 @@ WINDOWS: dict[str, tuple[int, int]] = {
 }
 DEFAULT_WINDOW = "24h"
 CHUNK = 500  # entities per read: one statement of primary-key seeks each
-REFRESH = {"24h": 20.0}  # seconds between reads of the newest slots; longer windows: LONG_REFRESH
+REFRESH = {"24h": 30.0}  # seconds between reads of the newest slots; longer windows: LONG_REFRESH
+LATE = 600.0  # the slot before the open one is read again this long after it ended
 LONG_REFRESH = 300.0
 LONG_IDLE = 900.0  # a long window nobody asked for this long is no longer kept fresh
 TIMELINE_SPAN = 7 * DAY
@@ -61,6 +62,7 @@ class SlotWindow:
     ready: bool = False
     asked: float = 0.0  # monotonic: when a page last asked for this window
     read_at: float = 0.0  # monotonic: when it was last read
+    drawn: dict[str, str] = field(default_factory=dict)  # entity -> its bars as last drawn (until the next read)
 
     def aligned_first(self, now: float) -> float:
         """Slot 0's start: slots aligned to whole widths in local time (days at local midnight)."""
@@ -99,6 +101,7 @@ class OverviewData:
         self.timeline_read_at = 0.0
         self.error: str | None = None
         self.snapshots: dict[str, Any] = {}  # the live fragment's answers at many checks (cache.Snapshot)
+        self.parts: dict[str, tuple[float, dict[str, str]]] = {}  # span -> (when built, the live parts)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake: asyncio.Event | None = None
 
@@ -115,8 +118,16 @@ class OverviewData:
             self._wake.set()
         return found
 
+    async def wait_ready(self, name: str, timeout: float = 2.0) -> SlotWindow:
+        """The window, once read (a long one's first read starts when asked), or as it is after `timeout`."""
+        found = self.window(name)
+        deadline = time.monotonic() + timeout
+        while not found.ready and self._tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return found
+
     async def refresh_window(self, w: SlotWindow) -> None:
-        """Read what changed: every slot of entities not read yet, the last two slots of the others."""
+        """Read what changed: every slot of entities not read yet, the newest slot or two of the others."""
         first = w.aligned_first(time.time())
         if first != w.first:
             shift = round((first - w.first) / w.width) if w.first else 0
@@ -135,16 +146,20 @@ class OverviewData:
             found = await self._read(reads.uptime_slots, first, end, w.count, chunk)
             for name in chunk:
                 w.values[name] = found.get(name) or [(0.0, 0.0)] * w.count
-        tail = end - 2 * w.width
+        # The slot now open, and the one before while minutes of it may still be written (a silent entity's
+        # last minute is written a few minutes on): a read of a slot or two per entity, not the window.
+        fresh = time.time() - (end - w.width) < LATE
+        tail = 2 if fresh else 1
         for chunk in (old[i : i + CHUNK] for i in range(0, len(old), CHUNK)):
-            found = await self._read(reads.uptime_slots, tail, end, 2, chunk)
+            found = await self._read(reads.uptime_slots, end - tail * w.width, end, tail, chunk)
             for name in chunk:
                 values = w.values.get(name)
                 if values is not None:
-                    values[-2:] = found.get(name) or [(0.0, 0.0)] * 2
+                    values[-tail:] = found.get(name) or [(0.0, 0.0)] * tail
         for gone in set(w.values) - set(names):
             del w.values[gone]
         w.ready, w.read_at = True, time.monotonic()
+        w.drawn = {}  # drawn again from what was read
 
     async def _slots_loop(self) -> None:
         assert self._wake is not None
@@ -153,7 +168,8 @@ class OverviewData:
             for w in self.windows.values():
                 every = REFRESH.get(w.name, LONG_REFRESH)
                 wanted = w.name == DEFAULT_WINDOW or (w.asked and now - w.asked < LONG_IDLE)
-                if wanted and (not w.ready or now - w.read_at >= every):
+                unread = len(w.values) < len(self.m.entities)  # entities new since the last read: read them soon
+                if wanted and (not w.ready or unread or now - w.read_at >= every):
                     try:
                         await self.refresh_window(w)
                         self.error = None

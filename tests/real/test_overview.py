@@ -5,10 +5,13 @@ desktop and phone, light and dark, go to test-artifacts/ (and to $OVERVIEW_SHOTS
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import xmlrpc.client
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from tests.helpers import ARTIFACTS, free_port, port_open, wait_until
 from tests.real.daemon import Daemon
 from tests.real.sshd import SSHServer
 
+AXE = Path(__file__).resolve().parent.parent / "vendor" / "axe.min.js"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
 WORKER = '#cluster [data-name="dask/w1"]'
@@ -61,6 +65,17 @@ def web_service(tmp_path: Path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def axe(page) -> list[dict]:
+    """Serious and critical violations axe-core (vendored) finds on the page as it stands."""
+    page.add_script_tag(content=AXE.read_text())
+    found = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations")
+    return [
+        {"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
 
 
 def shots(page, name: str) -> None:
@@ -145,6 +160,7 @@ def test_killed_worker_turns_its_node_critical_on_the_picture_and_the_timeline(
         )
         page.wait_for_selector('#attention li[data-key="incident:dask/w1"]', timeout=10000)
         shots(page, "desktop-light-critical")
+        assert axe(page) == []
         page.wait_for_selector("#timeline g.mark", state="attached", timeout=30000)  # the healer's first mark
 
         page.wait_for_selector(f'{WORKER}[data-status="ok"]', timeout=60000)
@@ -159,6 +175,7 @@ def test_killed_worker_turns_its_node_critical_on_the_picture_and_the_timeline(
         dark.wait_for_selector(WORKER)
         assert dark.evaluate("getComputedStyle(document.body).backgroundColor") != "rgb(243, 244, 247)"
         shots(dark, "desktop-dark")
+        assert axe(dark) == []
 
         for scheme in ("light", "dark"):
             phone = browser.new_page(viewport={"width": 390, "height": 844}, color_scheme=scheme, is_mobile=True)
@@ -167,7 +184,82 @@ def test_killed_worker_turns_its_node_critical_on_the_picture_and_the_timeline(
             phone.wait_for_selector(WORKER)
             assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
             shots(phone, f"phone-{scheme}")
+            assert axe(phone) == []
         assert errors == []
     finally:
         d.stop()
     assert [a["outcome"] for a in d.actions("dask")] == ["succeeded"]
+
+
+TOKEN = "overview-token-5b1e"
+
+
+def post(url: str, body: object, token: str | None = None) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_attention_buttons_silence_and_reset_with_the_token(tmp_path: Path, browser):
+    """A service the healer gave up on: its reset button asks for the token, then the healer resets its budget
+    (the command is taken); its silence button silences it and it moves to the silenced problems."""
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    closed, port = free_port(), free_port()
+    d = Daemon(
+        tmp_path,
+        {
+            "interval": "500ms",
+            "web": {"listen": f"127.0.0.1:{port}", "token_file": str(tmp_path / "token")},
+            "checks": [
+                {
+                    "name": "api",
+                    "kind": "http",
+                    "url": f"http://127.0.0.1:{closed}/",
+                    "restart": {"command": ["/bin/false"], "max_attempts": 1, "verify_timeout": "2s"},
+                }
+            ],
+        },
+    )
+    d.web_port = port
+    d.start()
+    try:
+        d.wait_event("remediation_exhausted", "api", timeout=30)
+        base = d.url
+        assert post(f"{base}/api/v1/heal/reset", {"name": "api"})[0] == 401  # a change needs the token
+        assert post(f"{base}/api/v1/heal/reset", {"name": "nope"}, TOKEN)[0] == 404
+        assert post(f"{base}/api/v1/heal/reset", {"name": 3}, TOKEN)[0] == 400
+
+        errors: list[str] = []
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(base + "/")
+        page.wait_for_selector('#needs-person button[data-act="reset"]', timeout=15000)
+        page.click('#needs-person button[data-act="reset"]')
+        page.wait_for_selector("#token-dialog[open]", timeout=5000)
+        page.fill("#token-input", TOKEN)
+        page.keyboard.press("Enter")  # the dialog's first button: use it
+        page.wait_for_selector("#act-status:has-text('asked the healer')", timeout=10000)
+        wait_until(
+            lambda: d.query("SELECT done FROM commands WHERE kind = 'heal_reset' AND target = 'api'")[0]["done"],
+            timeout=30,
+            what="the monitor taking the reset",
+        )
+
+        page.wait_for_selector('#attention button[data-act="silence"][data-entity="api"]', timeout=10000)
+        page.click('#attention button[data-act="silence"][data-entity="api"]')  # the token is kept for the tab
+        page.wait_for_selector("#act-status:has-text('silenced api for 1 h')", timeout=10000)
+        page.wait_for_selector('#attention li[data-key="silenced:api"] button[data-act="unsilence"]', timeout=10000)
+        page.keyboard.press("Tab")  # keyboard reachable: focus moves to a control, with a visible outline
+        assert page.evaluate("document.activeElement.tagName") in ("A", "BUTTON", "INPUT", "SELECT")
+        page.click('#attention li[data-key="silenced:api"] button[data-act="unsilence"]')
+        page.wait_for_selector("#act-status:has-text('silence ended')", timeout=10000)
+        page.wait_for_selector('#attention li[data-key="incident:api"]', timeout=10000)
+        shots(page, "attention-buttons")
+        assert axe(page) == []
+        assert errors == []
+    finally:
+        d.stop()
