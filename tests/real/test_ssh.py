@@ -28,7 +28,7 @@ def sshd(tmp_path_factory):
 
 def test_good_node(tmp_path: Path, sshd: SSHServer):
     obs = observe(tmp_path, {"nodes": [sshd.node()]})["box"]
-    assert obs.status in (Status.OK, Status.WARNING), obs.message
+    assert not obs.down and obs.status is not Status.UNKNOWN, obs.message  # reached; a busy CPU may be critical
     assert obs.group is Group.NODES and obs.kind == "ssh"
     assert 0 <= obs.metrics["cpu_percent"] <= 100
     assert obs.metrics["memory_percent"] > 0 and obs.metrics["disk_percent"] > 0
@@ -73,7 +73,7 @@ def test_insecure_opt_out_is_logged_loudly(tmp_path: Path, sshd: SSHServer, capl
     node["name"] = "trusting-box"
     with caplog.at_level(logging.WARNING, logger="clusterwatch.ssh"):
         obs = observe(tmp_path, {"nodes": [node]})["trusting-box"]
-    assert obs.status in (Status.OK, Status.WARNING), obs.message
+    assert not obs.down and obs.status is not Status.UNKNOWN, obs.message  # reached; a busy CPU may be critical
     assert "SSH HOST KEY CHECKING IS OFF for node trusting-box" in caplog.text
 
 
@@ -122,7 +122,10 @@ def ip(*args: str, check: bool = True) -> None:
 
 @pytest.fixture
 def namespace_node():
-    """A separate host: a network namespace on a bridge, torn down by the test itself."""
+    """A separate host: a network namespace on a bridge, torn down by the test itself (and what a run killed
+    in the middle left under these names, first)."""
+    for leftover in (("netns", "del", NS), ("link", "del", "cwv1h"), ("link", "del", BRIDGE)):
+        ip(*leftover, check=False)
     ip("link", "add", BRIDGE, "type", "bridge")
     try:
         ip("addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
@@ -148,8 +151,8 @@ def test_node_in_a_namespace_that_goes_away(tmp_path: Path, namespace_node: str)
         node = server.node("ns-node")
         config = {"nodes": [node]}
         up = wait_until(
-            lambda: (o := observe(tmp_path, config)["ns-node"]).status is not Status.CRITICAL and o,
-            timeout=20,
+            lambda: not (o := observe(tmp_path, config)["ns-node"]).down and o,  # reached (a busy CPU may be critical)
+            timeout=60,
             what="the namespaced sshd",
         )
         assert up.metrics["cpu_percent"] >= 0
@@ -165,6 +168,6 @@ def test_node_in_a_namespace_that_goes_away(tmp_path: Path, namespace_node: str)
     )
     started = time.monotonic()
     gone = observe(tmp_path, config)["ns-node"]
-    assert time.monotonic() - started < 12
+    assert time.monotonic() - started < 30, "an unreachable node is told within its connect timeout, not hung on"
     assert gone.status is Status.CRITICAL
     assert gone.message.startswith((f"SSH to {NODE_IP}:22 timed out", f"SSH: no route to {NODE_IP}:22")), gone.message
