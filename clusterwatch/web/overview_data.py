@@ -99,11 +99,13 @@ class OverviewData:
         self.incidents: list[dict[str, Any]] = []
         self.actions: list[dict[str, Any]] = []
         self.timeline_read_at = 0.0
+        self.viewed = 0.0  # monotonic: when a page last drew the timeline
         self.error: str | None = None
         self.snapshots: dict[str, Any] = {}  # the live fragment's answers at many checks (cache.Snapshot)
         self.parts: dict[str, tuple[float, dict[str, str]]] = {}  # span -> (when built, the live parts)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake: asyncio.Event | None = None
+        self._timeline_wake: asyncio.Event | None = None
 
     async def _read(self, fn: Any, *args: Any) -> Any:
         return await self.m.web.read(fn, *args)
@@ -174,8 +176,10 @@ class OverviewData:
                         await self.refresh_window(w)
                         self.error = None
                     except errors() as exc:  # the store away: the last slots stay, said once
-                        self.error = f"{type(exc).__name__}: {exc}"[:300]
-                        log.error("reading uptime slots (%s) failed: %s", w.name, exc)
+                        error = f"{type(exc).__name__}: {exc}"[:300]
+                        if error != self.error:
+                            log.error("reading uptime slots (%s) failed: %s", w.name, error)
+                        self.error = error
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 5.0)
@@ -196,12 +200,19 @@ class OverviewData:
                 await self.refresh_timeline()
             except errors() as exc:
                 log.debug("reading the timeline failed: %s", exc)
-            await asyncio.sleep(TIMELINE_EVERY)
+            watched = time.monotonic() - self.viewed < 60  # nobody looking: read it now and then only
+            assert self._timeline_wake is not None
+            self._timeline_wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):  # a page looking again wakes it at once
+                await asyncio.wait_for(self._timeline_wake.wait(), TIMELINE_EVERY if watched else 30.0)
 
     def timeline_data(self, start: float, end: float) -> tuple[list[Span], list[Mark]]:
         """Incidents as spans (from the store, and open ones from the live state, so a new one shows at once)
         and the healer's attempts as marks on their incident's lane, drawn as the check's page and the
         report draw them (history_svg)."""
+        if time.monotonic() - self.viewed >= 60 and self._timeline_wake is not None:
+            self._timeline_wake.set()  # its reads had slowed down: read now
+        self.viewed = time.monotonic()
         rows = [r for r in self.incidents if r.get("closed") is None or r["closed"] >= start]
         stored = {r["id"] for r in rows}
         for e in self.m.entities.values():
@@ -229,7 +240,7 @@ class OverviewData:
     # --- life cycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._wake = asyncio.Event()
+        self._wake, self._timeline_wake = asyncio.Event(), asyncio.Event()
         self._tasks = [asyncio.create_task(self._slots_loop()), asyncio.create_task(self._timeline_loop())]
 
     async def stop(self) -> None:

@@ -80,6 +80,8 @@ def _num(value: float | None) -> float | None:
     """None for None, NaN and infinities: a sensor's garbage is "no data", not a picture of garbage."""
     if value is None:
         return None
+    if value.__class__ is float:  # nearly every call: no conversion needed
+        return value if math.isfinite(value) else None
     try:
         value = float(value)
     except (TypeError, ValueError):
