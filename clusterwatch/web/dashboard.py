@@ -20,6 +20,7 @@ from clusterwatch.web.metrics import current_leader, recent_members
 from clusterwatch.web.overview_data import DEFAULT_WINDOW
 
 if TYPE_CHECKING:
+    from clusterwatch.alerting.routing import Silence
     from clusterwatch.engine.state import EntityState
     from clusterwatch.web.view import MonitorView as Monitor
 
@@ -289,7 +290,7 @@ async function act(button) {
     say(r.ok ? done : 'refused: ' + why);
   } catch (e) { say('failed: ' + e); }
   button.disabled = false;
-  live();
+  live(); setTimeout(live, 2500);  // the change as the monitor's next reads see it
 }
 document.addEventListener('click', e => {
   const button = e.target.closest && e.target.closest('button');
@@ -686,8 +687,12 @@ def healing_counts(m: Monitor, check: str | None = None) -> str:
     return f'<p class="muted healing-counts">all attempts: {" · ".join(parts)}</p>'
 
 
-async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> str:
-    rows = await m.web.history.recent_actions(check, limit)
+async def actions_box(
+    m: Monitor, check: str | None = None, limit: int = 10, rows: list[dict[str, Any]] | None = None
+) -> str:
+    """The healer's newest attempts (`rows` when the caller has them already, else read from the store)."""
+    if rows is None:
+        rows = await m.web.history.recent_actions(check, limit)
     body = (
         "".join(
             f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.localtime(r['started']))}</td>"
@@ -707,9 +712,9 @@ async def actions_box(m: Monitor, check: str | None = None, limit: int = 10) -> 
     )
 
 
-async def silences_box(m: Monitor) -> str:
-
-    found = await m.silences()
+async def silences_box(m: Monitor, found: list[Silence] | None = None) -> str:
+    if found is None:
+        found = await m.silences()
     body = (
         "".join(
             f"<tr><td>{esc(s.id)}</td><td>{esc(' '.join(f'{k}={v}' for k, v in s.matchers.items()))}</td>"
@@ -764,12 +769,16 @@ async def live_parts(m: Monitor, span: str) -> dict[str, str]:
 
 
 async def _live_parts(m: Monitor, span: str) -> dict[str, str]:
+    """From the live state and the background reads' copies: no store read while the page is built."""
     now = time.time()
+    data = overview_data.of(m)
+    recent = list(reversed(data.actions[-10:]))
     return {
         "attention": await overview_parts.attention_html(m, now, needs_person_box(m, now)),
         "cluster": overview_parts.cluster_html(m),
         "timeline": overview_parts.timeline_html(m, span, now),
-        "history": f'<div id="history" class="grid2">{await actions_box(m)}{await silences_box(m)}</div>',
+        "history": f'<div id="history" class="grid2">{await actions_box(m, rows=recent)}'
+        f"{await silences_box(m, data.silences)}</div>",
     }
 
 

@@ -4,8 +4,9 @@
   somebody asks for them, 7 d / 30 d / 90 d (from the hourly rollups). Slots are aligned to their width,
   so a finished slot never changes: after the first read only the last two slots are read again
   (entities in chunks, each a primary-key range seek), and a new slot shifts the others along.
-- The incidents and the healer's attempts of the last 7 days for the timeline, read every few seconds;
-  open incidents come from the live state as well, so a new one is drawn at once.
+- The incidents and the healer's attempts of the last 7 days for the timeline, and the silences, read every
+  few seconds; open incidents come from the live state as well, so a new one is drawn at once. A page is
+  built from these copies and never waits on the store (whose read threads the slot reads keep busy).
 
 The SQL is the store's (clusterwatch.store.history); each read runs in the web's read threads.
 """
@@ -28,6 +29,7 @@ from clusterwatch.web import history_svg
 from clusterwatch.web.svg import Mark, Slot, Span
 
 if TYPE_CHECKING:
+    from clusterwatch.alerting.routing import Silence
     from clusterwatch.web.view import MonitorView as Monitor
 
 log = logging.getLogger("clusterwatch.web")
@@ -100,6 +102,7 @@ class OverviewData:
         self.actions: list[dict[str, Any]] = []
         self.timeline_read_at = 0.0
         self.viewed = 0.0  # monotonic: when a page last drew the timeline
+        self.silences: list[Silence] = []  # read with the timeline: a page build waits on no store
         self.error: str | None = None
         self.snapshots: dict[str, Any] = {}  # the live fragment's answers at many checks (cache.Snapshot)
         self.parts: dict[str, tuple[float, dict[str, str]]] = {}  # span -> (when built, the live parts)
@@ -192,6 +195,7 @@ class OverviewData:
         incidents = await self._read(reads.incidents_between, now - TIMELINE_SPAN, now + 60)
         self.incidents = incidents[-TIMELINE_INCIDENTS:]
         self.actions = await self._read(reads.actions_between, now - TIMELINE_SPAN, now + 60)
+        self.silences = await self.m.silences()
         self.timeline_read_at = time.monotonic()
 
     async def _timeline_loop(self) -> None:

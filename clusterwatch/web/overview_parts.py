@@ -215,8 +215,7 @@ def attention_items(m: Monitor, silences: list[Silence], now: float) -> tuple[li
 
 
 async def attention_html(m: Monitor, now: float, needs_person_box: str) -> str:
-    silences = await m.silences()
-    items, total = attention_items(m, silences, now)
+    items, total = attention_items(m, overview_data.of(m).silences, now)
     gave_up = len(needs_person(m))
     if not items and not gave_up:
         return (
