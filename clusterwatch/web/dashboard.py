@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import socket
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from clusterwatch.web.view import MonitorView as Monitor
 
 PAGE_ROWS = 500
+ROWS_PER_SLICE = 50  # rows built between two turns of the event loop (a page of 2,500 rows takes a while)
 PARTS_TTL = 1.0  # seconds the overview's live parts are shared between the page and its fragment
 GROUPS = [
     (Group.SERVICES, "Services"),
@@ -468,12 +470,12 @@ async def overview_html(m: Monitor, states: list[EntityState], q: Any) -> str:
                 f'<p class="muted">{len(members) - len(shown)} more (healthy) not shown — '
                 f'<a href="?all=1">show all</a> or filter</p>'
             )
-        parts.append(
-            f"<section><h2>{title} ({len(members)})</h2>"
-            + "".join(row(m, s, now, window) for s in shown)
-            + more
-            + "</section>"
-        )
+        rows = []
+        for i, s in enumerate(shown):
+            if i % ROWS_PER_SLICE == ROWS_PER_SLICE - 1:
+                await asyncio.sleep(0)  # let the loop answer others between slices of a big page
+            rows.append(row(m, s, now, window))
+        parts.append(f"<section><h2>{title} ({len(members)})</h2>{''.join(rows)}{more}</section>")
     parts.append("</section>")
     parts.append(live["history"])
     return page_html("overview", "".join(parts), m, partial=partial)
