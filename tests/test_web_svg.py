@@ -213,3 +213,21 @@ def test_timeline_width_for_a_phone_or_a_desktop():
         root = parse(timeline([Span(NOW - 3600, None, "x")], [], NOW - 86400, NOW, width=width))
         assert root.get("viewBox").split()[2] == str(width)
         assert float(root.find(f"{NS}g").find(f"{NS}rect").get("x")) < width
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0, 600.0, 1790.0])
+def test_tick_labels_near_either_end_stay_inside_the_axis(offset: float) -> None:
+    """A tick a few pixels from the axis's ends is anchored inwards: its label is not cut to "l8:45"."""
+    start = math.ceil(NOW / 1800) * 1800 - offset  # a round tick `offset` seconds after the start
+    root = parse(timeline([], [], start, start + 86400))
+    axis = [t for t in root.iter(f"{NS}text") if t.text and ":" in t.text]
+    assert axis
+    xs = [float(t.get("x")) for t in axis]
+    first, last = axis[xs.index(min(xs))], axis[xs.index(max(xs))]
+    assert first.get("text-anchor") in ("start", "middle")
+    assert last.get("text-anchor") in ("end", "middle")
+    width = float(root.get("viewBox").split()[2])
+    for t in axis:
+        x, half = float(t.get("x")), len(t.text) * 2.6
+        left = {"start": x, "middle": x - half, "end": x - 2 * half}[t.get("text-anchor")]
+        assert left >= 0 and left + 2 * half <= width, (t.text, x, t.get("text-anchor"))

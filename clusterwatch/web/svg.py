@@ -265,10 +265,14 @@ def _time_axis(start: float, end: float, x0: float, x1: float, y: float) -> str:
     out = [f'<line x1="{x0:g}" y1="{y:g}" x2="{x1:g}" y2="{y:g}" stroke="{INK}" stroke-width=".5"/>']
     for t in _ticks(start, end):
         x = x0 + (t - start) / span * (x1 - x0)
+        label = _tick_label(t, span)
+        half = len(label) * 2.6  # about half the label's width at font-size 9
+        # a label near either end is anchored inside the axis, not cut by the picture's edge
+        anchor = "start" if x - half < x0 else "end" if x + half > x1 else "middle"
         out.append(
             f'<line x1="{x:.1f}" y1="{y:g}" x2="{x:.1f}" y2="{y + 3:g}" stroke="{INK}" stroke-width=".5"/>'
-            f'<text x="{x:.1f}" y="{y + 12:g}" font-size="9" text-anchor="middle" fill="currentColor">'
-            f"{esc(_tick_label(t, span))}</text>"
+            f'<text x="{x:.1f}" y="{y + 12:g}" font-size="9" text-anchor="{anchor}" fill="currentColor">'
+            f"{esc(label)}</text>"
         )
     return "".join(out)
 
