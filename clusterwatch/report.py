@@ -131,6 +131,9 @@ def build(
     for entity in entities:
         items = by_entity.get(entity, [])
         closed = [i["duration"] for i in items if i["duration"] is not None]
+        # down time inside the period: an incident still open counts until `now`, one opened before `start`
+        # from `start` on (MTTR stays over closed incidents, whose length is known)
+        down = sum(max(0.0, min(now, i["closed"] or now) - max(start, i["opened"])) for i in items)
         services.append(
             {
                 "entity": entity,
@@ -138,7 +141,7 @@ def build(
                 "incidents": len(items),
                 "open": sum(1 for i in items if i["closed"] is None),
                 "mttr_s": round(statistics.mean(closed), 1) if closed else None,
-                "downtime_s": round(sum(closed), 1),
+                "downtime_s": round(down, 1),
             }
         )
     services.sort(key=lambda s: (s["uptime_percent"] if s["uptime_percent"] is not None else 101, s["entity"]))

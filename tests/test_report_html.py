@@ -197,3 +197,26 @@ def test_until_before_since_is_refused(store) -> None:
     assert result.returncode == 3 and "must be before --until" in result.stderr
     result = run_cli("report", "-c", str(config), "--until", "last week")
     assert result.returncode == 3 and "--until" in result.stderr
+
+
+def test_down_time_counts_what_fell_inside_the_period_open_incidents_too(tmp_path: Path) -> None:
+    """An incident still open counts until the end of the period, one opened before it from its start on; MTTR
+    stays over closed incidents."""
+    db = tmp_path / "state.db"
+    migrated(db)
+    now = time.time()
+    execute(
+        db,
+        (INCIDENT, ("open", "api", "api", now - 1800, None, "critical", "still down", "critical", None)),
+        (INCIDENT, ("across", "db", "db", now - 7200, now - 3000, "critical", "began before", "critical", 4200.0)),
+        (INCIDENT, ("inside", "db", "db", now - 2000, now - 1900, "warning", "short", "warning", 100.0)),
+    )
+    config = tmp_path / "clusterwatch.yaml"
+    config.write_text(yaml.safe_dump({"store": {"path": str(db)}}))
+    result = run_cli("report", "-c", str(config), "--since", "1h", "--json")
+    assert result.returncode == 0, result.stderr
+    services = {s["entity"]: s for s in json.loads(result.stdout)["services"]}
+    assert services["api"]["downtime_s"] == pytest.approx(1800, abs=30)
+    assert services["api"]["open"] == 1 and services["api"]["mttr_s"] is None
+    assert services["db"]["downtime_s"] == pytest.approx(600 + 100, abs=30)
+    assert services["db"]["mttr_s"] == pytest.approx((4200 + 100) / 2)
