@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from clusterwatch import redact
+from clusterwatch import memory, redact
 from clusterwatch.agent.hub import AgentHub
 from clusterwatch.alerting.alerter import Alerter, heartbeat_loop
 from clusterwatch.config.loader import BUILTIN, ConfigError, LoadedConfig, load_config
@@ -199,6 +199,7 @@ class Monitor:
                 self.scheduler.add(name, item, plan.interval(item))
             elif not local and name in self.scheduler.jobs:
                 self.scheduler.remove(name)
+        memory.settle()
         log.info(
             "config reloaded (%s): %d changed, %d added, %d removed, %d unchanged",
             why,
@@ -424,6 +425,7 @@ class Monitor:
             from clusterwatch.web.view import MonitorView
 
             self.web = await start_web(MonitorView(self))
+            memory.settle()
             self.notifier.ready(f"monitoring {len(self.plan.items)} checks")
             await self.stop_event.wait()
         finally:
