@@ -12,13 +12,14 @@ from pydantic import BaseModel, ValidationError
 
 from clusterwatch.agent import protocol
 from clusterwatch.agent.hub import Refused
+from clusterwatch.web.view import MONITOR
 
 if TYPE_CHECKING:
     from clusterwatch.web.view import AgentEndpoints, MonitorView
 
 
 def _hub(request: web.Request) -> AgentEndpoints:
-    view: MonitorView = request.app["monitor"]
+    view: MonitorView = request.app[MONITOR]
     return view.agents
 
 

@@ -21,6 +21,7 @@ from clusterwatch.model import Status, json_safe
 from clusterwatch.web.metrics import current_leader
 from clusterwatch.web.openapi import spec
 from clusterwatch.web.queries import MAX_LIMIT
+from clusterwatch.web.view import MONITOR
 
 if TYPE_CHECKING:
     from clusterwatch.web.view import MonitorView as Monitor
@@ -36,7 +37,7 @@ class BadRequest(web.HTTPBadRequest):
 
 
 def monitor_of(request: web.Request) -> Monitor:
-    return request.app["monitor"]  # type: ignore[no-any-return]
+    return request.app[MONITOR]  # type: ignore[no-any-return]
 
 
 def entity_json(m: Monitor, state: EntityState) -> dict[str, Any]:

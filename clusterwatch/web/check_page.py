@@ -17,6 +17,7 @@ from clusterwatch import redact
 from clusterwatch.config.durations import format_duration
 from clusterwatch.web import history_svg, svg
 from clusterwatch.web.dashboard import actions_box, esc, page, row
+from clusterwatch.web.view import MONITOR
 
 if TYPE_CHECKING:
     from clusterwatch.web.view import MonitorView as Monitor
@@ -78,7 +79,7 @@ def _incident_rows(items: list[dict[str, Any]], now: float) -> str:
 
 
 async def check_page(request: web.Request) -> web.Response:
-    m: Monitor = request.app["monitor"]
+    m: Monitor = request.app[MONITOR]
     name = request.match_info["name"]
     state = m.entities.get(name)
     if state is None:

@@ -19,6 +19,7 @@ from clusterwatch.web.api import SNAPSHOT_AT, BadRequest, needs_person, selected
 from clusterwatch.web.cache import Snapshot
 from clusterwatch.web.metrics import current_leader, recent_members
 from clusterwatch.web.overview_data import DEFAULT_WINDOW
+from clusterwatch.web.view import MONITOR
 
 if TYPE_CHECKING:
     from clusterwatch.alerting.routing import Silence
@@ -408,7 +409,7 @@ def _options(values: Iterable[str], chosen: str | None, label: str) -> str:
 
 
 async def overview(request: web.Request) -> web.Response:
-    m: Monitor = request.app["monitor"]
+    m: Monitor = request.app[MONITOR]
     only_window = set(request.query) == {"window"}
     if (not request.query or only_window) and len(m.entities) > SNAPSHOT_AT:
         window = overview_parts.window_name(request.query)
@@ -537,7 +538,7 @@ def needs_person_box(m: Monitor, now: float) -> str:
 
 async def needs_person_fragment(request: web.Request) -> web.Response:
     """The banner, refreshed in place by the page."""
-    m: Monitor = request.app["monitor"]
+    m: Monitor = request.app[MONITOR]
     return web.Response(
         text=needs_person_box(m, time.time()), content_type="text/html", headers={"Cache-Control": "no-store"}
     )
@@ -645,7 +646,7 @@ def _group_log(me: dict[str, Any], now: float) -> str:
 
 async def group_fragment(request: web.Request) -> web.Response:
     """The group box, refreshed in place by the page."""
-    m: Monitor = request.app["monitor"]
+    m: Monitor = request.app[MONITOR]
     return web.Response(text=group_box(m), content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
@@ -655,7 +656,7 @@ async def side(m: Monitor, now: float) -> str:
 
 async def side_fragment(request: web.Request) -> web.Response:
     """The incidents, actions and silences boxes, refreshed in place by the page."""
-    m: Monitor = request.app["monitor"]
+    m: Monitor = request.app[MONITOR]
     return web.Response(
         text=await side(m, time.time()), content_type="text/html", headers={"Cache-Control": "no-store"}
     )
@@ -787,7 +788,7 @@ async def _live_parts(m: Monitor, span: str) -> dict[str, str]:
 async def overview_fragment(request: web.Request) -> web.Response:
     """/fragments/overview: the live parts as JSON, fetched by the page every 1.5 s; at many checks built at
     most once a second for all viewers."""
-    m: Monitor = request.app["monitor"]
+    m: Monitor = request.app[MONITOR]
     span = overview_parts.span_name(request.query)
 
     async def build() -> str:

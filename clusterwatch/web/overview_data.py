@@ -27,6 +27,7 @@ from aiohttp import web
 from clusterwatch.store.db import errors
 from clusterwatch.web import history_svg
 from clusterwatch.web.svg import Mark, Slot, Span
+from clusterwatch.web.view import MONITOR
 
 if TYPE_CHECKING:
     from clusterwatch.alerting.routing import Silence
@@ -269,7 +270,7 @@ def of(m: Monitor) -> OverviewData:
 
 async def lifespan(app: web.Application) -> AsyncIterator[None]:
     """Start the reads with the web server, stop them with it."""
-    data = of(app["monitor"])
+    data = of(app[MONITOR])
     data.start()
     yield
     await data.stop()

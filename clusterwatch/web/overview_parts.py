@@ -23,6 +23,7 @@ from clusterwatch.model import Group, Status
 from clusterwatch.web import overview_data, svg
 from clusterwatch.web.api import BadRequest, needs_person
 from clusterwatch.web.overview_data import DEFAULT_WINDOW, WINDOWS
+from clusterwatch.web.view import MONITOR
 
 if TYPE_CHECKING:
     from clusterwatch.engine.state import EntityState
@@ -426,7 +427,7 @@ async def heal_reset(request: web.Request) -> web.Response:
     """POST /api/v1/heal/reset {"name": check or target}: give a restart budget back, as `clusterwatch heal
     reset` does, through the store's command queue (the healer owns the budgets). Needs the token (the
     server asks for it for every change). 202: asked; the banner goes once the healer has done it."""
-    m: Monitor = request.app["monitor"]
+    m: Monitor = request.app[MONITOR]
     try:
         data = await request.json()
     except (ValueError, UnicodeDecodeError):

@@ -26,6 +26,7 @@ from clusterwatch.web import agents_api, api, dashboard, status_page
 from clusterwatch.web.cache import Snapshot
 from clusterwatch.web.metrics import counts, render
 from clusterwatch.web.queries import READS, History
+from clusterwatch.web.view import MONITOR
 
 if TYPE_CHECKING:
     from clusterwatch.web.view import MonitorView as Monitor
@@ -130,7 +131,7 @@ class WebServer:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
-        app["monitor"] = self.monitor
+        app[MONITOR] = self.monitor
         api.routes(app)
         agents_api.routes(app)
         dashboard.routes(app)

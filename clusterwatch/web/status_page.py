@@ -35,6 +35,7 @@ from clusterwatch.config.durations import format_duration
 from clusterwatch.config.schema import DAYS, MaintenanceWindow, StatusPage
 from clusterwatch.web import svg
 from clusterwatch.web.cache import Snapshot
+from clusterwatch.web.view import MONITOR
 
 if TYPE_CHECKING:
     from clusterwatch.engine.state import EntityState
@@ -372,7 +373,7 @@ async def build(m: Monitor) -> str:
 
 
 async def status(request: web.Request) -> web.Response:
-    m: Monitor = request.app["monitor"]
+    m: Monitor = request.app[MONITOR]
     if m.config.web.status_page is None:
         raise web.HTTPNotFound(text="no status page: set web.status_page in the config")
     text = await request.app[SNAPSHOT].get()
@@ -384,7 +385,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 def routes(app: web.Application) -> None:
-    snapshot = Snapshot(lambda: build(app["monitor"]), ttl=TTL)
+    snapshot = Snapshot(lambda: build(app[MONITOR]), ttl=TTL)
     app[SNAPSHOT] = snapshot
 
     async def stop(_: web.Application) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aiohttp import web
+
 from clusterwatch.alerting.routing import Silence
 from clusterwatch.config.schema import Config
 from clusterwatch.engine.pipeline import Item
@@ -148,3 +150,6 @@ class MonitorView:
         """Ask the healer to give `name`'s restart budget back, as `clusterwatch heal reset` does: through
         the store's command queue, which the leader reads (the healer owns the budgets)."""
         self._m.store.command("heal_reset", name)
+
+
+MONITOR = web.AppKey("monitor", MonitorView)  # where the web's handlers find the view
