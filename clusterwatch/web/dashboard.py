@@ -117,7 +117,8 @@ border-radius:.3rem;padding:.5rem 1rem;margin-bottom:.6rem}#needs-person h2{colo
 #needs-person li{margin:.3rem 0;overflow-wrap:anywhere;list-style:disc}
 code{background:var(--code);padding:0 .25rem;border-radius:.2rem}
 .tl-narrow{display:none}@media (max-width:720px){.tl-wide{display:none}.tl-narrow{display:block}
-.grid2>section>table{min-width:40rem}}
+.grid2>section>table{min-width:40rem}.grid2>section>table.actions{min-width:50rem}}
+.c-when{width:7.5rem}.c-check{width:9rem}.c-action{width:8rem}.c-outcome{width:10rem}.c-took{width:4.5rem}
 dialog{background:var(--card);color:var(--fg);border:1px solid var(--line);border-radius:.4rem;max-width:26rem}
 dialog input{font:inherit;width:100%;padding:.4rem;margin:.4rem 0}#act-status:empty{display:none}
 #act-status{position:fixed;right:1rem;bottom:1rem;z-index:2;max-width:min(30rem,calc(100vw - 2rem));margin:0;
@@ -690,6 +691,13 @@ def healing_counts(m: Monitor, check: str | None = None) -> str:
     return f'<p class="muted healing-counts">all attempts: {" · ".join(parts)}</p>'
 
 
+# the detail column takes what the others leave: in equal columns its text was wrapped a few words a line
+ACTION_COLUMNS = (
+    '<colgroup><col class="c-when"><col class="c-check"><col class="c-action"><col class="c-outcome"><col>'
+    '<col class="c-took"></colgroup>'
+)
+
+
 async def actions_box(
     m: Monitor, check: str | None = None, limit: int = 10, rows: list[dict[str, Any]] | None = None
 ) -> str:
@@ -710,7 +718,7 @@ async def actions_box(
     return (
         # focusable: on a phone the table scrolls sideways, and a keyboard must be able to scroll it too
         f'<section class="wide" tabindex="0" aria-labelledby="actions-h"><h2 id="actions-h">The healer\'s actions</h2>'
-        f"{healing_counts(m, check)}<table><tr><th>when</th>"
+        f'{healing_counts(m, check)}<table class="actions">{ACTION_COLUMNS}<tr><th>when</th>'
         f"<th>check</th><th>action</th><th>outcome</th><th>detail</th><th>took</th></tr>{body}</table></section>"
     )
 
