@@ -362,6 +362,38 @@ def spec() -> dict[str, Any]:
                     "responses": {"204": {"description": "removed"}, "404": _ERROR, "401": _UNAUTHORIZED},
                 }
             },
+            "/api/v1/heal/reset": {
+                "post": {
+                    "summary": "give a check's (or a restart target's) restart budget back, as `clusterwatch heal "
+                    "reset` does (token required); the healer does it within a second or two",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {"name": {"type": "string", "minLength": 1}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _ok(
+                            {
+                                "type": "object",
+                                "required": ["asked", "command"],
+                                "properties": {"asked": {"type": "string"}, "command": {"type": "string"}},
+                            },
+                            "asked",
+                        ),
+                        "400": _ERROR,
+                        "401": _UNAUTHORIZED,
+                        "404": _ERROR,
+                    },
+                }
+            },
             "/api/v1/group": {
                 "get": {
                     **read,
