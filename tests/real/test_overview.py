@@ -1,7 +1,7 @@
 """The overview in a real headless Chromium against a real `clusterwatch run`: a real Dask worker on a real SSH
 node is killed under the monitor; the node's box and the worker turn critical, the incident appears on the
 timeline and the healer's marks after it, all without a reload and without a console error. Screenshots of
-desktop and phone, light and dark, go to test-artifacts/ (and to $OVERVIEW_SHOTS when set)."""
+desktop and phone, light and dark, go to test-artifacts/ (and to $CLUSTERWATCH_SHOTS when set)."""
 
 from __future__ import annotations
 
@@ -80,8 +80,8 @@ def axe(page) -> list[dict]:
 
 def shots(page, name: str) -> None:
     paths = [ARTIFACTS / f"overview-{name}.png"]
-    if os.environ.get("OVERVIEW_SHOTS"):
-        paths.append(Path(os.environ["OVERVIEW_SHOTS"]) / f"overview-{name}.png")
+    if os.environ.get("CLUSTERWATCH_SHOTS"):
+        paths.append(Path(os.environ["CLUSTERWATCH_SHOTS"]) / f"overview-{name}.png")
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(path), full_page=True)
