@@ -11,7 +11,7 @@ run:
 test:
 	@bash scripts/bootstrap.sh test
 	.venv/bin/ruff check clusterwatch tests bench
-	.venv/bin/python -m pytest -ra $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -ra --durations=25 $(PYTEST_ARGS)
 
 lint:
 	.venv/bin/ruff check clusterwatch tests bench

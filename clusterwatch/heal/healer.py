@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import re
 import time
@@ -407,7 +408,13 @@ class Healer:
             return
         task = asyncio.ensure_future(self._guarded(key, work))
         self.busy[key] = task
-        task.add_done_callback(lambda _t, key=key: self.busy.pop(key, None))
+
+        def done(_: asyncio.Future[None]) -> None:
+            self.busy.pop(key, None)
+            if inspect.iscoroutine(work) and inspect.getcoroutinestate(work) == inspect.CORO_CREATED:
+                work.close()  # cancelled before it began (a stop right after it was spawned): never to be awaited
+
+        task.add_done_callback(done)
 
     async def _guarded(self, key: str, work: Awaitable[None]) -> None:
         try:
