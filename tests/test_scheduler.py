@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from clusterwatch.engine import scheduler as scheduler_module
 from clusterwatch.engine.scheduler import Job, Scheduler
 
 
@@ -105,3 +106,26 @@ def test_ten_thousand_checks_are_all_scheduled_within_their_first_interval():
 
     seen, s = run(scenario())
     assert len(s.jobs) == 10000 and len(seen) == 10000
+
+
+def test_a_sleeping_loop_wakes_for_a_new_job_and_for_stop(monkeypatch):
+    """With an hour between beats, a job added while the loop sleeps still runs at once, and stop ends the loop
+    at once: neither waits for the timer."""
+    monkeypatch.setattr(scheduler_module, "BEAT", 3600.0)
+
+    async def scenario() -> None:
+        ran = asyncio.Event()
+
+        async def run(job: Job) -> None:
+            ran.set()
+
+        s = Scheduler(run, concurrency=4)
+        stop = asyncio.Event()
+        loop = asyncio.create_task(s.run_forever(stop))
+        await asyncio.sleep(0.05)  # asleep on the empty heap
+        s.add("late", None, 3600.0, first_delay=0)
+        await asyncio.wait_for(ran.wait(), 30)
+        stop.set()
+        await asyncio.wait_for(loop, 30)
+
+    asyncio.run(scenario())
