@@ -426,6 +426,7 @@ class Monitor:
 
             self.web = await start_web(MonitorView(self))
             memory.settle()
+            memory.watch_pauses()
             self.notifier.ready(f"monitoring {len(self.plan.items)} checks")
             await self.stop_event.wait()
         finally:
@@ -724,6 +725,7 @@ class Monitor:
                 "entities": len(self.states.entities),
                 "store_written": store.get("written"),
                 "store_dropped": store.get("dropped"),
+                **memory.pauses.read(),
             },
         )
         if p99 > LAG_ALERT:

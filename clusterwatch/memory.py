@@ -14,6 +14,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import time
+from typing import Any
 
 # gen0 after 50,000 new container objects (default 700); gen1 every 20 gen0 runs, gen2 every 100 gen1 runs
 # (and, as always, only when the objects that survived into it have grown by a quarter since the last one)
@@ -27,6 +29,40 @@ def settle() -> None:
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
     _trim_heap()
+
+
+class Pauses:
+    """The collector's pauses since the last read, for the stats line: the scheduler's lag p99 and these
+    side by side tell a full collection from a busy loop."""
+
+    def __init__(self) -> None:
+        self._began = 0.0
+        self.collections = self.full = 0
+        self.longest_ms = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        took = (time.perf_counter() - self._began) * 1000
+        self.collections += 1
+        self.full += info.get("generation") == 2
+        self.longest_ms = max(self.longest_ms, took)
+
+    def read(self) -> dict[str, float]:
+        """What happened since the last read; the counts start again."""
+        out = {"gc_collections": self.collections, "gc_full": self.full, "gc_longest_ms": round(self.longest_ms, 1)}
+        self.collections = self.full = 0
+        self.longest_ms = 0.0
+        return out
+
+
+pauses = Pauses()
+
+
+def watch_pauses() -> None:
+    if pauses not in gc.callbacks:
+        gc.callbacks.append(pauses)
 
 
 def _trim_heap() -> None:

@@ -30,3 +30,16 @@ def test_settle_freezes_the_living_and_a_later_settle_frees_what_died() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_pauses_are_counted_and_read_once() -> None:
+    pauses = memory.Pauses()
+    gc.callbacks.append(pauses)
+    try:
+        gc.collect()
+        gc.collect(0)
+    finally:
+        gc.callbacks.remove(pauses)
+    seen = pauses.read()
+    assert seen["gc_collections"] >= 2 and seen["gc_full"] >= 1 and seen["gc_longest_ms"] >= 0
+    assert pauses.read() == {"gc_collections": 0, "gc_full": 0, "gc_longest_ms": 0.0}
