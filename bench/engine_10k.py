@@ -283,6 +283,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120, help="the monitor's run, warm-up included")
     parser.add_argument("--ports", type=int, default=50)
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--no-web", action="store_true", help="without the web (and its background reads)")
     parser.add_argument("--no-floor", action="store_true", help="leave the Python floor out")
     parser.add_argument("--py-spy", metavar="FILE", help="record the monitor with py-spy over the measured window")
     parser.add_argument("--floor-worker", nargs="+", help=argparse.SUPPRESS)
@@ -326,6 +327,8 @@ def main() -> None:
             "store": store,
             "checks": [{"name": f"t{i}", "kind": "http", "url": u} for i, u in enumerate(urls(ports, args.checks))],
         }
+        if args.no_web:  # the dashboard's own reads (uptime every minute, slots every 30 s) left out
+            config["web"] = {"enabled": False}
         (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "CLUSTERWATCH_STATS_EVERY": "10"}
         started = time.monotonic()
