@@ -92,3 +92,32 @@ def test_latency_series_and_the_window_reads(store_location: str) -> None:
         assert [e["message"] for e in history.events_between("api", T0, T0 + 60)] == ["down"]
     finally:
         history.close()
+
+
+def test_uptime_windows_in_one_statement_match_each_window_read_alone(store_location: str) -> None:
+    """The web's uptime per window (one statement for all) is what `uptime` says for each window alone, old
+    hours (counts only, before time was measured) included; an entity without hours in a window has none."""
+    migrated(store_location)
+    now = T0 + 40 * 86400
+    execute(
+        store_location,
+        (HOUR_ROW, ("api", now - 3600, 360, 300, 1.0, 2.0, 3.0, 3000.0, 3600.0)),  # in every window
+        (HOUR_ROW, ("api", now - 3 * 86400, 360, 360, 1.0, 2.0, 3.0, 3600.0, 3600.0)),  # 7 d and 30 d
+        (HOUR_ROW, ("api", now - 20 * 86400, 360, 180, 1.0, 2.0, 3.0, None, None)),  # 30 d, before schema 5
+        (HOUR_ROW, ("db", now - 10 * 86400, 360, 90, 1.0, 2.0, 3.0, None, None)),  # only in 30 d, old
+        (HOUR_ROW, ("old", now - 35 * 86400, 360, 360, 1.0, 2.0, 3.0, 3600.0, 3600.0)),  # in none
+    )
+    windows = {"24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+    history = History(store_location)
+    try:
+        found = history.uptime_windows(windows, now)
+        for name, seconds in windows.items():
+            alone = {e: u.percent for e, u in history.uptime(now - seconds).items()}
+            assert {e: w[name] for e, w in found.items() if name in w} == alone, name
+        assert found["api"]["24h"] == 100.0 * 3000 / 3600
+        assert found["api"]["30d"] == 100.0 * (3000 + 3600 + 1800) / (3 * 3600)
+        assert found["db"] == {"30d": 25.0}
+        assert "old" not in found
+        assert history.uptime_windows({}, now) == {}
+    finally:
+        history.close()

@@ -177,11 +177,35 @@ class History:
         return {r["entity"]: uptime_of(r) for r in self._rows(sql, (since // HOUR * HOUR, until))}
 
     def uptime_windows(self, windows: dict[str, float], now: float) -> dict[str, dict[str, float | None]]:
-        """entity -> window name -> uptime percent, for windows given in seconds back from `now`."""
+        """entity -> window name -> uptime percent, for windows given in seconds back from `now`: one
+        statement and one row per entity for all windows (at 10,000 entities a statement per window made
+        30,000 rows a minute, and on PostgreSQL their conversion was the scheduler's worst lag)."""
+        if not windows:
+            return {}
+        names = list(windows)
+        starts = [(now - windows[n]) // HOUR * HOUR for n in names]
+        columns, args = [], []
+        for i, start in enumerate(starts):
+            columns.append(
+                f"SUM(CASE WHEN ts >= ? THEN seconds_ok END) AS ok_{i}, "
+                f"SUM(CASE WHEN ts >= ? THEN seconds_known END) AS known_{i}, "
+                f"CAST(SUM(CASE WHEN ts >= ? AND seconds_known IS NULL THEN ok END) AS BIGINT) AS old_ok_{i}, "
+                f"CAST(SUM(CASE WHEN ts >= ? AND seconds_known IS NULL THEN count END) AS BIGINT) AS old_probes_{i}, "
+                f"COUNT(CASE WHEN ts >= ? AND seconds_known IS NULL THEN 1 END) AS old_hours_{i}"
+            )
+            args += [start] * 5
+        sql = f"SELECT entity, {', '.join(columns)} FROM rollup_hour WHERE ts >= ? GROUP BY entity"
         result: dict[str, dict[str, float | None]] = {}
-        for window, seconds in windows.items():
-            for entity, uptime in self.uptime(now - seconds).items():
-                result.setdefault(entity, {})[window] = uptime.percent
+        for r in self._rows(sql, (*args, min(starts))):
+            shown = result[r["entity"]] = {}
+            for i, name in enumerate(names):
+                if r[f"known_{i}"] is None and not r[f"old_hours_{i}"]:
+                    continue  # no hour of it in this window
+                seconds_ok, seconds_known = r[f"ok_{i}"] or 0.0, r[f"known_{i}"] or 0.0
+                if r[f"old_probes_{i}"]:  # hours from before time was measured: see uptime_of
+                    seconds_known += HOUR * r[f"old_hours_{i}"]
+                    seconds_ok += HOUR * r[f"old_hours_{i}"] * r[f"old_ok_{i}"] / r[f"old_probes_{i}"]
+                shown[name] = 100.0 * seconds_ok / seconds_known if seconds_known > 0 else None
         return result
 
     def counts(self) -> dict[str, list[dict[str, Any]]]:
