@@ -81,7 +81,8 @@ def pids(sv: Supervisord) -> dict[str, int]:
 
 
 def addresses(dask: DaskCluster) -> dict[str, str]:
-    """Each worker's address at the scheduler (a restarted worker joins on a new random port)."""
+    """Each worker's address at the scheduler (for the story printed: a restarted worker joins on a random
+    port, which may be the one the killed worker freed)."""
     return {str(w.get("name")): address for address, w in dask.identity()["workers"].items()}
 
 
@@ -166,9 +167,10 @@ def test_hung_worker_dropped_by_the_scheduler_is_stopped_then_started_and_credit
         assert gone(before["w3"])
         log = (sv.workdir / "supervisord.log").read_text()
         assert f"killing 'dask-worker-w3' ({before['w3']}) with SIGKILL" in log
-        # credited for what it brought: a new pid, and a new worker at a new address
+        # credited for what it brought: a new pid
         assert after["w3"] != before["w3"] and f"pid {after['w3']}" in action["detail"]
-        assert now["w3"] != where["w3"]
+        # ... and the scheduler dropped w3 (above) and has a w3 again: a new worker (its port may be the same)
+        assert "w3" in now
         assert after["w1"] == before["w1"] and after["w2"] == before["w2"]
         assert [r["target"] for r in d.actions()] == ["supervisor:dask-worker-w3"]
     finally:
