@@ -36,6 +36,16 @@ _UPTIME = (
 )
 
 
+# uptime_of's names for one window's columns in uptime_windows
+_WINDOW_COLUMNS = {
+    "seconds_ok": "ok",
+    "seconds_known": "known",
+    "old_ok": "old_ok",
+    "old_probes": "old_probes",
+    "old_hours": "old_hours",
+}
+
+
 @dataclass(frozen=True)
 class Uptime:
     """One entity's uptime over a period, from its hourly rollups."""
@@ -201,11 +211,8 @@ class History:
             for i, name in enumerate(names):
                 if r[f"known_{i}"] is None and not r[f"old_hours_{i}"]:
                     continue  # no hour of it in this window
-                seconds_ok, seconds_known = r[f"ok_{i}"] or 0.0, r[f"known_{i}"] or 0.0
-                if r[f"old_probes_{i}"]:  # hours from before time was measured: see uptime_of
-                    seconds_known += HOUR * r[f"old_hours_{i}"]
-                    seconds_ok += HOUR * r[f"old_hours_{i}"] * r[f"old_ok_{i}"] / r[f"old_probes_{i}"]
-                shown[name] = 100.0 * seconds_ok / seconds_known if seconds_known > 0 else None
+                window = {k: r[f"{c}_{i}"] for k, c in _WINDOW_COLUMNS.items()}
+                shown[name] = uptime_of({**window, "probes": 0, "p95": None, "max": None}).percent
         return result
 
     def counts(self) -> dict[str, list[dict[str, Any]]]:
