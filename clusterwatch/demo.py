@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 WORKERS = ("w1", "w2")
@@ -48,6 +47,28 @@ def _wait_port(port: int, timeout: float = 30.0) -> bool:
                 return True
         time.sleep(0.1)
     return False
+
+
+def _stop_all(pids: list[int], address: str, timeout: float = 10.0) -> None:
+    """SIGTERM to what the demo started and to every worker still talking to its scheduler (the ones the
+    healer restarted run detached), SIGKILL to whatever has not exited after `timeout`, and wait for that:
+    the demo says "everything it started is gone" only once it is."""
+    procs: dict[int, psutil.Process] = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            procs[pid] = psutil.Process(pid)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if address in cmdline and "worker" in cmdline:
+            procs.setdefault(proc.pid, proc)
+    for proc in procs.values():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=timeout)
 
 
 def run(web_port: int | None = None) -> int:
@@ -152,14 +173,7 @@ def run(web_port: int | None = None) -> int:
         asyncio.run(Monitor(loaded, str(path)).run())
         return 0
     finally:
-        for proc in started:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-        # Workers the healer restarted run detached: they are the ones still talking to this scheduler.
-        subprocess.run(["pkill", "-f", f"[d]ask worker {address}"], check=False)
+        _stop_all([proc.pid for proc in started], address)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
         print("demo stopped; everything it started is gone.")
