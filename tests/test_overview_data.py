@@ -60,23 +60,23 @@ def test_slots_read_once_then_only_the_newest(store_location: str, monkeypatch) 
     )
     asyncio.run(data.refresh_window(w))
     assert w.ready and w.first == first
-    assert w.values["api"][0] == (30.0, 60.0) and w.values["api"][46] == (60.0, 60.0)
-    assert w.values["db"][5] == (60.0, 60.0) and w.values["db"][0] == (0.0, 0.0)
+    assert w.slot("api", 0) == (30.0, 60.0) and w.slot("api", 46) == (60.0, 60.0)
+    assert w.slot("db", 5) == (60.0, 60.0) and w.slot("db", 0) == (0.0, 0.0)
     slots = w.slots("api")
     assert len(slots) == 48 and slots[0].down_share == pytest.approx(0.5) and slots[1].down_share is None
     assert w.share_up("api") == pytest.approx(90 / 120)
     # a minute written later into an old slot is not read again (it is done); one in the open slot is
     execute(store_location, minute("api", first + 120, 0.0), minute("api", current + 60, 0.0))
     asyncio.run(data.refresh_window(w))
-    assert w.values["api"][0] == (30.0, 60.0)
-    assert w.values["api"][47] == (0.0, 60.0)
+    assert w.slot("api", 0) == (30.0, 60.0)
+    assert w.slot("api", 47) == (0.0, 60.0)
     # the next slot begins: everything shifts by one, the new slot is empty until minutes land in it
     monkeypatch.setattr(overview_data.time, "time", lambda: now + w.width)
     w.drawn["api"] = "stale"
     asyncio.run(data.refresh_window(w))
     assert w.first == first + w.width
-    assert w.values["api"][45] == (60.0, 60.0) and w.values["api"][46] == (0.0, 60.0)
-    assert w.values["api"][47] == (0.0, 0.0) and w.drawn == {}
+    assert w.slot("api", 45) == (60.0, 60.0) and w.slot("api", 46) == (0.0, 60.0)
+    assert w.slot("api", 47) == (0.0, 0.0) and w.drawn == {}
     # an entity gone from the monitor is forgotten; a new one is read whole
     m.entities.pop("db")
     m.entities["new"] = EntityState(name="new", check="new")
