@@ -126,6 +126,14 @@ def _thread_exception(args: threading.ExceptHookArgs) -> None:
     )
 
 
+class _AfterTheError(logging.Filter):
+    """Drops psycopg's "error ignored terminating <Pipeline>": an executemany the server refused leaves its
+    pipeline aborted, and closing it logs that after the error itself was raised (and said once, by us)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error ignored terminating")
+
+
 def setup(
     *,
     level: str = "info",
@@ -162,3 +170,6 @@ def setup(
     threading.excepthook = _thread_exception
     for noisy in ("asyncssh", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    psycopg = logging.getLogger("psycopg")
+    if not any(isinstance(f, _AfterTheError) for f in psycopg.filters):
+        psycopg.addFilter(_AfterTheError())

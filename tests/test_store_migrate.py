@@ -7,8 +7,6 @@ above the copied ones. A target with rows is refused, a store that cannot be rea
 
 from __future__ import annotations
 
-import itertools
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -35,7 +33,6 @@ from tests.storecheck import engine, execute, fail_when, migrated, rows, store_o
 NOW = time.time()
 TARGETS = {"docker/api": 3600.0, "docker/web": 3600.0}
 INCIDENTS = [f"{letter}-{n}" for n, letter in enumerate("zyxwvutsr", 1)]  # opened in the reverse of id order
-_names = itertools.count(1)
 
 
 # --- a real PostgreSQL and a real store to copy --------------------------------------------------------
@@ -325,14 +322,10 @@ def test_postgresql_to_sqlite_and_back(source: str, pg: PostgresServer, fresh_ur
     assert PASSWORD not in result.stdout + result.stderr
     assert_same(fresh_url, back)
     assert_same(source, back)
-    name = f"mig{os.getpid()}_{next(_names)}"
-    again = pg.create_database(name)
-    try:
+    with fresh_database(pg, "again") as again:  # its own prefix: the fixture's names share the counter
         assert migrate_cli(fresh_url, again, "--batch", "3").returncode == 0
         assert_same(fresh_url, again)
         new_writes_follow_the_copied_ids(again)
-    finally:
-        pg.drop_database(name)
 
 
 def test_an_older_sqlite_source_is_brought_up_to_date_first(tmp_path: Path, fresh_url: str):
