@@ -44,3 +44,10 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "state.db")
     return request.getfixturevalue("pg_url")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/real is marked `real`: `make test` runs those one at a time."""
+    for item in items:
+        if "real" in item.path.relative_to(Path(__file__).parent).parts[:-1]:
+            item.add_marker(pytest.mark.real)
