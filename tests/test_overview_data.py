@@ -131,3 +131,25 @@ def test_timeline_open_incident_from_the_live_state_and_marks_on_its_lane(tmp_pa
     assert next(s for s in spans if s.key == "inc-1").end is None
     assert [(k.kind, k.key) for k in marks] == [("started", "inc-1")]
     m.web.history.reads.close()
+
+
+def test_a_row_with_nothing_written_yet_says_measuring_once_observed(tmp_path) -> None:
+    """A new check's first minute is written when it ends: until then its row says "measuring", not "no data"
+    (which stays for an entity nobody has observed), and the first minute written turns it into a number."""
+    from clusterwatch.web.overview_parts import row_uptime
+
+    location = str(tmp_path / "state.db")
+    migrated(location)
+    m = Monitor(location, ["seen", "unseen"])
+    m.entities["seen"].last = Observation(
+        name="seen", kind="http", target="", status=Status.OK, message="", check="seen"
+    )
+    data = overview_data._BY_MONITOR[m] = OverviewData(m)  # type: ignore[index,arg-type]
+    w = data.windows["24h"]
+    asyncio.run(data.refresh_window(w))
+    assert '<span class="pct">measuring</span>' in row_uptime(m, "seen")  # type: ignore[arg-type]
+    assert '<span class="pct">no data</span>' in row_uptime(m, "unseen")  # type: ignore[arg-type]
+    execute(location, minute("seen", w.first + (w.count - 1) * w.width, 60.0))
+    asyncio.run(data.refresh_window(w))
+    assert '<span class="pct">100.00%</span>' in row_uptime(m, "seen")  # type: ignore[arg-type]
+    m.web.history.reads.close()

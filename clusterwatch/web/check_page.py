@@ -137,7 +137,7 @@ async def check_page(request: web.Request) -> web.Response:
         f"in this state since {_stamp(state.since)}</p></section>"
         f'<section id="latency"><h2>Latency, last 24 hours</h2><div class="chart">{chart}</div></section>'
         f'<section id="uptime"><h2>Uptime, last 24 hours</h2><div class="chart">{bars}</div>'
-        f"<p><b>{svg.format_percent(svg.uptime_share(slots))}</b> "
+        f"<p><b>{svg.format_percent(svg.uptime_share(slots), measuring=last is not None)}</b> "
         f'<span class="muted">up by time, in half-hour bars</span></p></section>'
         f'<section id="incidents"><h2>Incidents</h2><div class="chart">{timeline}</div>'
         f"<div {SCROLL}>{_incident_rows(recent, now)}</div></section>"

@@ -118,8 +118,10 @@ border-radius:.3rem;padding:.5rem 1rem;margin-bottom:.6rem}#needs-person h2{colo
 code{background:var(--code);padding:0 .25rem;border-radius:.2rem}
 .tl-narrow{display:none}@media (max-width:720px){.tl-wide{display:none}.tl-narrow{display:block}
 .grid2>section>table{min-width:40rem}.grid2>section>table.actions{min-width:0}
-table.actions,table.actions tbody,table.actions tr{display:block}table.actions thead,table.actions colgroup{display:none}
-table.actions tr{border-bottom:1px solid var(--line);padding:.25rem 0}table.actions td{display:inline;border:0;padding:0 .4rem 0 0}
+table.actions,table.actions tbody,table.actions tr{display:block}
+table.actions thead,table.actions colgroup{display:none}
+table.actions tr{border-bottom:1px solid var(--line);padding:.25rem 0}
+table.actions td{display:inline;border:0;padding:0 .4rem 0 0}
 table.actions td:nth-child(5){display:block;padding:.15rem 0}table.actions td:nth-child(6)::before{content:"took "}}
 .c-when{width:7.5rem}.c-check{width:9rem}.c-action{width:8rem}.c-outcome{width:10rem}.c-took{width:4.5rem}
 dialog{background:var(--card);color:var(--fg);border:1px solid var(--line);border-radius:.4rem;max-width:26rem}

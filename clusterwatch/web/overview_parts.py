@@ -85,9 +85,10 @@ def row_uptime(m: Monitor, name: str, window: str = DEFAULT_WINDOW) -> str:
     drawn = w.drawn.get(name)
     if drawn is None:
         bars = svg.uptime_bars(w.slots(name), label=f"{name}, uptime {window}", merge=True)
-        drawn = w.drawn[name] = (
-            f'<span class="up">{bars}<span class="pct">{svg.format_percent(w.share_up(name))}</span></span>'
-        )
+        state = m.entities.get(name)
+        pct = svg.format_percent(w.share_up(name), measuring=state is not None and state.last is not None)
+        drawn = w.drawn[name] = f'<span class="up">{bars}<span class="pct">{pct}</span></span>'
+
     return drawn
 
 

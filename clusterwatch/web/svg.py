@@ -89,11 +89,13 @@ def _num(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def format_percent(share_up: float | None) -> str:
-    """Uptime to two decimals, rounded down: any down time shows as less than 100.00%."""
+def format_percent(share_up: float | None, *, measuring: bool = False) -> str:
+    """Uptime to two decimals, rounded down: any down time shows as less than 100.00%. `measuring`: nothing
+    is known yet but the entity is being observed (a new check's first minute is written when it ends),
+    where "no data" would read as broken."""
     share_up = _num(share_up)
     if share_up is None:
-        return "no data"
+        return "measuring" if measuring else "no data"
     share_up = min(1.0, max(0.0, share_up))
     return f"{math.floor(share_up * 10000 + 1e-9) / 100:.2f}%"
 
