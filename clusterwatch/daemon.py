@@ -337,7 +337,7 @@ class Monitor:
             kind_of=lambda e: self.pipeline.kinds.get(e, ""),
             root_down=lambda check, entity: self.states.root_failing(check, entity, Status.CRITICAL),
             healthy=self.health.alive,
-            history_first=lambda: self.store.flush(10.0),
+            history_first=lambda: self.store.flush(10.0, checkpoint=False),
         )
         alerter.acting = lambda: alerter.offline or self.acting()  # offline: the local outbox, nobody else's
         alerter.entity_ok = self._seen_ok

@@ -354,3 +354,20 @@ def test_the_raw_cap_spares_the_minutes_being_rolled_up(db: str, monkeypatch: py
         assert minute["count"] == 30  # the finished minute keeps what it was
     finally:
         store.close()
+
+
+def test_a_barrier_flush_writes_what_was_queued_but_no_open_minute(db: str):
+    """An agent's push (and an alert) waits for its own writes only: the open minutes of every entity are
+    written by a checkpoint flush or a stop, not by each push."""
+    store = Store(store_options(db)).open()
+    try:
+        for i in range(3):
+            store.observation(obs("api", Status.OK), T0 + 10 * i, expected_every=10)
+        assert store.flush(30, checkpoint=False)
+        assert len(rows(db, "SELECT * FROM observations WHERE entity = 'api'")) == 3
+        assert rows(db, "SELECT * FROM rollup_minute WHERE entity = 'api'") == []
+        assert store.flush(30)
+        (minute,) = rows(db, "SELECT * FROM rollup_minute WHERE entity = 'api'")
+        assert minute["count"] == 3 and minute["seconds_known"] == pytest.approx(20)
+    finally:
+        store.close()

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from clusterwatch import redact
@@ -300,7 +301,9 @@ class AgentHub:
         while self._flush_waiters:
             waiters, self._flush_waiters = self._flush_waiters, []  # all queued their writes before this flush
             try:
-                written = await loop.run_in_executor(self._flush_thread, self.monitor.store.flush, 10.0)
+                written = await loop.run_in_executor(
+                    self._flush_thread, partial(self.monitor.store.flush, 10.0, checkpoint=False)
+                )
             except Exception:
                 written = False
             for waiter in waiters:
