@@ -397,8 +397,14 @@ def main() -> None:
     windows = " ".join(f"{s['lag_p99_ms']:.0f}" for s in measured)
     print(f"  lag p99 of each 10 s window (ms): {windows}")
     if measured and "gc_longest_ms" in measured[0]:
-        pauses = " ".join(f"{s['gc_longest_ms']:.0f}{'F' if s['gc_full'] else ''}" for s in measured)
-        print(f"  longest garbage-collector pause of each window (ms; F: a full collection ran): {pauses}")
+        pauses = " ".join(
+            f"{s['gc_longest_ms']:.0f}/g{s.get('gc_longest_generation', '?')}{'F' if s['gc_full'] else ''}"
+            for s in measured
+        )
+        print(
+            "  longest garbage-collector pause of each window (ms/its generation; F: a full collection ran): "
+            + pauses
+        )
     print(f"  CPU: {100 * cpu_share:.0f}% of one core, {cpu_ms:.3f} ms per probe; peak RSS {rss:.0f} MB")
     loop_ms = 1000 * (loop1 - loop0) / (t1 - t0) / max(1.0, rate)
     print(

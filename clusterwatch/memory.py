@@ -38,6 +38,7 @@ class Pauses:
         self._began = 0.0
         self.collections = self.full = 0
         self.longest_ms = 0.0
+        self.longest_generation = 0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -46,12 +47,18 @@ class Pauses:
         took = (time.perf_counter() - self._began) * 1000
         self.collections += 1
         self.full += info.get("generation") == 2
-        self.longest_ms = max(self.longest_ms, took)
+        if took > self.longest_ms:
+            self.longest_ms, self.longest_generation = took, int(info.get("generation", 0))
 
     def read(self) -> dict[str, float]:
         """What happened since the last read; the counts start again."""
-        out = {"gc_collections": self.collections, "gc_full": self.full, "gc_longest_ms": round(self.longest_ms, 1)}
-        self.collections = self.full = 0
+        out = {
+            "gc_collections": self.collections,
+            "gc_full": self.full,
+            "gc_longest_ms": round(self.longest_ms, 1),
+            "gc_longest_generation": self.longest_generation,
+        }
+        self.collections = self.full = self.longest_generation = 0
         self.longest_ms = 0.0
         return out
 
