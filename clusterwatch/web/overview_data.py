@@ -58,8 +58,8 @@ TIMELINE_INCIDENTS = 2000  # the newest this many incidents of the 7 days are ke
 @dataclass
 class SlotWindow:
     """One window's slots for every entity: entity -> seconds ok, seconds known, slot after slot, in an
-    array of doubles (10,000 entities x 48 slots as tuples were 480,000 objects for the collector to walk
-    once, a 50 ms pause in the scheduler's loop, and ~30 MB; as arrays ~8 MB that it never walks)."""
+    array of doubles (10,000 entities x 48 slots as tuples of floats were 1.4 million objects, ~55 MB, for
+    the collector to walk; as arrays ~10 MB that it never walks)."""
 
     name: str
     width: int
