@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from array import array
 from pathlib import Path
 
 import yaml
@@ -148,7 +149,7 @@ def picture_cost(n: int) -> list[str]:
     w = data.windows["24h"]
     w.first, w.ready = w.aligned_first(now), True
     for name in entities:
-        w.values[name] = [(1800.0, 1800.0)] * 47 + [(900.0, 1000.0)]
+        w.values[name] = array("d", [1800.0, 1800.0] * 47 + [900.0, 1000.0])  # ok, known per slot
     loop = asyncio.new_event_loop()
 
     async def page() -> str:
