@@ -898,6 +898,8 @@ class Agent:
         else:
             self._local_targets.discard(target)
         details = {**event.details, "outcome": outcome}
+        # said here too: a person reading the agent's log sees what it did alone, not only the monitor later
+        log.warning("own restart of %s for %s: %s", target, event.check, outcome)
         self._queue_event(event.at, event.kind.value, event.check, event.entity, event.message, details)
 
     def _queue_event(

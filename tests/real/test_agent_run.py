@@ -100,6 +100,8 @@ def test_agent_reports_and_heals_through_the_monitor_and_alone(tmp_path: Path, s
     kill_pidfile(pidfile)
     wait_until(lambda: "healing on its own" in proc.tail(100), 30, what=f"the agent cut off\n{proc.tail()}")
     wait_until(lambda: lines(counter) == 2 and port_open(port), 60, what=f"the agent's own restart\n{proc.tail()}")
+    # its attempt verified before the monitor returns (else "returned" comes between started and succeeded)
+    wait_until(lambda: "for svc: succeeded" in proc.tail(100), 60, what=f"the agent's own verdict\n{proc.tail()}")
 
     # The monitor is back: it files what the agent did, in order, and healing is its own again.
     d.start()
