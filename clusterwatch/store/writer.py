@@ -32,12 +32,6 @@ from clusterwatch.store.schema import migrate
 
 log = logging.getLogger("clusterwatch.store")
 _STOP = object()
-
-
-class _Barrier(threading.Event):
-    """A flush that waits for what was queued before it and writes no open minute (an agent's push)."""
-
-
 BATCH = 5000
 LINGER = 0.05  # seconds the writer lets writes gather after the first of a batch
 QUEUE_MAX = 100_000  # items waiting for the writer; beyond this they are dropped and counted
@@ -78,6 +72,10 @@ class _Held:
         if self.entities:
             self.tx.executemany(_ENTITY_UPSERT, list(self.entities.values()))
             self.entities = {}
+
+
+class _Barrier(threading.Event):
+    """flush(checkpoint=False): waits for what was queued before it and writes no open minute."""
 
 
 class Store:

@@ -88,7 +88,6 @@ def row_uptime(m: Monitor, name: str, window: str = DEFAULT_WINDOW) -> str:
         state = m.entities.get(name)
         pct = svg.format_percent(w.share_up(name), measuring=state is not None and state.last is not None)
         drawn = w.drawn[name] = f'<span class="up">{bars}<span class="pct">{pct}</span></span>'
-
     return drawn
 
 
